@@ -1,0 +1,568 @@
+//! The HTTP API (axum): authentication, validation, idempotency, the
+//! OpenAPI document.
+//!
+//! Handlers parse input into domain types, call `service`, and shape the
+//! answer. The API never sends a message: it writes and wakes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::config::ApiToken;
+use crate::domain::{CaseId, CaseInput, Channel, EventInput, FieldError, Note, Priority, Status};
+use crate::service::{Idempotency, Reply, Service, ServiceError};
+use crate::store::{CaseRecord, DeliveryStatus, IdempotentResponse};
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub svc: Service,
+    pub tokens: Arc<[ApiToken]>,
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The error shape of every 4xx/5xx: `{"error":{"code","message","field"}}`.
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    code: String,
+    message: String,
+    field: Option<String>,
+}
+
+impl AppError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such case")
+    }
+
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message, "field": self.field}})
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<FieldError> for AppError {
+    fn from(e: FieldError) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.message).field(e.field)
+    }
+}
+
+impl From<ServiceError> for AppError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound => Self::not_found(),
+            ServiceError::Invalid(f) => f.into(),
+            ServiceError::IdempotencyConflict => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "this Idempotency-Key was already used for a different request",
+            )
+            .field("Idempotency-Key"),
+            ServiceError::Store(err) => {
+                tracing::error!(error = %err, "storage failure");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the store cannot take writes right now; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl From<BytesRejection> for AppError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request bodies are limited to {MAX_BODY} bytes"),
+            )
+        } else {
+            Self::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+        }
+    }
+}
+
+/// Parses JSON: broken syntax is a 400, a wrong shape a 422 naming the field.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = if path == "." { None } else { Some(path) };
+                let mut err = AppError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    strip_position(&inner.to_string()),
+                );
+                err.field = field;
+                err
+            }
+            _ => AppError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("the body is not valid JSON: {inner}"),
+            ),
+        }
+    })
+}
+
+fn strip_position(msg: &str) -> String {
+    msg.split(" at line ").next().unwrap_or(msg).to_owned()
+}
+
+fn parse_id(raw: &str) -> Result<CaseId, AppError> {
+    raw.parse::<CaseId>()
+        .map_err(|m| FieldError::new("id", m).into())
+}
+
+/// The source a request speaks for, set by the auth middleware.
+#[derive(Clone, Debug)]
+pub struct Source(pub String);
+
+async fn auth(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = presented.filter(|t| !t.is_empty()) else {
+        return AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an Authorization: Bearer token is required",
+        )
+        .into_response();
+    };
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Compare against every token, in constant time, without stopping early.
+    let mut found: Option<&ApiToken> = None;
+    for t in state.tokens.iter() {
+        if bool::from(t.sha256.ct_eq(&digest)) {
+            found = Some(t);
+        }
+    }
+    match found {
+        Some(t) => {
+            req.extensions_mut().insert(Source(t.source.clone()));
+            next.run(req).await
+        }
+        None => AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is not valid",
+        )
+        .into_response(),
+    }
+}
+
+fn idempotency(
+    headers: &HeaderMap,
+    source: &str,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, AppError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()))
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+            .field("Idempotency-Key")
+        })?;
+    let mut h = Sha256::new();
+    h.update(method.as_str());
+    h.update([0]);
+    h.update(path);
+    h.update([0]);
+    h.update(body);
+    Ok(Some(Idempotency {
+        key: format!("{source}\0{key}"),
+        request_sha256: hex::encode(h.finalize()),
+    }))
+}
+
+fn replayed(r: IdempotentResponse) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    let mut resp = (status, Json(r.body)).into_response();
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
+}
+
+/// A case as `GET` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CaseView {
+    id: String,
+    subject: String,
+    status: Status,
+    priority: Priority,
+    customer: CustomerView,
+    assignee: Option<String>,
+    eta: Option<DateTime<Utc>>,
+    tags: Vec<String>,
+    #[schema(value_type = Object)]
+    fields: std::collections::BTreeMap<String, serde_json::Value>,
+    latest_note: Option<Note>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// When the next progress update is planned, if one is.
+    next_update_at: Option<DateTime<Utc>>,
+    /// The rule that currently governs updates.
+    rule: Option<String>,
+    messages: Vec<MessageView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerView {
+    name: String,
+    email: Option<String>,
+    phone: Option<String>,
+    timezone: String,
+    locale: String,
+    channels: Vec<Channel>,
+}
+
+/// One message in a case's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    id: String,
+    /// created, progress, resolved, note, status or escalation.
+    kind: String,
+    template: String,
+    rule: Option<String>,
+    channel: Channel,
+    status: DeliveryStatus,
+    attempts: u32,
+    due_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    /// The next-update time this message told the customer.
+    promised_next_update_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+}
+
+impl From<&CaseRecord> for CaseView {
+    fn from(r: &CaseRecord) -> Self {
+        let c = &r.case;
+        Self {
+            id: c.id.to_string(),
+            subject: c.subject.clone(),
+            status: c.status,
+            priority: c.priority,
+            customer: CustomerView {
+                name: c.customer.name.clone(),
+                email: c.customer.email.as_ref().map(ToString::to_string),
+                phone: c.customer.phone.as_ref().map(ToString::to_string),
+                timezone: c.customer.timezone.name().to_owned(),
+                locale: c.customer.locale.to_string(),
+                channels: c.customer.channels.clone(),
+            },
+            assignee: c.assignee.clone(),
+            eta: c.eta,
+            tags: c.tags.clone(),
+            fields: c.fields.clone(),
+            latest_note: c.latest_note.clone(),
+            created_at: c.created_at,
+            updated_at: r.updated_at,
+            next_update_at: r.schedule.next_update_at,
+            rule: r.schedule.rule.clone(),
+            messages: r
+                .messages
+                .iter()
+                .filter(|m| !m.internal)
+                .map(|m| MessageView {
+                    id: m.id.to_string(),
+                    kind: m.kind.clone(),
+                    template: m.template.clone(),
+                    rule: m.rule.clone(),
+                    channel: m.channel,
+                    status: m.status,
+                    attempts: m.attempts,
+                    due_at: m.due_at,
+                    sent_at: m.sent_at,
+                    promised_next_update_at: m.promised_next_update_at,
+                    error: m.error.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn view_json(r: &CaseRecord) -> serde_json::Value {
+    serde_json::to_value(CaseView::from(r)).unwrap_or_default()
+}
+
+/// Create or replace a case.
+#[utoipa::path(
+    put, path = "/v1/cases/{id}", tag = "cases",
+    params(
+        ("id" = String, Path, description = "The ticket system's case id", pattern = "^[A-Za-z0-9._:-]{1,128}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried request"),
+    ),
+    request_body = CaseInput,
+    responses(
+        (status = 201, description = "Created; the acknowledgement is queued", body = CaseView),
+        (status = 200, description = "Replaced", body = CaseView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_case(
+    State(state): State<ApiState>,
+    Extension(Source(source)): Extension<Source>,
+    Path(raw_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body?;
+    let id = parse_id(&raw_id)?;
+    let idem = idempotency(
+        &headers,
+        &source,
+        &method,
+        &format!("/v1/cases/{id}"),
+        &body,
+    )?;
+    let input: CaseInput = parse_json(&body)?;
+    let respond = |r: &CaseRecord, created: bool| (if created { 201 } else { 200 }, view_json(r));
+    match state
+        .svc
+        .put_case(&source, id, input, idem.as_ref(), &respond)
+        .await?
+    {
+        Reply::Replayed(r) => Ok(replayed(r)),
+        Reply::Done((record, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(CaseView::from(&record))).into_response())
+        }
+    }
+}
+
+/// Report an event on a case.
+#[utoipa::path(
+    post, path = "/v1/cases/{id}/events", tag = "cases",
+    params(
+        ("id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$"),
+        ("Idempotency-Key" = Option<String>, Header),
+    ),
+    request_body = EventInput,
+    responses(
+        (status = 200, description = "Applied", body = CaseView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn post_event(
+    State(state): State<ApiState>,
+    Extension(Source(source)): Extension<Source>,
+    Path(raw_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body?;
+    let id = parse_id(&raw_id)?;
+    let idem = idempotency(
+        &headers,
+        &source,
+        &method,
+        &format!("/v1/cases/{id}/events"),
+        &body,
+    )?;
+    let input: EventInput = parse_json(&body)?;
+    let respond = |r: &CaseRecord, _: bool| (200, view_json(r));
+    match state
+        .svc
+        .post_event(&source, id, input, idem.as_ref(), &respond)
+        .await?
+    {
+        Reply::Replayed(r) => Ok(replayed(r)),
+        Reply::Done(record) => Ok(Json(CaseView::from(&record)).into_response()),
+    }
+}
+
+/// A case, its schedule and its message history.
+#[utoipa::path(
+    get, path = "/v1/cases/{id}", tag = "cases",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 200, body = CaseView),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_case(
+    State(state): State<ApiState>,
+    Extension(Source(source)): Extension<Source>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<CaseView>, AppError> {
+    let id = parse_id(&raw_id)?;
+    let record = state.svc.get_case(&source, id)?;
+    Ok(Json(CaseView::from(&record)))
+}
+
+/// Erase a case and its personal data; pending messages are cancelled.
+#[utoipa::path(
+    delete, path = "/v1/cases/{id}", tag = "cases",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_case(
+    State(state): State<ApiState>,
+    Extension(Source(source)): Extension<Source>,
+    Path(raw_id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let id = parse_id(&raw_id)?;
+    state.svc.delete_case(&source, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the store is open and the workers run.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready"), (status = 503, description = "Starting or stopping")))]
+async fn readyz(State(state): State<ApiState>) -> (StatusCode, &'static str) {
+    if state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> AppError {
+    AppError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tidings", description = "Proactive progress updates for long-running support cases"),
+    paths(put_case, post_event, get_case, delete_case, healthz, readyz),
+    components(schemas(CaseInput, EventInput, CaseView, MessageView, CustomerView, ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// The router, ready to serve.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/cases/{id}",
+            get(get_case).put(put_case).delete(delete_case),
+        )
+        .route("/cases/{id}/events", axum::routing::post(post_event))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,696 @@
+//! The daemon's configuration file: parsing, defaults, secrets.
+//!
+//! One YAML file; unknown keys are errors; durations are humantime strings;
+//! secrets come from the environment or from files (systemd credentials),
+//! never only inline. Paths are relative to the config file's folder.
+//! Every error carries `file:line:column`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{Defaults, Locale, parse_timezone};
+
+/// A problem found in a file the operator wrote, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+impl Diagnostic {
+    pub fn new(file: &Path, line: u64, column: u64, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: line.max(1),
+            column: column.max(1),
+            message: message.into(),
+        }
+    }
+
+    pub fn at<T>(file: &Path, spanned: &Spanned<T>, message: impl Into<String>) -> Self {
+        Self::new(
+            file,
+            spanned.referenced.line(),
+            spanned.referenced.column(),
+            message,
+        )
+    }
+
+    /// Turns a YAML parse error into a diagnostic with its position.
+    pub fn from_yaml(file: &Path, err: &serde_saphyr::Error) -> Self {
+        let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+        let text = err.to_string();
+        // The rendered error repeats the position and adds a snippet; keep
+        // the first line and drop the position suffix.
+        let first = text.lines().next().unwrap_or("invalid YAML");
+        let message = first
+            .split(" at line ")
+            .next()
+            .unwrap_or(first)
+            .trim_start_matches("error: ")
+            .to_owned();
+        Self::new(file, line, column, message)
+    }
+}
+
+/// A list of diagnostics: what `check` prints, one a line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Diagnostic> for Diagnostics {
+    fn from(d: Diagnostic) -> Self {
+        Self(vec![d])
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    rules: Option<String>,
+    templates: Option<String>,
+    default_timezone: Option<Spanned<String>>,
+    default_locale: Option<Spanned<String>>,
+    public_url: Option<String>,
+    company: Option<Company>,
+    api: Option<RawApi>,
+    email: Option<RawEmail>,
+    sms: Option<RawSms>,
+    delivery: Option<RawDelivery>,
+    log: Option<LogConfig>,
+}
+
+/// How the company signs its messages; exposed to templates as `company`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Company {
+    pub name: String,
+    #[serde(default)]
+    pub support_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default)]
+    tokens: Vec<Spanned<RawToken>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    source: String,
+    token_sha256: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    transport: Option<EmailTransportKind>,
+    smtp_url: Option<Spanned<String>>,
+    username_env: Option<String>,
+    username_file: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    from: Option<Spanned<String>>,
+    pool_size: Option<u32>,
+    file_dir: Option<String>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailTransportKind {
+    Smtp,
+    File,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "parsed so SPEC-shaped configs validate; only `transport` is read until SMS sending lands"
+)]
+struct RawSms {
+    transport: Option<String>,
+    base_url: Option<String>,
+    account_sid: Option<String>,
+    auth_token_env: Option<String>,
+    auth_token_file: Option<String>,
+    from: Option<String>,
+    messaging_service_sid: Option<String>,
+    file_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    max_attempts: Option<u32>,
+    backoff: Option<RawBackoff>,
+    concurrency: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial: Option<Spanned<String>>,
+    max: Option<Spanned<String>>,
+}
+
+/// Logging options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default, journald-friendly) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `tidings=debug`.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// An API token: its SHA-256 and the source it speaks for.
+#[derive(Clone)]
+pub struct ApiToken {
+    pub source: String,
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SMTP credentials, never printed.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum EmailTransport {
+    Smtp {
+        url: String,
+        credentials: Option<Credentials>,
+        pool_size: u32,
+        timeout: Duration,
+    },
+    File {
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub transport: EmailTransport,
+    pub from: lettre::message::Mailbox,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub concurrency: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub rules_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    pub default_timezone: Tz,
+    pub default_locale: Locale,
+    pub public_url: String,
+    pub company: Company,
+    pub tokens: Vec<ApiToken>,
+    pub email: EmailConfig,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+    /// Set when the file configures SMS, which this version does not send.
+    pub sms_configured: bool,
+}
+
+impl Config {
+    pub fn defaults(&self) -> Defaults {
+        Defaults {
+            timezone: self.default_timezone,
+            locale: self.default_locale.clone(),
+        }
+    }
+
+    /// Reads and validates the config file. Secrets are resolved here, so a
+    /// missing environment variable or credential file is reported at once.
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::new(path, 1, 1, format!("cannot read config: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Diagnostics> {
+        let raw: RawConfig =
+            serde_saphyr::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let rel = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut errors = Vec::new();
+
+        let listen = match &raw.listen {
+            Some(s) => s.value.parse().unwrap_or_else(|_| {
+                errors.push(Diagnostic::at(
+                    path,
+                    s,
+                    format!(
+                        "listen: `{}` is not an address such as 127.0.0.1:8080",
+                        s.value
+                    ),
+                ));
+                default_listen()
+            }),
+            None => default_listen(),
+        };
+        let default_timezone = match &raw.default_timezone {
+            Some(s) => parse_timezone(&s.value).unwrap_or_else(|m| {
+                errors.push(Diagnostic::at(path, s, format!("default_timezone {m}")));
+                Tz::UTC
+            }),
+            None => Tz::UTC,
+        };
+        let fallback_locale = Locale::from_str_default();
+        let default_locale = match &raw.default_locale {
+            Some(s) => s.value.parse().unwrap_or_else(|m| {
+                errors.push(Diagnostic::at(path, s, format!("default_locale {m}")));
+                fallback_locale.clone()
+            }),
+            None => fallback_locale,
+        };
+
+        let data_dir = rel(raw.data_dir.as_deref().unwrap_or("./data"));
+        let tokens = raw
+            .api
+            .map(|api| {
+                api.tokens
+                    .iter()
+                    .filter_map(|t| match resolve_token(base, &t.value) {
+                        Ok(tok) => Some(tok),
+                        Err(m) => {
+                            errors.push(Diagnostic::at(path, t, m));
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let email = resolve_email(path, base, &data_dir, raw.email, &mut errors);
+        let delivery = resolve_delivery(path, raw.delivery, &mut errors);
+
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        let Some(email) = email else {
+            return Err(Diagnostic::new(path, 1, 1, "email: invalid").into());
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            listen,
+            data_dir,
+            rules_dir: rel(raw.rules.as_deref().unwrap_or("./rules")),
+            templates_dir: rel(raw.templates.as_deref().unwrap_or("./templates")),
+            default_timezone,
+            default_locale,
+            public_url: raw
+                .public_url
+                .unwrap_or_else(|| format!("http://{listen}"))
+                .trim_end_matches('/')
+                .to_owned(),
+            company: raw.company.unwrap_or_else(|| Company {
+                name: "Support".into(),
+                support_url: None,
+            }),
+            tokens,
+            email,
+            delivery,
+            log: raw.log.unwrap_or_default(),
+            sms_configured: raw.sms.is_some_and(|s| s.transport.is_some()),
+        })
+    }
+}
+
+impl Locale {
+    fn from_str_default() -> Self {
+        "en".parse()
+            .unwrap_or_else(|_| unreachable!("`en` is a valid locale"))
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// Parses a humantime duration (`90s`, `4h`, `2d`), naming the key on error.
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| format!("{key}: `{value}` is not a duration such as 90s, 4h or 2d ({e})"))
+}
+
+fn spanned_duration(
+    file: &Path,
+    key: &str,
+    value: Option<&Spanned<String>>,
+    default: Duration,
+    errors: &mut Vec<Diagnostic>,
+) -> Duration {
+    match value {
+        None => default,
+        Some(s) => parse_duration(key, &s.value).unwrap_or_else(|m| {
+            errors.push(Diagnostic::at(file, s, m));
+            default
+        }),
+    }
+}
+
+fn read_secret(
+    base: &Path,
+    env: Option<&str>,
+    file: Option<&str>,
+) -> Result<Option<String>, String> {
+    if let Some(name) = env {
+        return match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(format!("environment variable {name} is not set")),
+        };
+    }
+    if let Some(file) = file {
+        let p = credential_path(base, file);
+        return std::fs::read_to_string(&p)
+            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|e| format!("cannot read secret file {}: {e}", p.display()));
+    }
+    Ok(None)
+}
+
+/// A relative secret file is looked up in `$CREDENTIALS_DIRECTORY` (systemd
+/// `LoadCredential=`) when set, else next to the config file.
+fn credential_path(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        return p.to_owned();
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let candidate = Path::new(&dir).join(p);
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    base.join(p)
+}
+
+fn resolve_token(base: &Path, raw: &RawToken) -> Result<ApiToken, String> {
+    if raw.source.trim().is_empty() {
+        return Err("api.tokens: source must not be empty".into());
+    }
+    let given = [
+        raw.token_sha256.is_some(),
+        raw.token_env.is_some(),
+        raw.token_file.is_some(),
+    ]
+    .into_iter()
+    .filter(|x| *x)
+    .count();
+    if given != 1 {
+        return Err(format!(
+            "api.tokens: source `{}` needs exactly one of token_sha256, token_env, token_file",
+            raw.source
+        ));
+    }
+    let sha256 = if let Some(hex_digest) = &raw.token_sha256 {
+        let bytes = hex::decode(hex_digest.trim())
+            .map_err(|_| "api.tokens: token_sha256 must be 64 hexadecimal characters".to_owned())?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| "api.tokens: token_sha256 must be 64 hexadecimal characters".to_owned())?
+    } else {
+        let token = read_secret(base, raw.token_env.as_deref(), raw.token_file.as_deref())
+            .map_err(|m| format!("api.tokens: {m}"))?
+            .unwrap_or_default();
+        if token.len() < 16 {
+            return Err("api.tokens: a token must be at least 16 characters".into());
+        }
+        Sha256::digest(token.as_bytes()).into()
+    };
+    Ok(ApiToken {
+        source: raw.source.trim().to_owned(),
+        sha256,
+    })
+}
+
+fn resolve_email(
+    file: &Path,
+    base: &Path,
+    data_dir: &Path,
+    raw: Option<RawEmail>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<EmailConfig> {
+    let raw = raw.unwrap_or(RawEmail {
+        transport: None,
+        smtp_url: None,
+        username_env: None,
+        username_file: None,
+        password_env: None,
+        password_file: None,
+        from: None,
+        pool_size: None,
+        file_dir: None,
+        timeout: None,
+    });
+    let from_text = raw
+        .from
+        .as_ref()
+        .map_or("Support <support@example.com>", |s| s.value.as_str());
+    let from = match from_text.parse::<lettre::message::Mailbox>() {
+        Ok(m) => Some(m),
+        Err(_) => {
+            let d = match &raw.from {
+                Some(s) => Diagnostic::at(
+                    file,
+                    s,
+                    format!(
+                        "email.from: `{from_text}` is not a mailbox such as \"Support <support@example.com>\""
+                    ),
+                ),
+                None => Diagnostic::new(file, 1, 1, "email.from is invalid"),
+            };
+            errors.push(d);
+            None
+        }
+    };
+    let transport = match raw.transport.unwrap_or(EmailTransportKind::File) {
+        EmailTransportKind::File => EmailTransport::File {
+            dir: raw.file_dir.as_deref().map_or_else(
+                || data_dir.join("mail"),
+                |d| {
+                    let p = Path::new(d);
+                    if p.is_absolute() {
+                        p.to_owned()
+                    } else {
+                        base.join(p)
+                    }
+                },
+            ),
+        },
+        EmailTransportKind::Smtp => {
+            let Some(url) = raw.smtp_url.as_ref() else {
+                errors.push(Diagnostic::new(
+                    file,
+                    1,
+                    1,
+                    "email.smtp_url is required when email.transport is smtp",
+                ));
+                return None;
+            };
+            if !(url.value.starts_with("smtp://") || url.value.starts_with("smtps://")) {
+                errors.push(Diagnostic::at(
+                    file,
+                    url,
+                    "email.smtp_url must start with smtp:// or smtps://",
+                ));
+            }
+            let username = read_secret(
+                base,
+                raw.username_env.as_deref(),
+                raw.username_file.as_deref(),
+            );
+            let password = read_secret(
+                base,
+                raw.password_env.as_deref(),
+                raw.password_file.as_deref(),
+            );
+            let credentials = match (username, password) {
+                (Ok(Some(username)), Ok(Some(password))) => {
+                    Some(Credentials { username, password })
+                }
+                (Ok(None), Ok(None)) => None,
+                (Err(m), _) | (_, Err(m)) => {
+                    errors.push(Diagnostic::new(file, 1, 1, format!("email: {m}")));
+                    None
+                }
+                _ => {
+                    errors.push(Diagnostic::new(
+                        file,
+                        1,
+                        1,
+                        "email: username and password must be given together",
+                    ));
+                    None
+                }
+            };
+            EmailTransport::Smtp {
+                url: url.value.clone(),
+                credentials,
+                pool_size: raw.pool_size.unwrap_or(8).clamp(1, 64),
+                timeout: spanned_duration(
+                    file,
+                    "email.timeout",
+                    raw.timeout.as_ref(),
+                    Duration::from_secs(30),
+                    errors,
+                ),
+            }
+        }
+    };
+    Some(EmailConfig {
+        transport,
+        from: from?,
+    })
+}
+
+fn resolve_delivery(
+    file: &Path,
+    raw: Option<RawDelivery>,
+    errors: &mut Vec<Diagnostic>,
+) -> DeliveryConfig {
+    let (max_attempts, backoff, concurrency) = raw.map_or((None, None, None), |d| {
+        (d.max_attempts, d.backoff, d.concurrency)
+    });
+    let (initial, max) = backoff.map_or((None, None), |b| (b.initial, b.max));
+    let backoff_initial = spanned_duration(
+        file,
+        "delivery.backoff.initial",
+        initial.as_ref(),
+        Duration::from_secs(30),
+        errors,
+    );
+    let backoff_max = spanned_duration(
+        file,
+        "delivery.backoff.max",
+        max.as_ref(),
+        Duration::from_secs(3600),
+        errors,
+    );
+    DeliveryConfig {
+        max_attempts: max_attempts.unwrap_or(10).max(1),
+        backoff_initial,
+        backoff_max: backoff_max.max(backoff_initial),
+        concurrency: concurrency.unwrap_or(8).clamp(1, 256) as usize,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_with_position() {
+        let err = Config::parse(Path::new("t.yaml"), "listen: 127.0.0.1:1\nlisen: x\n")
+            .expect_err("unknown key");
+        let line = err.to_string();
+        assert!(line.starts_with("t.yaml:2:"), "{line}");
+        assert!(line.contains("lisen"), "{line}");
+    }
+
+    #[test]
+    fn bad_durations_name_the_key() {
+        let err = Config::parse(
+            Path::new("t.yaml"),
+            "delivery:\n  backoff: { initial: soon }\n",
+        )
+        .expect_err("bad duration");
+        let line = err.to_string();
+        assert!(line.starts_with("t.yaml:2:"), "{line}");
+        assert!(line.contains("delivery.backoff.initial"), "{line}");
+    }
+
+    #[test]
+    fn defaults_are_file_transports() {
+        let cfg = Config::parse(Path::new("/etc/tidings/tidings.yaml"), "{}").expect("valid");
+        assert!(matches!(cfg.email.transport, EmailTransport::File { .. }));
+        assert_eq!(cfg.data_dir, Path::new("/etc/tidings/./data"));
+    }
+}

@@ -1,0 +1,195 @@
+//! Wiring: load and validate everything, open the store, start the API,
+//! the scheduler and the dispatcher, and stop them in order.
+//!
+//! `run` takes an already-bound listener and a shutdown future, so tests
+//! start a real daemon on port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiState, router};
+use crate::channels::email::Mailer;
+use crate::config::{Config, Diagnostic, Diagnostics};
+use crate::dispatch::Dispatcher;
+use crate::domain::{Case, CaseInput, Channel, CustomerInput, Priority, Status};
+use crate::plan::Engine;
+use crate::render::{MessageContext, Templates};
+use crate::rules::RuleSet;
+use crate::service::Service;
+use crate::store::Store;
+
+/// Loads rules and templates and checks that they fit together: every
+/// template a rule names exists, and every template renders.
+pub fn build_engine(config: &Config) -> Result<Engine, Diagnostics> {
+    let rules = RuleSet::load_dir(&config.rules_dir);
+    let templates = Templates::load(&config.templates_dir, config.default_locale.clone());
+    let (rules, templates) = match (rules, templates) {
+        (Ok(r), Ok(t)) => (r, t),
+        (r, t) => {
+            let mut all = Vec::new();
+            if let Err(Diagnostics(d)) = r {
+                all.extend(d);
+            }
+            if let Err(Diagnostics(d)) = t {
+                all.extend(d);
+            }
+            return Err(Diagnostics(all));
+        }
+    };
+    let mut errors = Vec::new();
+    let channels = vec![Channel::Email];
+    let mut need = |template: &str, origin: &crate::rules::Origin, chans: &[Channel]| {
+        for c in chans {
+            if channels.contains(c) && !templates.has(template, *c) {
+                errors.push(origin.diagnostic(format!(
+                    "template `{template}` has no {}.{}.j2 in {}",
+                    template,
+                    c.as_str(),
+                    templates.dir().display()
+                )));
+            }
+        }
+    };
+    for r in &rules.rules {
+        need(&r.template, &r.origin, &r.channels);
+        if let Some(e) = &r.escalate {
+            need(&e.template, &r.origin, &[Channel::Email]);
+        }
+    }
+    for on in rules.on.values() {
+        need(&on.template, &on.origin, &on.channels);
+    }
+    errors.extend(templates.check(&sample_context(config)));
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+    Ok(Engine {
+        rules,
+        templates,
+        company: config.company.clone(),
+        public_url: config.public_url.clone(),
+        message_id_domain: config.email.from.email.domain().to_owned(),
+        channels,
+    })
+}
+
+/// A realistic case with every field filled, for template checks.
+fn sample_context(config: &Config) -> MessageContext {
+    let now = Utc::now();
+    let input = CaseInput {
+        subject: "Replacement router has not shipped".into(),
+        status: Status::Open,
+        priority: Priority::High,
+        customer: CustomerInput {
+            name: "Maria Hernandez".into(),
+            email: Some("maria.hernandez@example.com".into()),
+            phone: Some("+12125550143".into()),
+            timezone: Some("America/New_York".into()),
+            locale: Some("en".into()),
+            channels: None,
+        },
+        assignee: Some("Jordan".into()),
+        eta: Some(now + chrono::Duration::days(3)),
+        tags: vec!["hardware".into()],
+        fields: [("order".to_owned(), serde_json::json!("RMA-20931"))].into(),
+    };
+    let mut case: Case = input
+        .into_case(
+            "CASE-1"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("valid id")),
+            "sample",
+            &config.defaults(),
+            now,
+            None,
+        )
+        .unwrap_or_else(|e| unreachable!("the sample case is valid: {e}"));
+    case.latest_note = Some(crate::domain::Note {
+        body: "The courier picked up the replacement this morning.".into(),
+        author: Some("Jordan".into()),
+        at: now,
+    });
+    MessageContext::new(
+        &case,
+        Some(now + chrono::Duration::hours(4)),
+        now,
+        &config.company,
+        format!("{}/unsubscribe/sample", config.public_url),
+    )
+}
+
+/// `tidings check`: everything `serve` would validate, nothing started.
+pub fn check(config: &Config) -> Result<(), Diagnostics> {
+    build_engine(config)?;
+    if let Err(e) = Mailer::new(&config.email) {
+        return Err(Diagnostic::new(&config.path, 1, 1, e).into());
+    }
+    Ok(())
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let engine = build_engine(&config).map_err(|d| anyhow::anyhow!("{d}"))?;
+    if config.sms_configured {
+        tracing::warn!(
+            "sms is configured, but this version sends email only; SMS messages are skipped"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = Store::open(&config.data_dir.join("db"))?;
+    let pruned = store.prune_idempotency(Utc::now() - chrono::Duration::days(1))?;
+    let mailer = Mailer::new(&config.email).map_err(|e| anyhow::anyhow!(e))?;
+    let svc = Service::new(store.clone(), Arc::new(engine), config.defaults());
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = ApiState {
+        svc: svc.clone(),
+        tokens: config.tokens.clone().into(),
+        ready: ready.clone(),
+    };
+    let cancel = CancellationToken::new();
+    let scheduler = tokio::spawn(crate::scheduler::run(svc.clone(), cancel.clone()));
+    let dispatcher = tokio::spawn(
+        Dispatcher {
+            svc: svc.clone(),
+            mailer,
+            delivery: config.delivery.clone(),
+        }
+        .run(cancel.clone(), Duration::from_secs(10)),
+    );
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        cases = store.case_count(),
+        outbox = store.outbox_len(),
+        pruned_idempotency = pruned,
+        "tidings serving"
+    );
+    ready.store(true, Ordering::Relaxed);
+    let stop = cancel.clone();
+    let ready_flag = ready.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => {}
+            }
+            ready_flag.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: intake stopped");
+        })
+        .await?;
+    cancel.cancel();
+    let _ = scheduler.await;
+    let _ = dispatcher.await;
+    store.flush().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

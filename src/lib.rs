@@ -1,0 +1,21 @@
+//! tidings: keeps customers informed while their support case takes days
+//! or weeks to resolve.
+//!
+//! The flow runs one way: `api` → `service` (plans with `plan`, commits to
+//! `store`) → `scheduler` → outbox → `dispatch` → `channels`.
+//! See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod channels;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod domain;
+pub mod plan;
+pub mod redact;
+pub mod render;
+pub mod rules;
+pub mod schedule;
+pub mod scheduler;
+pub mod service;
+pub mod store;

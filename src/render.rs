@@ -1,0 +1,399 @@
+//! Templates: locale lookup, the variables a template sees, rendering.
+//!
+//! `{template}.{channel}.j2`, optionally under a locale folder
+//! (`templates/id/progress.email.j2` wins for locale `id`). An email template
+//! defines the blocks `subject` and `text`; `{template}.email.html.j2`, when
+//! present, is the HTML part, rendered with HTML escaping. Case fields are
+//! data: they are never evaluated as template code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use minijinja::value::Serde;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde::Serialize;
+
+use crate::config::{Company, Diagnostic, Diagnostics};
+use crate::domain::{Case, Channel, Locale};
+
+/// A rendered email, ready for a transport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct EmailContent {
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("no `{template}` template for channel {channel}")]
+    Missing {
+        template: String,
+        channel: &'static str,
+    },
+    #[error("template {name}: {message}")]
+    Template { name: String, message: String },
+}
+
+/// All templates, loaded once and validated.
+#[derive(Debug)]
+pub struct Templates {
+    env: Environment<'static>,
+    names: BTreeSet<String>,
+    dir: PathBuf,
+    default_locale: Locale,
+}
+
+/// The variables a template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageContext {
+    pub customer: CustomerView,
+    pub case: CaseView,
+    /// When the customer hears from us next, in their zone and language;
+    /// `none` when no further update is planned.
+    pub next_update_at: Option<String>,
+    pub next_update_at_iso: Option<String>,
+    pub unsubscribe_url: String,
+    pub company: Company,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerView {
+    pub name: String,
+    pub first_name: String,
+    pub locale: String,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseView {
+    pub id: String,
+    pub subject: String,
+    pub status: &'static str,
+    pub priority: &'static str,
+    /// Whole days since the case was opened.
+    pub age: i64,
+    pub eta: Option<String>,
+    pub assignee: Option<String>,
+    pub tags: Vec<String>,
+    pub fields: BTreeMap<String, serde_json::Value>,
+    pub latest_note: Option<String>,
+    pub latest_note_author: Option<String>,
+}
+
+impl MessageContext {
+    pub fn new(
+        case: &Case,
+        next_update_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        company: &Company,
+        unsubscribe_url: String,
+    ) -> Self {
+        let c = &case.customer;
+        let tz = c.timezone;
+        Self {
+            customer: CustomerView {
+                first_name: c
+                    .name
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or(&c.name)
+                    .to_owned(),
+                name: c.name.clone(),
+                locale: c.locale.to_string(),
+                timezone: tz.name().to_owned(),
+            },
+            case: CaseView {
+                id: case.id.to_string(),
+                subject: case.subject.clone(),
+                status: case.status.as_str(),
+                priority: case.priority.as_str(),
+                age: (now - case.created_at).num_days().max(0),
+                eta: case.eta.map(|e| format_local(e, tz, &c.locale)),
+                assignee: case.assignee.clone(),
+                tags: case.tags.clone(),
+                fields: case.fields.clone(),
+                latest_note: case.latest_note.as_ref().map(|n| n.body.clone()),
+                latest_note_author: case.latest_note.as_ref().and_then(|n| n.author.clone()),
+            },
+            next_update_at: next_update_at.map(|t| format_local(t, tz, &c.locale)),
+            next_update_at_iso: next_update_at.map(|t| t.to_rfc3339()),
+            unsubscribe_url,
+            company: company.clone(),
+        }
+    }
+}
+
+/// An instant on the customer's wall clock, written the way their language
+/// writes dates.
+pub fn format_local(instant: DateTime<Utc>, tz: Tz, locale: &Locale) -> String {
+    let local = instant.with_timezone(&tz);
+    let (fmt, loc) = match locale.language() {
+        "id" => ("%A, %-d %B %Y pukul %H.%M %Z", chrono::Locale::id_ID),
+        // Polish months take the genitive after a day number; the numeric
+        // form avoids the wrong case.
+        "pl" => ("%A, %d.%m.%Y, godz. %H:%M %Z", chrono::Locale::pl_PL),
+        "tl" => ("%A, %B %-d, %Y, %-I:%M %p %Z", chrono::Locale::tl_PH),
+        _ => ("%A, %B %-d, %Y at %-I:%M %p %Z", chrono::Locale::en_US),
+    };
+    local.format_localized(fmt, loc).to_string()
+}
+
+fn template_file_name(template: &str, channel: Channel) -> String {
+    format!("{template}.{}.j2", channel.as_str())
+}
+
+impl Templates {
+    /// Loads every `*.j2` under `dir`, compiling each so syntax errors show
+    /// up at start-up with their position.
+    pub fn load(dir: &Path, default_locale: Locale) -> Result<Self, Diagnostics> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(200_000));
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html.j2") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        let mut names = BTreeSet::new();
+        let mut errors = Vec::new();
+        let mut files = Vec::new();
+        collect_files(dir, dir, &mut files).map_err(|e| {
+            Diagnostic::new(dir, 1, 1, format!("cannot read templates folder: {e}"))
+        })?;
+        for (name, path) in files {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    if let Err(e) = env.add_template_owned(name.clone(), text.clone()) {
+                        errors.push(template_diagnostic(&path, &text, &e));
+                    } else {
+                        names.insert(name);
+                    }
+                }
+                Err(e) => errors.push(Diagnostic::new(&path, 1, 1, format!("cannot read: {e}"))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        Ok(Self {
+            env,
+            names,
+            dir: dir.to_owned(),
+            default_locale,
+        })
+    }
+
+    /// The template file that serves `locale`: the locale's own folder, its
+    /// language's folder, the default locale's folder, then the top level.
+    pub fn resolve(&self, file: &str, locale: &Locale) -> Option<String> {
+        locale
+            .fallbacks()
+            .chain(self.default_locale.fallbacks())
+            .map(|l| format!("{l}/{file}"))
+            .chain(std::iter::once(file.to_owned()))
+            .find(|n| self.names.contains(n))
+    }
+
+    pub fn has(&self, template: &str, channel: Channel) -> bool {
+        self.names
+            .iter()
+            .any(|n| n.rsplit('/').next() == Some(&template_file_name(template, channel)))
+    }
+
+    /// Renders an email in the customer's locale.
+    pub fn render_email(
+        &self,
+        template: &str,
+        locale: &Locale,
+        ctx: &MessageContext,
+    ) -> Result<EmailContent, RenderError> {
+        let file = template_file_name(template, Channel::Email);
+        let name = self
+            .resolve(&file, locale)
+            .ok_or_else(|| RenderError::Missing {
+                template: template.to_owned(),
+                channel: "email",
+            })?;
+        let err = |e: minijinja::Error| RenderError::Template {
+            name: name.clone(),
+            message: describe(&e),
+        };
+        let tmpl = self.env.get_template(&name).map_err(err)?;
+        let (subject, text) = render_blocks(&tmpl, ctx).map_err(err)?;
+        let subject = one_line(&subject);
+        let text = tidy(&text);
+        let html_name = format!("{}.html.j2", name.trim_end_matches(".j2"));
+        let html = if self.names.contains(&html_name) {
+            let t = self
+                .env
+                .get_template(&html_name)
+                .map_err(|e| RenderError::Template {
+                    name: html_name.clone(),
+                    message: describe(&e),
+                })?;
+            Some(t.render(Serde(ctx)).map_err(|e| RenderError::Template {
+                name: html_name.clone(),
+                message: describe(&e),
+            })?)
+        } else {
+            None
+        };
+        if subject.is_empty() {
+            return Err(RenderError::Template {
+                name,
+                message: "the subject block rendered empty".into(),
+            });
+        }
+        Ok(EmailContent {
+            subject,
+            text,
+            html,
+        })
+    }
+
+    /// Renders every template in every locale folder against a sample case,
+    /// so a typo in a variable shows up before a customer would see it.
+    pub fn check(&self, sample: &MessageContext) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for name in &self.names {
+            let Ok(tmpl) = self.env.get_template(name) else {
+                continue;
+            };
+            let path = self.dir.join(name);
+            let source = std::fs::read_to_string(&path).unwrap_or_default();
+            let result = if name.ends_with(".email.j2") {
+                render_blocks(&tmpl, sample).map(|_| ())
+            } else {
+                tmpl.render(Serde(sample)).map(|_| ())
+            };
+            if let Err(e) = result {
+                out.push(template_diagnostic(&path, &source, &e));
+            } else if name.ends_with(".email.j2") && !source.contains("block subject") {
+                out.push(Diagnostic::new(
+                    &path,
+                    1,
+                    1,
+                    "an email template needs a `subject` block",
+                ));
+            } else if name.ends_with(".email.j2") && !source.contains("block text") {
+                out.push(Diagnostic::new(
+                    &path,
+                    1,
+                    1,
+                    "an email template needs a `text` block",
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Renders the `subject` and `text` blocks of an email template.
+fn render_blocks(
+    tmpl: &minijinja::Template<'_, '_>,
+    ctx: &MessageContext,
+) -> Result<(String, String), minijinja::Error> {
+    let mut captured = tmpl.render_captured(Serde(ctx))?;
+    captured
+        .with_state_mut(|state| Ok((state.render_block("subject")?, state.render_block("text")?)))
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if path.extension().is_some_and(|x| x == "j2") {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            let name = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((name, path));
+        }
+    }
+    Ok(())
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut msg = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        msg.push_str(": ");
+        msg.push_str(detail);
+    }
+    msg
+}
+
+fn template_diagnostic(path: &Path, source: &str, e: &minijinja::Error) -> Diagnostic {
+    let line = e.line().unwrap_or(1);
+    let column = e
+        .range()
+        .and_then(|r| {
+            let before = source.get(..r.start)?;
+            Some(before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+        })
+        .unwrap_or(1);
+    Diagnostic::new(path, line as u64, column as u64, describe(e))
+}
+
+/// Collapses a header value to one line: CR, LF and other control
+/// characters never reach a header.
+pub fn one_line(s: &str) -> String {
+    s.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Trims the blank lines that block tags leave at the edges of a body.
+fn tidy(s: &str) -> String {
+    let mut out = s.trim_matches(['\n', '\r']).to_owned();
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_in_the_customers_language() {
+        let t = DateTime::parse_from_rfc3339("2026-11-26T14:00:00Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        let f = |tz: &str, l: &str| {
+            format_local(t, tz.parse().expect("tz"), &l.parse().expect("locale"))
+        };
+        assert_eq!(
+            f("America/New_York", "en"),
+            "Thursday, November 26, 2026 at 9:00 AM EST"
+        );
+        assert_eq!(
+            f("Asia/Jakarta", "id"),
+            "Kamis, 26 November 2026 pukul 21.00 WIB"
+        );
+        assert_eq!(
+            f("Europe/Warsaw", "pl"),
+            "czwartek, 26.11.2026, godz. 15:00 CET"
+        );
+        assert_eq!(
+            f("Asia/Manila", "tl"),
+            "Huwebes, Nobiyembre 26, 2026, 10:00 PM PST"
+        );
+    }
+
+    #[test]
+    fn headers_never_carry_line_breaks() {
+        assert_eq!(one_line("Hi\r\nBcc: x@y.z"), "Hi Bcc: x@y.z");
+    }
+}

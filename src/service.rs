@@ -1,0 +1,219 @@
+//! The write path: what the API asks for, planned and committed durably.
+//!
+//! Each operation locks the case, reads it, lets `plan` decide, commits the
+//! result and the outbox in one transaction, waits for the flush, then
+//! wakes the scheduler and the dispatcher. Nothing here sends.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::domain::{CaseId, CaseInput, Defaults, EventInput, FieldError};
+use crate::plan::{Engine, Planned};
+use crate::store::{
+    CaseKey, CaseRecord, Commit, DeliveryStatus, IdempotentResponse, Store, StoreError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("case not found")]
+    NotFound,
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("the Idempotency-Key was used for a different request")]
+    IdempotencyConflict,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A request's idempotency: the (scoped) key and a hash of the request.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_sha256: String,
+}
+
+/// What an operation answers: a replayed response or a fresh result.
+#[derive(Debug)]
+pub enum Reply<T> {
+    Replayed(IdempotentResponse),
+    Done(T),
+}
+
+/// Shared handles of the running daemon.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub store: Store,
+    pub engine: Arc<Engine>,
+    pub defaults: Defaults,
+    pub wake_scheduler: Arc<Notify>,
+    pub wake_dispatcher: Arc<Notify>,
+}
+
+/// Builds the stored response for an idempotent request from its result.
+pub type Respond<'a> = &'a (dyn Fn(&CaseRecord, bool) -> (u16, serde_json::Value) + Sync);
+
+impl Service {
+    pub fn new(store: Store, engine: Arc<Engine>, defaults: Defaults) -> Self {
+        Self {
+            store,
+            engine,
+            defaults,
+            wake_scheduler: Arc::new(Notify::new()),
+            wake_dispatcher: Arc::new(Notify::new()),
+        }
+    }
+
+    fn replay(
+        &self,
+        idem: Option<&Idempotency>,
+    ) -> Result<Option<IdempotentResponse>, ServiceError> {
+        let Some(idem) = idem else { return Ok(None) };
+        match self.store.idempotent_response(&idem.key)? {
+            Some(r) if r.request_sha256 == idem.request_sha256 => Ok(Some(r)),
+            Some(_) => Err(ServiceError::IdempotencyConflict),
+            None => Ok(None),
+        }
+    }
+
+    async fn apply(
+        &self,
+        key: &CaseKey,
+        old_due: Option<DateTime<Utc>>,
+        planned: Planned,
+        created: bool,
+        idem: Option<&Idempotency>,
+        respond: Respond<'_>,
+    ) -> Result<CaseRecord, ServiceError> {
+        let Some(mut record) = planned.record else {
+            return Err(ServiceError::NotFound);
+        };
+        let now = record.updated_at;
+        let idempotency = idem.map(|i| {
+            record.idempotency_keys.push(i.key.clone());
+            let (status, body) = respond(&record, created);
+            (
+                i.key.clone(),
+                IdempotentResponse {
+                    request_sha256: i.request_sha256.clone(),
+                    status,
+                    body,
+                    at: now,
+                },
+            )
+        });
+        let commit = Commit {
+            record: Some(record.clone()),
+            old_due,
+            outbox_put: planned.outbox,
+            idempotency,
+            ..Commit::default()
+        };
+        self.store.commit(key, &commit)?;
+        self.store.flush().await?;
+        if !commit.outbox_put.is_empty() {
+            self.wake_dispatcher.notify_one();
+        }
+        self.wake_scheduler.notify_one();
+        Ok(record)
+    }
+
+    /// `PUT /v1/cases/{id}`: returns the record and whether it was new.
+    pub async fn put_case(
+        &self,
+        source: &str,
+        id: CaseId,
+        input: CaseInput,
+        idem: Option<&Idempotency>,
+        respond: Respond<'_>,
+    ) -> Result<Reply<(CaseRecord, bool)>, ServiceError> {
+        let key = CaseKey::new(source, id.clone());
+        let _guard = self.store.lock(&key).await;
+        if let Some(r) = self.replay(idem)? {
+            return Ok(Reply::Replayed(r));
+        }
+        let now = Utc::now();
+        let existing = self.store.get(&key)?;
+        let (created_at, note) = existing.as_ref().map_or((now, None), |r| {
+            (r.case.created_at, r.case.latest_note.clone())
+        });
+        let case = input.into_case(id, source, &self.defaults, created_at, note)?;
+        let created = existing.is_none();
+        let old_due = existing.as_ref().and_then(|r| r.schedule.due_at);
+        let planned = self.engine.upsert(existing, case, now);
+        let record = self
+            .apply(&key, old_due, planned, created, idem, respond)
+            .await?;
+        tracing::info!(case = %key, created, status = record.case.status.as_str(), "case stored");
+        Ok(Reply::Done((record, created)))
+    }
+
+    /// `POST /v1/cases/{id}/events`.
+    pub async fn post_event(
+        &self,
+        source: &str,
+        id: CaseId,
+        input: EventInput,
+        idem: Option<&Idempotency>,
+        respond: Respond<'_>,
+    ) -> Result<Reply<CaseRecord>, ServiceError> {
+        let key = CaseKey::new(source, id);
+        let _guard = self.store.lock(&key).await;
+        if let Some(r) = self.replay(idem)? {
+            return Ok(Reply::Replayed(r));
+        }
+        let event = input.validate()?;
+        let record = self.store.get(&key)?.ok_or(ServiceError::NotFound)?;
+        let now = Utc::now();
+        let old_due = record.schedule.due_at;
+        let kind = match &event {
+            crate::domain::Event::Note { .. } => "note",
+            crate::domain::Event::AgentReply => "agent_reply",
+            crate::domain::Event::Status(_) => "status",
+            crate::domain::Event::Eta(_) => "eta",
+        };
+        let planned = self.engine.event(record, event, now);
+        let record = self
+            .apply(&key, old_due, planned, false, idem, respond)
+            .await?;
+        tracing::info!(case = %key, event = kind, "event applied");
+        Ok(Reply::Done(record))
+    }
+
+    pub fn get_case(&self, source: &str, id: CaseId) -> Result<CaseRecord, ServiceError> {
+        self.store
+            .get(&CaseKey::new(source, id))?
+            .ok_or(ServiceError::NotFound)
+    }
+
+    /// `DELETE /v1/cases/{id}`: erases the case, its history, its pending
+    /// messages and the idempotency records that hold its data.
+    pub async fn delete_case(&self, source: &str, id: CaseId) -> Result<(), ServiceError> {
+        let key = CaseKey::new(source, id);
+        let _guard = self.store.lock(&key).await;
+        let record = self.store.get(&key)?.ok_or(ServiceError::NotFound)?;
+        let mut outbox_remove = Vec::new();
+        for m in &record.messages {
+            if m.status == DeliveryStatus::Pending
+                && let Some(entry) = self.store.outbox_entry(m.id)?
+            {
+                outbox_remove.push((entry.id, entry.next_attempt_at));
+            }
+        }
+        let cancelled = outbox_remove.len();
+        self.store.commit(
+            &key,
+            &Commit {
+                record: None,
+                old_due: record.schedule.due_at,
+                outbox_remove,
+                idempotency_remove: record.idempotency_keys.clone(),
+                ..Commit::default()
+            },
+        )?;
+        self.store.flush().await?;
+        tracing::info!(case = %key, cancelled, "case erased");
+        Ok(())
+    }
+}

@@ -1,0 +1,460 @@
+//! Durable state in sled: cases with their message history, the schedule
+//! index, the outbox, idempotency records.
+//!
+//! This is the only module that knows sled. Its interface is narrow on
+//! purpose (get a case, commit a change atomically, walk what is due,
+//! flush) so another backend can stand behind it. Every change that
+//! advances a case's schedule writes the outbox in the same transaction.
+//!
+//! Trees:
+//! - `cases`: `source \0 id` → `CaseRecord` (JSON, versioned)
+//! - `schedule`: `due_ms (BE) ++ case key` → `()`, ordered by due instant
+//! - `outbox`: message id → `OutboxEntry`
+//! - `outbox_due`: `next_attempt_ms (BE) ++ message id` → `()`
+//! - `idempotency`: `sha256(source, key)` → `IdempotentResponse`
+
+use std::hash::{Hash, Hasher};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use uuid::Uuid;
+
+use crate::domain::{Case, CaseId, Channel};
+use crate::render::EmailContent;
+
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage: corrupt record under {key}: {err}")]
+    Corrupt { key: String, err: serde_json::Error },
+    #[error("storage: record version {found} is newer than this binary understands")]
+    Version { found: u32 },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Identifies a case across sources: a token only ever sees its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CaseKey {
+    pub source: String,
+    pub id: CaseId,
+}
+
+impl CaseKey {
+    pub fn new(source: &str, id: CaseId) -> Self {
+        Self {
+            source: source.to_owned(),
+            id,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.source.len() + 1 + self.id.as_ref().len());
+        k.extend_from_slice(self.source.as_bytes());
+        k.push(0);
+        k.extend_from_slice(self.id.as_ref().as_bytes());
+        k
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        let nul = b.iter().position(|x| *x == 0)?;
+        let source = std::str::from_utf8(&b[..nul]).ok()?;
+        let id = std::str::from_utf8(&b[nul + 1..]).ok()?.parse().ok()?;
+        Some(Self::new(source, id))
+    }
+}
+
+impl std::fmt::Display for CaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.source, self.id)
+    }
+}
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+/// One message in a case's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: Uuid,
+    /// What caused it: `created`, `progress`, `resolved`, `note`, `status`, `escalation`.
+    pub kind: String,
+    pub template: String,
+    pub rule: Option<String>,
+    pub channel: Channel,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub due_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub promised_next_update_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    /// Internal escalations go to an operator, not to the customer.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// Schedule bookkeeping for one case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The last customer-facing message or public agent reply.
+    pub last_contact_at: DateTime<Utc>,
+    /// When the next progress update goes out, if one is planned.
+    pub next_update_at: Option<DateTime<Utc>>,
+    /// When the scheduler looks at the case next (the index key).
+    pub due_at: Option<DateTime<Utc>>,
+    /// The rule that matched last, and how many updates it sent in a row.
+    pub rule: Option<String>,
+    pub rule_updates: u32,
+    pub escalated: bool,
+    pub resolution_sent: bool,
+}
+
+/// A case with everything tidings keeps about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub v: u32,
+    pub case: Case,
+    pub updated_at: DateTime<Utc>,
+    pub schedule: ScheduleState,
+    pub messages: Vec<MessageRecord>,
+    /// Idempotency records that hold this case's data, erased with it.
+    #[serde(default)]
+    pub idempotency_keys: Vec<String>,
+}
+
+impl CaseRecord {
+    pub fn key(&self) -> CaseKey {
+        CaseKey::new(&self.case.source, self.case.id.clone())
+    }
+
+    pub fn message_mut(&mut self, id: Uuid) -> Option<&mut MessageRecord> {
+        self.messages.iter_mut().find(|m| m.id == id)
+    }
+}
+
+/// A message waiting to be sent, already rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub v: u32,
+    pub id: Uuid,
+    pub case: CaseKey,
+    pub channel: Channel,
+    pub to_name: String,
+    pub to: String,
+    pub content: EmailContent,
+    /// Stable across retries and restarts, so a resend is recognisable.
+    pub message_id: String,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// A stored answer for a retried request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotentResponse {
+    pub request_sha256: String,
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// One atomic change around a case.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// The case as it should be after the change; `None` erases it.
+    pub record: Option<CaseRecord>,
+    /// The schedule instant the stored record had, to remove its index key.
+    pub old_due: Option<DateTime<Utc>>,
+    pub outbox_put: Vec<OutboxEntry>,
+    /// Outbox entries to drop: id and the `next_attempt_at` they are indexed under.
+    pub outbox_remove: Vec<(Uuid, DateTime<Utc>)>,
+    pub idempotency: Option<(String, IdempotentResponse)>,
+    pub idempotency_remove: Vec<String>,
+}
+
+fn ms_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
+    // Offset so instants before 1970 still sort as unsigned big-endian.
+    let ms = (t.timestamp_millis() as i128 - i128::from(i64::MIN)) as u64;
+    let mut k = Vec::with_capacity(8 + suffix.len());
+    k.extend_from_slice(&ms.to_be_bytes());
+    k.extend_from_slice(suffix);
+    k
+}
+
+fn ms_of(key: &[u8]) -> Option<DateTime<Utc>> {
+    let raw = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let ms = (i128::from(raw) + i128::from(i64::MIN)) as i64;
+    DateTime::from_timestamp_millis(ms)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(default)]
+        v: u32,
+    }
+    if let Ok(Versioned { v }) = serde_json::from_slice::<Versioned>(bytes)
+        && v > RECORD_VERSION
+    {
+        return Err(StoreError::Version { found: v });
+    }
+    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        err,
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|e| unreachable!("records always serialize: {e}"))
+}
+
+/// The sled database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    cases: sled::Tree,
+    schedule: sled::Tree,
+    outbox: sled::Tree,
+    outbox_due: sled::Tree,
+    idempotency: sled::Tree,
+    locks: std::sync::Arc<[tokio::sync::Mutex<()>]>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+const LOCK_STRIPES: usize = 64;
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. One process per database.
+    pub fn open(dir: &std::path::Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(500))
+            .open()?;
+        Ok(Self {
+            cases: db.open_tree("cases")?,
+            schedule: db.open_tree("schedule")?,
+            outbox: db.open_tree("outbox")?,
+            outbox_due: db.open_tree("outbox_due")?,
+            idempotency: db.open_tree("idempotency")?,
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            db,
+        })
+    }
+
+    /// Serialises changes to one case (reads, plans and commits happen
+    /// under this lock; sends do not).
+    pub async fn lock(&self, key: &CaseKey) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let stripe = (h.finish() as usize) % LOCK_STRIPES;
+        self.locks[stripe].lock().await
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>> {
+        let k = key.bytes();
+        self.cases.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// Applies a change atomically: the case, its schedule index entry, the
+    /// outbox and the idempotency record move together or not at all.
+    pub fn commit(&self, key: &CaseKey, commit: &Commit) -> Result<()> {
+        let case_key = key.bytes();
+        let record_bytes = commit.record.as_ref().map(encode);
+        let new_due = commit.record.as_ref().and_then(|r| r.schedule.due_at);
+        let outbox: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = commit
+            .outbox_put
+            .iter()
+            .map(|e| {
+                (
+                    e.id.as_bytes().to_vec(),
+                    encode(e),
+                    ms_key(e.next_attempt_at, e.id.as_bytes()),
+                )
+            })
+            .collect();
+        let idem = commit
+            .idempotency
+            .as_ref()
+            .map(|(k, v)| (idempotency_key_bytes(k), encode(v)));
+        let result = (
+            &self.cases,
+            &self.schedule,
+            &self.outbox,
+            &self.outbox_due,
+            &self.idempotency,
+        )
+            .transaction(|(cases, schedule, outbox_t, outbox_due, idempotency)| {
+                if let Some(old) = commit.old_due {
+                    schedule.remove(ms_key(old, &case_key))?;
+                }
+                match &record_bytes {
+                    Some(bytes) => {
+                        cases.insert(case_key.as_slice(), bytes.as_slice())?;
+                        if let Some(due) = new_due {
+                            schedule.insert(ms_key(due, &case_key), &[][..])?;
+                        }
+                    }
+                    None => {
+                        cases.remove(case_key.as_slice())?;
+                    }
+                }
+                for (id, at) in &commit.outbox_remove {
+                    outbox_t.remove(id.as_bytes().as_slice())?;
+                    outbox_due.remove(ms_key(*at, id.as_bytes()))?;
+                }
+                for (id, bytes, due_key) in &outbox {
+                    outbox_t.insert(id.as_slice(), bytes.as_slice())?;
+                    outbox_due.insert(due_key.as_slice(), &[][..])?;
+                }
+                if let Some((k, v)) = &idem {
+                    idempotency.insert(k.as_slice(), v.as_slice())?;
+                }
+                for k in &commit.idempotency_remove {
+                    idempotency.remove(idempotency_key_bytes(k))?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+        }
+    }
+
+    /// The earliest scheduled case, if any.
+    pub fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
+        for item in self.schedule.iter() {
+            let (k, _) = item?;
+            let (Some(at), Some(key)) = (ms_of(&k), CaseKey::from_bytes(&k[8..])) else {
+                // A key we cannot read is dropped rather than blocking the queue.
+                self.schedule.remove(&k)?;
+                continue;
+            };
+            return Ok(Some((at, key)));
+        }
+        Ok(None)
+    }
+
+    /// Drops one schedule index entry (one that outlived its case).
+    pub fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()> {
+        self.schedule.remove(ms_key(at, &key.bytes()))?;
+        Ok(())
+    }
+
+    /// Outbox entries due at `now`, earliest first, skipping `busy` ones.
+    pub fn due_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<Uuid>,
+    ) -> Result<(Vec<OutboxEntry>, Option<DateTime<Utc>>)> {
+        let mut out = Vec::new();
+        for item in self.outbox_due.iter() {
+            let (k, _) = item?;
+            let Some(at) = ms_of(&k) else { continue };
+            let Some(id) = k.get(8..).and_then(|b| Uuid::from_slice(b).ok()) else {
+                continue;
+            };
+            if busy.contains(&id) {
+                continue;
+            }
+            if at > now || out.len() >= limit {
+                return Ok((out, Some(at)));
+            }
+            match self.outbox.get(id.as_bytes())? {
+                Some(bytes) => out.push(decode(id.as_bytes(), &bytes)?),
+                None => {
+                    self.outbox_due.remove(&k)?;
+                }
+            }
+        }
+        Ok((out, None))
+    }
+
+    pub fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>> {
+        self.outbox
+            .get(id.as_bytes())?
+            .map(|b| decode(id.as_bytes(), &b))
+            .transpose()
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub fn case_count(&self) -> usize {
+        self.cases.len()
+    }
+
+    pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
+        let k = idempotency_key_bytes(key);
+        self.idempotency
+            .get(&k)?
+            .map(|v| decode(&k, &v))
+            .transpose()
+    }
+
+    /// Drops idempotency records older than `before` that no case refers
+    /// to any more; returns how many went.
+    pub fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<usize> {
+        let mut n = 0;
+        for item in self.idempotency.iter() {
+            let (k, v) = item?;
+            if decode::<IdempotentResponse>(&k, &v).is_ok_and(|r| r.at < before) {
+                self.idempotency.remove(&k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Idempotency keys are hashed: a client's key may hold anything.
+fn idempotency_key_bytes(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_keys_sort_by_time() {
+        let a = ms_key(DateTime::from_timestamp(-5, 0).expect("valid"), b"x");
+        let b = ms_key(DateTime::from_timestamp(5, 0).expect("valid"), b"a");
+        assert!(a < b);
+        assert_eq!(ms_of(&b), DateTime::from_timestamp(5, 0));
+    }
+
+    #[test]
+    fn case_keys_round_trip() {
+        let k = CaseKey::new("helpdesk", "C-1".parse().expect("valid"));
+        assert_eq!(CaseKey::from_bytes(&k.bytes()), Some(k));
+    }
+}
