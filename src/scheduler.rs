@@ -42,7 +42,11 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
     }
     let _guard = svc.store.lock(&key).await;
     let record = svc.store.get(&key)?;
-    let Some(record) = record.filter(|r| r.schedule.due_at == Some(at)) else {
+    // Index keys hold milliseconds; the record holds the full instant.
+    let indexed = |r: &crate::store::CaseRecord| {
+        r.schedule.due_at.map(|d| d.timestamp_millis()) == Some(at.timestamp_millis())
+    };
+    let Some(record) = record.filter(indexed) else {
         // The index entry outlived its case or its due instant: drop it.
         svc.store.remove_schedule_entry(at, &key)?;
         return Ok(None);

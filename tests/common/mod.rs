@@ -1,0 +1,342 @@
+//! Shared harness: a real daemon on port 0 with a temp sled store, talking
+//! SMTP to an in-process SMTP server (the `mailin-embedded` crate), so tests
+//! assert on what arrived at a mail server.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mailin_embedded::{Handler, Response, Server, response};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+pub const TOKEN: &str = "test-token-helpdesk-0001";
+pub const OTHER_TOKEN: &str = "test-token-billing-00002";
+
+/// How the test SMTP server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpMode {
+    Accept,
+    /// 550 on RCPT: a permanent failure.
+    RejectRcpt,
+    /// 451 on RCPT for the first `n` attempts, then accept.
+    DeferRcpt(usize),
+}
+
+/// One message as the SMTP server received it.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: Vec<String>,
+    pub raw: String,
+}
+
+impl Mail {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.raw.split("\r\n\r\n").next().unwrap_or_default();
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        unfolded.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    /// The body with quoted-printable soft breaks and escapes undone.
+    pub fn text(&self) -> String {
+        let joined = self.raw.replace("=\r\n", "");
+        let mut out = Vec::new();
+        let b = joined.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'=' && i + 2 < b.len() {
+                if let Ok(v) = u8::from_str_radix(&joined[i + 1..i + 3], 16) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[derive(Clone)]
+struct Collector {
+    mails: Arc<Mutex<Vec<Mail>>>,
+    attempts: Arc<Mutex<usize>>,
+    mode: SmtpMode,
+    to: Vec<String>,
+    buf: Vec<u8>,
+}
+
+impl Handler for Collector {
+    fn rcpt(&mut self, to: &str) -> Response {
+        let mut n = self.attempts.lock().expect("lock");
+        *n += 1;
+        match self.mode {
+            SmtpMode::Accept => response::OK,
+            SmtpMode::RejectRcpt => response::NO_MAILBOX,
+            SmtpMode::DeferRcpt(k) if *n <= k => response::INTERNAL_ERROR,
+            SmtpMode::DeferRcpt(_) => {
+                let _ = to;
+                response::OK
+            }
+        }
+    }
+
+    fn data_start(&mut self, _d: &str, _f: &str, _8: bool, to: &[String]) -> Response {
+        self.to = to.to_vec();
+        self.buf.clear();
+        response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> Response {
+        self.mails.lock().expect("lock").push(Mail {
+            to: std::mem::take(&mut self.to),
+            raw: String::from_utf8_lossy(&self.buf).into_owned(),
+        });
+        response::OK
+    }
+}
+
+/// Starts an SMTP server on a free port; it lives for the test process.
+pub fn smtp_server(mode: SmtpMode) -> (SocketAddr, Arc<Mutex<Vec<Mail>>>, Arc<Mutex<usize>>) {
+    let mails = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(Mutex::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind smtp");
+    let addr = listener.local_addr().expect("addr");
+    let mut server = Server::new(Collector {
+        mails: mails.clone(),
+        attempts: attempts.clone(),
+        mode,
+        to: Vec::new(),
+        buf: Vec::new(),
+    });
+    server.with_name("sink.test").with_tcp_listener(listener);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+    let _: IpAddr = addr.ip();
+    (addr, mails, attempts)
+}
+
+pub const FAST_RULES: &str = r#"
+rules:
+  - name: fast
+    when: { status: [open] }
+    every: 1s
+    channels: [email]
+    template: progress
+  - name: waiting
+    when: { status: [pending_customer] }
+    every: 1s
+    max_updates: 2
+    channels: [email]
+    template: reminder
+on:
+  created:  { template: acknowledgement, channels: [email] }
+  resolved: { template: resolution, channels: [email] }
+  note:     { template: note, channels: [email] }
+"#;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub mails: Arc<Mutex<Vec<Mail>>>,
+    pub smtp_attempts: Arc<Mutex<usize>>,
+    pub dir: Arc<tempfile::TempDir>,
+    pub smtp: SocketAddr,
+    pub rules: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn sha(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn config_text(smtp: SocketAddr, rules_dir: &std::path::Path) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+data_dir: ./data
+rules: {rules}
+templates: {templates}
+default_timezone: UTC
+default_locale: en
+api:
+  tokens:
+    - source: helpdesk
+      token_sha256: {t1}
+    - source: billing
+      token_sha256: {t2}
+email:
+  transport: smtp
+  smtp_url: smtp://{smtp}
+  from: "Example Support <support@example.com>"
+  pool_size: 2
+  timeout: 5s
+delivery:
+  max_attempts: 3
+  backoff: {{ initial: 100ms, max: 400ms }}
+"#,
+        rules = rules_dir.display(),
+        templates = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("templates")
+            .display(),
+        t1 = sha(TOKEN),
+        t2 = sha(OTHER_TOKEN),
+    )
+}
+
+impl TestApp {
+    pub async fn spawn(rules: &str, mode: SmtpMode) -> Self {
+        let (smtp, mails, attempts) = smtp_server(mode);
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::start(dir, smtp, mails, attempts, rules.to_owned()).await
+    }
+
+    async fn start(
+        dir: Arc<tempfile::TempDir>,
+        smtp: SocketAddr,
+        mails: Arc<Mutex<Vec<Mail>>>,
+        smtp_attempts: Arc<Mutex<usize>>,
+        rules: String,
+    ) -> Self {
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir_all(&rules_dir).expect("rules dir");
+        std::fs::write(rules_dir.join("rules.yaml"), &rules).expect("rules");
+        let cfg_path = dir.path().join("tidings.yaml");
+        std::fs::write(&cfg_path, config_text(smtp, &rules_dir)).expect("config");
+        let config = tidings::config::Config::load(&cfg_path).expect("valid config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(tidings::daemon::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            mails,
+            smtp_attempts,
+            dir,
+            smtp,
+            rules,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the daemon gracefully and starts it again on the same store.
+    pub async fn restart(mut self) -> Self {
+        self.shutdown().await;
+        Self::start(
+            self.dir.clone(),
+            self.smtp,
+            self.mails.clone(),
+            self.smtp_attempts.clone(),
+            self.rules.clone(),
+        )
+        .await
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("daemon ran cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn put_case(&self, id: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("/v1/cases/{id}")))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn event(&self, id: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/cases/{id}/events")))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_case(&self, id: &str) -> serde_json::Value {
+        let r = self
+            .client
+            .get(self.url(&format!("/v1/cases/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("json")
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().expect("lock").clone()
+    }
+
+    /// Waits until `pred` holds on the received mail, or panics at `timeout`.
+    pub async fn wait_mails(&self, timeout: Duration, pred: impl Fn(&[Mail]) -> bool) -> Vec<Mail> {
+        let start = Instant::now();
+        loop {
+            let mails = self.mails();
+            if pred(&mails) {
+                return mails;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?}; got {} mails: {:?}",
+                mails.len(),
+                mails
+                    .iter()
+                    .map(|m| m.header("Subject"))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The New York example case, email only.
+pub fn case_body() -> serde_json::Value {
+    let text = include_str!("../../examples/case-en-newyork.json");
+    let mut v: serde_json::Value = serde_json::from_str(text).expect("example case");
+    v["customer"]["channels"] = serde_json::json!(["email"]);
+    v
+}

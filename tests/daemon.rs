@@ -1,0 +1,398 @@
+//! The daemon end to end, in process: HTTP in, SMTP out to a real SMTP
+//! server implementation, sled on disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FAST_RULES, OTHER_TOKEN, SmtpMode, TOKEN, TestApp, case_body};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_case_gets_an_acknowledgement_naming_the_customer() {
+    let app = TestApp::spawn(
+        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
+        SmtpMode::Accept,
+    )
+    .await;
+    let r = app.put_case("CASE-1", &case_body()).await;
+    assert_eq!(r.status(), 201);
+    let mails = app
+        .wait_mails(Duration::from_secs(2), |m| !m.is_empty())
+        .await;
+    let ack = &mails[0];
+    assert_eq!(ack.to, vec!["maria.hernandez@example.com".to_owned()]);
+    assert!(
+        ack.header("Subject")
+            .expect("subject")
+            .contains("Replacement router has not shipped")
+    );
+    assert!(ack.text().contains("Maria"), "{}", ack.text());
+    let mid = ack.header("Message-ID").expect("message id");
+    assert!(
+        mid.starts_with('<') && mid.ends_with("@example.com>"),
+        "{mid}"
+    );
+    // The promise in the message is the case's next update, in New York time.
+    let case = app.get_case("CASE-1").await;
+    assert_eq!(case["messages"][0]["kind"], "created");
+    assert!(case["messages"][0]["promised_next_update_at"].is_string());
+    assert_eq!(
+        case["messages"][0]["promised_next_update_at"],
+        case["next_update_at"]
+    );
+    assert!(ack.text().contains(" EST"), "{}", ack.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_updates_keep_coming_until_one_resolution_then_silence() {
+    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    assert_eq!(app.put_case("CASE-2", &case_body()).await.status(), 201);
+    app.wait_mails(Duration::from_secs(5), |m| m.len() >= 3)
+        .await;
+    let r = app
+        .event("CASE-2", json!({"type": "status", "status": "resolved"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    // A second resolved event must not send a second resolution.
+    let r = app
+        .event("CASE-2", json!({"type": "status", "status": "resolved"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let before = app.mails().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = app.mails();
+    let case = app.get_case("CASE-2").await;
+    let kinds: Vec<&str> = case["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "resolved").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"resolved"));
+    // At most the resolution (and a progress already in flight) after the event.
+    assert!(mails.len() <= before + 1, "{} then {}", before, mails.len());
+    assert_eq!(mails.len(), kinds.len());
+    for m in case["messages"].as_array().expect("messages") {
+        assert_eq!(m["status"], "sent", "{m}");
+        assert!(m["sent_at"].is_string());
+    }
+    assert!(case["next_update_at"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reply_pushes_the_next_update_a_full_interval() {
+    let app = TestApp::spawn(
+        &FAST_RULES.replace("every: 1s", "every: 2s"),
+        SmtpMode::Accept,
+    )
+    .await;
+    app.put_case("CASE-3", &case_body()).await;
+    app.wait_mails(Duration::from_secs(2), |m| m.len() == 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let replied = chrono::Utc::now();
+    let case: serde_json::Value = app
+        .event("CASE-3", json!({"type": "agent_reply"}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let next: chrono::DateTime<chrono::Utc> = case["next_update_at"]
+        .as_str()
+        .expect("next")
+        .parse()
+        .expect("instant");
+    let gap = (next - replied).num_milliseconds();
+    assert!(
+        (1800..=2300).contains(&gap),
+        "next update {gap} ms after the reply"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.mails().len(),
+        1,
+        "no progress update within the interval after a reply"
+    );
+    app.wait_mails(Duration::from_secs(2), |m| m.len() == 2)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_cases_and_sends_nothing_twice() {
+    let app = TestApp::spawn(
+        &FAST_RULES.replace("every: 1s", "every: 2s"),
+        SmtpMode::Accept,
+    )
+    .await;
+    app.put_case("CASE-4", &case_body()).await;
+    app.wait_mails(Duration::from_secs(2), |m| m.len() == 1)
+        .await;
+    let app = app.restart().await;
+    let case = app.get_case("CASE-4").await;
+    assert_eq!(case["messages"].as_array().expect("messages").len(), 1);
+    app.wait_mails(Duration::from_secs(4), |m| m.len() >= 2)
+        .await;
+    let mails = app.mails();
+    let mut ids: Vec<String> = mails
+        .iter()
+        .filter_map(|m| m.header("Message-ID"))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), mails.len(), "a message was sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx() {
+    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    let c = &app.client;
+    let url = app.url("/v1/cases/C-9");
+    let r = c.put(&url).json(&case_body()).send().await.expect("req");
+    assert_eq!(r.status(), 401);
+    let r = c
+        .put(&url)
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&case_body())
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 401);
+
+    let r = c
+        .put(&url)
+        .bearer_auth(TOKEN)
+        .body("{\"subject\": ")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "bad_json");
+
+    for (field, value, expect) in [
+        ("email", json!("not-an-address"), "customer.email"),
+        ("phone", json!("555-0143"), "customer.phone"),
+        ("timezone", json!("Mars/Olympus"), "customer.timezone"),
+        ("locale", json!("english!"), "customer.locale"),
+    ] {
+        let mut b = case_body();
+        b["customer"][field] = value;
+        let r = c
+            .put(&url)
+            .bearer_auth(TOKEN)
+            .json(&b)
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), 422, "{field}");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["field"], expect, "{body}");
+    }
+    let mut b = case_body();
+    b["status"] = json!("sleeping");
+    let r = c
+        .put(&url)
+        .bearer_auth(TOKEN)
+        .json(&b)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "status");
+    let mut b = case_body();
+    b["colour"] = json!("red");
+    let r = c
+        .put(&url)
+        .bearer_auth(TOKEN)
+        .json(&b)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 422);
+
+    let mut b = case_body();
+    b["subject"] = json!("x".repeat(70_000));
+    let r = c
+        .put(&url)
+        .bearer_auth(TOKEN)
+        .json(&b)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 413);
+
+    let r = c
+        .put(app.url("/v1/cases/bad%2Fid"))
+        .bearer_auth(TOKEN)
+        .json(&case_body())
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 422);
+
+    let r = c
+        .post(app.url("/v1/cases/C-9/events"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"type": "agent_reply"}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(app.url("/v1/cases/C-9/events"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"type": "dance"}))
+        .send()
+        .await
+        .expect("req");
+    assert!(r.status() == 422 || r.status() == 404, "{}", r.status());
+
+    // Another source's case does not exist for this token.
+    assert_eq!(app.put_case("C-9", &case_body()).await.status(), 201);
+    for req in [
+        c.get(&url).bearer_auth(OTHER_TOKEN),
+        c.delete(&url).bearer_auth(OTHER_TOKEN),
+        c.post(app.url("/v1/cases/C-9/events"))
+            .bearer_auth(OTHER_TOKEN)
+            .json(&json!({"type": "agent_reply"})),
+    ] {
+        assert_eq!(req.send().await.expect("req").status(), 404);
+    }
+    assert_eq!(app.get_case("C-9").await["id"], "C-9");
+
+    let r = c.get(app.url("/openapi.json")).send().await.expect("req");
+    assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = r.json().await.expect("json");
+    assert!(doc["paths"]["/v1/cases/{id}"]["put"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_replays_the_first_answer() {
+    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    let send = |body: serde_json::Value| {
+        app.client
+            .post(app.url("/v1/cases/C-5/events"))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", "note-1")
+            .json(&body)
+            .send()
+    };
+    app.put_case("C-5", &case_body()).await;
+    let note = json!({"type": "note", "body": "The courier has it.", "author": "Jordan"});
+    let first = send(note.clone()).await.expect("req");
+    assert_eq!(first.status(), 200);
+    let again = send(note).await.expect("req");
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let other = send(json!({"type": "agent_reply"})).await.expect("req");
+    assert_eq!(other.status(), 409);
+    let case = app.get_case("C-5").await;
+    let notes = case["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["kind"] == "note")
+        .count();
+    assert_eq!(notes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_smtp_failure_is_recorded_with_the_reply() {
+    let app = TestApp::spawn(
+        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
+        SmtpMode::RejectRcpt,
+    )
+    .await;
+    app.put_case("C-6", &case_body()).await;
+    let start = std::time::Instant::now();
+    loop {
+        let case = app.get_case("C-6").await;
+        let m = &case["messages"][0];
+        if m["status"] == "failed" {
+            let err = m["error"].as_str().expect("error");
+            assert!(err.contains("550"), "{err}");
+            assert!(!err.contains("maria"), "the reply is scrubbed: {err}");
+            assert_eq!(m["attempts"], 1);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "{case}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(app.mails().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_smtp_failures_are_retried_until_accepted() {
+    let app = TestApp::spawn(
+        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
+        SmtpMode::DeferRcpt(2),
+    )
+    .await;
+    app.put_case("C-7", &case_body()).await;
+    let mails = app
+        .wait_mails(Duration::from_secs(5), |m| !m.is_empty())
+        .await;
+    assert_eq!(mails.len(), 1);
+    let case = app.get_case("C-7").await;
+    assert_eq!(case["messages"][0]["status"], "sent");
+    assert_eq!(case["messages"][0]["attempts"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_erases_the_case_and_cancels_pending_messages() {
+    // Every attempt is deferred, so the acknowledgement stays pending.
+    let app = TestApp::spawn(
+        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
+        SmtpMode::DeferRcpt(1000),
+    )
+    .await;
+    app.put_case("C-8", &case_body()).await;
+    let r = app
+        .client
+        .delete(app.url("/v1/cases/C-8"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 204);
+    let r = app
+        .client
+        .get(app.url("/v1/cases/C-8"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 404);
+    let attempts = *app.smtp_attempts.lock().expect("lock");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        *app.smtp_attempts.lock().expect("lock") <= attempts + 1,
+        "retries continued after erasure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_stop_after_max_updates() {
+    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    let mut body = case_body();
+    body["status"] = json!("pending_customer");
+    app.put_case("C-10", &body).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let case = app.get_case("C-10").await;
+    let reminders = case["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["kind"] == "progress")
+        .count();
+    assert_eq!(reminders, 2, "{case}");
+    assert!(case["next_update_at"].is_null());
+    assert_eq!(app.mails().len(), 3);
+}
