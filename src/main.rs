@@ -29,6 +29,57 @@ enum Command {
         #[arg(long, env = "TIDINGS_CONFIG")]
         config: PathBuf,
     },
+    /// Print exactly what would be sent for a case now, without sending.
+    Preview {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+        /// A case as JSON, the body of PUT /v1/cases/{id}.
+        #[arg(long)]
+        case: PathBuf,
+        /// Use this rule's template instead of the one that matches.
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, value_parser = ["email"], default_value = "email")]
+        channel: String,
+    },
+    /// Print the timeline of messages the rules would send over N days.
+    Simulate {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        case: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// API events, one JSON object a line, each with an `at` instant.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// The instant the case arrives (RFC 3339); now by default.
+        #[arg(long)]
+        start: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+/// Loads config, rules and templates for the offline tools.
+fn offline(path: &std::path::Path) -> Result<(Config, tidings::plan::Engine), ExitCode> {
+    let config = load(path)?;
+    let engine = tidings::daemon::build_engine(&config).map_err(|d| {
+        eprintln!("{d}");
+        ExitCode::from(1)
+    })?;
+    Ok((config, engine))
+}
+
+fn print_result(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_logging(config: &Config) {
@@ -76,6 +127,47 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Preview {
+            config,
+            case,
+            rule,
+            channel: _,
+        } => {
+            let (config, engine) = match offline(&config) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let now = chrono::Utc::now();
+            print_result(
+                tidings::tools::load_case(&case, &config, now).and_then(|c| {
+                    tidings::tools::preview(&engine, &config, c, rule.as_deref(), now)
+                }),
+            )
+        }
+        Command::Simulate {
+            config,
+            case,
+            days,
+            events,
+            start,
+        } => {
+            let (config, engine) = match offline(&config) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let start = start.unwrap_or_else(chrono::Utc::now);
+            let events = match events.map(|p| tidings::tools::load_events(&p)).transpose() {
+                Ok(e) => e.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            print_result(
+                tidings::tools::load_case(&case, &config, start)
+                    .and_then(|c| tidings::tools::simulate(&engine, c, events, start, days)),
+            )
         }
         Command::Serve { config } => {
             let config = match load(&config) {

@@ -103,6 +103,58 @@ impl Engine {
         }
     }
 
+    /// What a progress update for `case` would look like if it went out at
+    /// `now`: the rule that governs it (or `rule`), rendered with the promise
+    /// it would make. Used by `tidings preview`.
+    pub fn preview(
+        &self,
+        case: Case,
+        rule: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Option<String>, OutboxEntry), String> {
+        let Planned { record, .. } = self.upsert(None, case, now);
+        let mut record = record.ok_or("no record")?;
+        let rule = match rule {
+            Some(name) => Some(
+                self.rules
+                    .rule(name)
+                    .ok_or_else(|| format!("no rule named `{name}`"))?,
+            ),
+            None => self.rules.matching(&record.case, now),
+        };
+        let (template, channels, rule_name) = match rule {
+            Some(r) => (r.template.clone(), r.channels.clone(), Some(r.name.clone())),
+            None => {
+                let on = self
+                    .rules
+                    .on(Trigger::Created)
+                    .ok_or("no rule matches this case and there is no on.created message")?;
+                (on.template.clone(), on.channels.clone(), None)
+            }
+        };
+        if let Some(name) = &rule_name {
+            record.schedule.rule = Some(name.clone());
+        }
+        let channel = self
+            .allowed(&record.case, &channels)
+            .into_iter()
+            .next()
+            .ok_or("the customer allows none of the rule's channels that this daemon sends")?;
+        let promised = record.schedule.next_update_at;
+        let (msg, entry) = self.message(
+            &record,
+            Kind::Progress,
+            &template,
+            rule_name,
+            channel,
+            now,
+            promised,
+            None,
+        );
+        let entry = entry.ok_or_else(|| msg.error.unwrap_or_default())?;
+        Ok((template, msg.rule, entry))
+    }
+
     /// A ticket-system event on an existing case.
     pub fn event(&self, mut record: CaseRecord, event: Event, now: DateTime<Utc>) -> Planned {
         let mut outbox = Vec::new();

@@ -50,12 +50,13 @@ impl Mail {
         let b = joined.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'=' && i + 2 < b.len() {
-                if let Ok(v) = u8::from_str_radix(&joined[i + 1..i + 3], 16) {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
+            if b[i] == b'='
+                && i + 2 < b.len()
+                && let Ok(v) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+            {
+                out.push(v);
+                i += 3;
+                continue;
             }
             out.push(b[i]);
             i += 1;
@@ -88,7 +89,7 @@ impl Handler for Collector {
         }
     }
 
-    fn data_start(&mut self, _d: &str, _f: &str, _8: bool, to: &[String]) -> Response {
+    fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, to: &[String]) -> Response {
         self.to = to.to_vec();
         self.buf.clear();
         response::OK
@@ -108,8 +109,11 @@ impl Handler for Collector {
     }
 }
 
+pub type Shared<T> = Arc<Mutex<T>>;
+
 /// Starts an SMTP server on a free port; it lives for the test process.
-pub fn smtp_server(mode: SmtpMode) -> (SocketAddr, Arc<Mutex<Vec<Mail>>>, Arc<Mutex<usize>>) {
+/// Returns its address, the mail it received and its RCPT count.
+pub fn smtp_server(mode: SmtpMode) -> (SocketAddr, Shared<Vec<Mail>>, Shared<usize>) {
     let mails = Arc::new(Mutex::new(Vec::new()));
     let attempts = Arc::new(Mutex::new(0));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind smtp");
