@@ -1,0 +1,155 @@
+//! The command line as operators use it: `check`, `preview`, `simulate`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn tidings(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(args)
+        .output()
+        .expect("run tidings");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config in a temp dir with the given rules and the shipped templates.
+fn setup(rules: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
+    std::fs::write(dir.path().join("rules/rules.yaml"), rules).expect("rules");
+    let cfg = dir.path().join("tidings.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: ./data\nrules: ./rules\ntemplates: {}\nemail: {{ transport: file, from: \"Support <support@example.com>\" }}\n",
+            repo("templates").display()
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.display().to_string();
+    (dir, cfg)
+}
+
+#[test]
+fn shipped_config_checks_clean() {
+    let (code, out, err) = tidings(&[
+        "check",
+        "--config",
+        repo("tidings.yaml").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn bad_rules_are_reported_with_file_line_column() {
+    let rules = "rules:\n  - name: x\n    every: soon\n    channels: [email, pigeon]\n    template: progress\n";
+    let (_dir, cfg) = setup(rules);
+    let (code, _, err) = tidings(&["check", "--config", &cfg]);
+    assert_eq!(code, 1, "{err}");
+    let first = err.lines().next().expect("a diagnostic");
+    assert!(first.contains("rules.yaml:4:"), "{err}");
+    assert!(err.contains("pigeon"), "{err}");
+
+    let rules =
+        "rules:\n  - name: x\n    every: soon\n    channels: [email]\n    template: progress\n";
+    let (_dir, cfg) = setup(rules);
+    let (code, _, err) = tidings(&["check", "--config", &cfg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("rules.yaml:3:12: every:"), "{err}");
+
+    let rules = "rules:\n  - name: x\n    every: 1h\n    channels: [email]\n    template: no-such-template\n";
+    let (_dir, cfg) = setup(rules);
+    let (code, _, err) = tidings(&["check", "--config", &cfg]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("rules.yaml:2:") && err.contains("no-such-template"),
+        "{err}"
+    );
+}
+
+#[test]
+fn preview_prints_the_rendered_message() {
+    let cfg = repo("tidings.yaml");
+    for (case, needle) in [
+        ("examples/case-en-newyork.json", "Maria"),
+        ("examples/case-pl-warsaw.json", "Subject:"),
+        ("examples/case-id-jakarta.json", "WIB"),
+        ("examples/case-tl-manila.json", "Subject:"),
+    ] {
+        let (code, out, err) = tidings(&[
+            "preview",
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "--case",
+            repo(case).to_str().expect("utf-8"),
+        ]);
+        assert_eq!(code, 0, "{case}: {err}");
+        assert!(out.contains("Message-ID:"), "{out}");
+        assert!(out.contains("--- text ---"), "{out}");
+        assert!(out.contains(needle), "{case}: {out}");
+    }
+}
+
+#[test]
+fn simulate_a_day_of_a_two_second_rule_honours_quiet_hours() {
+    let rules = r#"
+rules:
+  - name: fast
+    when: { status: [open] }
+    every: 2s
+    channels: [email]
+    template: progress
+    quiet_hours: { start: "21:00", end: "08:00" }
+on:
+  created: { template: acknowledgement, channels: [email] }
+"#;
+    let (dir, cfg) = setup(rules);
+    let case = dir.path().join("case.json");
+    let mut body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("examples/case-en-newyork.json")).expect("case"),
+    )
+    .expect("json");
+    body["customer"]["timezone"] = "UTC".into();
+    std::fs::write(&case, body.to_string()).expect("case");
+    let (code, out, err) = tidings(&[
+        "simulate",
+        "--config",
+        &cfg,
+        "--case",
+        case.to_str().expect("utf-8"),
+        "--days",
+        "1",
+        "--start",
+        "2026-11-23T08:00:00Z",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("time"))
+        .collect();
+    // The acknowledgement at 08:00:00, an update every 2 s until 20:59:58
+    // (23,399), none in quiet hours, then 08:00 the next day.
+    assert_eq!(
+        lines.len(),
+        1 + 23_399 + 1,
+        "{}",
+        &out[out.len().saturating_sub(600)..]
+    );
+    assert!(!lines.iter().any(|l| {
+        let hour: u32 = l[11..13].parse().expect("hour");
+        !(8..21).contains(&hour)
+    }));
+    assert!(
+        lines
+            .last()
+            .expect("a line")
+            .starts_with("2026-11-24 08:00")
+    );
+}
