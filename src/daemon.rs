@@ -174,6 +174,22 @@ pub async fn run(
         "tidings serving"
     );
     ready.store(true, Ordering::Relaxed);
+    // systemd Type=notify: ready once the API listens and the store is open.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+            }
+        });
+    }
     let stop = cancel.clone();
     let ready_flag = ready.clone();
     axum::serve(listener, router(state))
@@ -183,6 +199,7 @@ pub async fn run(
                 () = stop.cancelled() => {}
             }
             ready_flag.store(false, Ordering::Relaxed);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             tracing::info!("shutting down: intake stopped");
         })
         .await?;

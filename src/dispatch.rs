@@ -163,6 +163,9 @@ impl Dispatcher {
                 ..Commit::default()
             },
         )?;
+        // The provider has the message: make our record of it durable now,
+        // so a crash after this point cannot send it again.
+        store.flush().await?;
         match outcome {
             Outcome::Sent => {
                 tracing::info!(case = %entry.case, msg_id = %entry.id, channel = entry.channel.as_str(), attempts, "message sent")

@@ -52,7 +52,14 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
         return Ok(None);
     };
     let now = Utc::now();
-    let planned = svc.engine.due(record, now);
+    let mut planned = svc.engine.due(record, now);
+    if let Some(r) = planned.record.as_mut()
+        && r.schedule.due_at.is_some_and(|d| d <= now)
+    {
+        // Planning always moves a case forward; should a rule ever fail
+        // to, look again in a second rather than spin.
+        r.schedule.due_at = Some(now + chrono::Duration::seconds(1));
+    }
     let messages = planned.outbox.len();
     svc.store.commit(
         &key,

@@ -153,3 +153,50 @@ on:
             .starts_with("2026-11-24 08:00")
     );
 }
+
+#[test]
+fn serve_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let (dir, cfg) = setup(
+        "rules:\n  - name: x\n    every: 1h\n    channels: [email]\n    template: progress\non:\n  created: { template: acknowledgement, channels: [email] }\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, format!("listen: 127.0.0.1:{port}\n{text}")).expect("config");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--config", &cfg])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 datagram");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "READY=1");
+    // Ready means listening.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the API listens");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let n = sock.recv(&mut buf).expect("STOPPING=1 datagram");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
+    let exit = child.0.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
