@@ -396,3 +396,34 @@ async fn reminders_stop_after_max_updates() {
     assert!(case["next_update_at"].is_null());
     assert_eq!(app.mails().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_case_escalates_once_to_operations() {
+    let rules = r#"
+rules:
+  - name: slow
+    when: { status: [open] }
+    every: 1h
+    channels: [email]
+    template: progress
+    escalate: { after: 1s, to: "ops@example.com", template: stale-case }
+on:
+  created: { template: acknowledgement, channels: [email] }
+"#;
+    let app = TestApp::spawn(rules, SmtpMode::Accept).await;
+    app.put_case("C-11", &case_body()).await;
+    let mails = app
+        .wait_mails(Duration::from_secs(4), |m| m.len() >= 2)
+        .await;
+    let ops: Vec<_> = mails
+        .iter()
+        .filter(|m| m.to == ["ops@example.com"])
+        .collect();
+    assert_eq!(ops.len(), 1);
+    assert!(ops[0].text().contains("C-11"), "{}", ops[0].text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.mails().len(), 2, "escalation is sent once");
+    // Internal messages stay out of the customer's history.
+    let case = app.get_case("C-11").await;
+    assert_eq!(case["messages"].as_array().expect("messages").len(), 1);
+}
