@@ -246,6 +246,23 @@ fn idempotency(
     }))
 }
 
+/// The common front of every write: the body within limits, a valid id,
+/// the idempotency key scoped to the source and path, the JSON parsed.
+fn write_request<T: serde::de::DeserializeOwned>(
+    source: &str,
+    raw_id: &str,
+    suffix: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(CaseId, Option<Idempotency>, T), AppError> {
+    let body = body?;
+    let id = parse_id(raw_id)?;
+    let path = format!("/v1/cases/{id}{suffix}");
+    let idem = idempotency(headers, source, method, &path, &body)?;
+    Ok((id, idem, parse_json(&body)?))
+}
+
 fn replayed(r: IdempotentResponse) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
     let mut resp = (status, Json(r.body)).into_response();
@@ -381,16 +398,8 @@ async fn put_case(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    let body = body?;
-    let id = parse_id(&raw_id)?;
-    let idem = idempotency(
-        &headers,
-        &source,
-        &method,
-        &format!("/v1/cases/{id}"),
-        &body,
-    )?;
-    let input: CaseInput = parse_json(&body)?;
+    let (id, idem, input) =
+        write_request::<CaseInput>(&source, &raw_id, "", &method, &headers, body)?;
     let respond = |r: &CaseRecord, created: bool| (if created { 201 } else { 200 }, view_json(r));
     match state
         .svc
@@ -433,16 +442,8 @@ async fn post_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    let body = body?;
-    let id = parse_id(&raw_id)?;
-    let idem = idempotency(
-        &headers,
-        &source,
-        &method,
-        &format!("/v1/cases/{id}/events"),
-        &body,
-    )?;
-    let input: EventInput = parse_json(&body)?;
+    let (id, idem, input) =
+        write_request::<EventInput>(&source, &raw_id, "/events", &method, &headers, body)?;
     let respond = |r: &CaseRecord, _: bool| (200, view_json(r));
     match state
         .svc

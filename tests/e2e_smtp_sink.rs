@@ -246,7 +246,7 @@ impl Daemon {
         std::fs::write(rules_dir.join("rules.yaml"), rules_yaml).expect("write rules");
         let port = free_port();
         let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
-        let sha = hex_lower(&Sha256::digest(TOKEN.as_bytes()));
+        let sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
         let config = format!(
             "listen: 127.0.0.1:{port}
 data_dir: {data:?}
@@ -383,10 +383,6 @@ delivery:
         let req = self.http.get(self.url(&format!("/v1/cases/{id}")));
         self.call(req, 200, &format!("GET {id}")).await
     }
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------
