@@ -140,7 +140,7 @@ struct RawToken {
     token_file: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEmail {
     transport: Option<EmailTransportKind>,
@@ -312,14 +312,7 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let rel = |p: &str| -> PathBuf {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
+        let rel = |p: &str| resolve_path(base, p);
         let mut errors = Vec::new();
 
         let listen = match &raw.listen {
@@ -408,6 +401,17 @@ impl Locale {
     fn from_str_default() -> Self {
         "en".parse()
             .unwrap_or_else(|_| unreachable!("`en` is a valid locale"))
+    }
+}
+
+/// A path from the config file: absolute as written, else relative to the
+/// config file's folder.
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
     }
 }
 
@@ -518,18 +522,7 @@ fn resolve_email(
     raw: Option<RawEmail>,
     errors: &mut Vec<Diagnostic>,
 ) -> Option<EmailConfig> {
-    let raw = raw.unwrap_or(RawEmail {
-        transport: None,
-        smtp_url: None,
-        username_env: None,
-        username_file: None,
-        password_env: None,
-        password_file: None,
-        from: None,
-        pool_size: None,
-        file_dir: None,
-        timeout: None,
-    });
+    let raw = raw.unwrap_or_default();
     let from_text = raw
         .from
         .as_ref()
@@ -553,17 +546,10 @@ fn resolve_email(
     };
     let transport = match raw.transport.unwrap_or(EmailTransportKind::File) {
         EmailTransportKind::File => EmailTransport::File {
-            dir: raw.file_dir.as_deref().map_or_else(
-                || data_dir.join("mail"),
-                |d| {
-                    let p = Path::new(d);
-                    if p.is_absolute() {
-                        p.to_owned()
-                    } else {
-                        base.join(p)
-                    }
-                },
-            ),
+            dir: raw
+                .file_dir
+                .as_deref()
+                .map_or_else(|| data_dir.join("mail"), |d| resolve_path(base, d)),
         },
         EmailTransportKind::Smtp => {
             let Some(url) = raw.smtp_url.as_ref() else {

@@ -168,7 +168,6 @@ pub async fn run(
     );
     tracing::info!(
         listen = %listener.local_addr()?,
-        cases = store.case_count(),
         outbox = store.outbox_len(),
         pruned_idempotency = pruned,
         "tidings serving"

@@ -6,7 +6,7 @@
 //! same `Message-ID`, never a lost message.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -50,8 +50,11 @@ impl Dispatcher {
         loop {
             let now = Utc::now();
             let free = permits.available_permits().max(1);
-            let snapshot = busy.lock().map(|b| b.clone()).unwrap_or_default();
-            let wait = match self.svc.store.due_outbox(now, free, &snapshot) {
+            let due = {
+                let in_flight = busy.lock().unwrap_or_else(PoisonError::into_inner);
+                self.svc.store.due_outbox(now, free, &in_flight)
+            };
+            let wait = match due {
                 Ok((batch, next)) => {
                     for entry in batch {
                         let permit = tokio::select! {

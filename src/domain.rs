@@ -520,6 +520,18 @@ pub enum Event {
     Eta(Option<DateTime<Utc>>),
 }
 
+impl Event {
+    /// The event's `type` as the API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Note { .. } => "note",
+            Self::AgentReply => "agent_reply",
+            Self::Status(_) => "status",
+            Self::Eta(_) => "eta",
+        }
+    }
+}
+
 impl EventInput {
     pub fn validate(self) -> Result<Event, FieldError> {
         Ok(match self {

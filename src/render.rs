@@ -264,29 +264,15 @@ impl Templates {
             let Ok(tmpl) = self.env.get_template(name) else {
                 continue;
             };
-            let path = self.dir.join(name);
-            let source = std::fs::read_to_string(&path).unwrap_or_default();
+            // An email template without a `subject` or `text` block fails
+            // here too: rendering a missing block is an error.
             let result = if name.ends_with(".email.j2") {
                 render_blocks(&tmpl, sample).map(|_| ())
             } else {
                 tmpl.render(Serde(sample)).map(|_| ())
             };
             if let Err(e) = result {
-                out.push(template_diagnostic(&path, &source, &e));
-            } else if name.ends_with(".email.j2") && !source.contains("block subject") {
-                out.push(Diagnostic::new(
-                    &path,
-                    1,
-                    1,
-                    "an email template needs a `subject` block",
-                ));
-            } else if name.ends_with(".email.j2") && !source.contains("block text") {
-                out.push(Diagnostic::new(
-                    &path,
-                    1,
-                    1,
-                    "an email template needs a `text` block",
-                ));
+                out.push(template_diagnostic(&self.dir.join(name), tmpl.source(), &e));
             }
         }
         out

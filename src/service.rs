@@ -167,12 +167,7 @@ impl Service {
         let record = self.store.get(&key)?.ok_or(ServiceError::NotFound)?;
         let now = Utc::now();
         let old_due = record.schedule.due_at;
-        let kind = match &event {
-            crate::domain::Event::Note { .. } => "note",
-            crate::domain::Event::AgentReply => "agent_reply",
-            crate::domain::Event::Status(_) => "status",
-            crate::domain::Event::Eta(_) => "eta",
-        };
+        let kind = event.kind();
         let planned = self.engine.event(record, event, now);
         let record = self
             .apply(&key, old_due, planned, false, idem, respond)

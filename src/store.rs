@@ -404,12 +404,10 @@ impl Store {
             .transpose()
     }
 
+    /// Messages waiting in the outbox (a walk of the outbox tree, which
+    /// holds only unsent messages).
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
-    }
-
-    pub fn case_count(&self) -> usize {
-        self.cases.len()
     }
 
     pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {

@@ -148,31 +148,27 @@ async fn restart_keeps_cases_and_sends_nothing_twice() {
     assert_eq!(ids.len(), mails.len(), "a message was sent twice");
 }
 
+/// Sends a request; returns its status and JSON body (null when there is none).
+async fn answer(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_4xx() {
     let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
     let c = &app.client;
     let url = app.url("/v1/cases/C-9");
-    let r = c.put(&url).json(&case_body()).send().await.expect("req");
-    assert_eq!(r.status(), 401);
-    let r = c
-        .put(&url)
-        .bearer_auth("wrong-token-wrong-token")
-        .json(&case_body())
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(r.status(), 401);
+    let events = app.url("/v1/cases/C-9/events");
+    let put = |body: &serde_json::Value| c.put(&url).bearer_auth(TOKEN).json(body);
 
-    let r = c
-        .put(&url)
-        .bearer_auth(TOKEN)
-        .body("{\"subject\": ")
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(answer(c.put(&url).json(&case_body())).await.0, 401);
+    let wrong = c.put(&url).bearer_auth("wrong-token-wrong-token");
+    assert_eq!(answer(wrong.json(&case_body())).await.0, 401);
+
+    let (status, body) = answer(c.put(&url).bearer_auth(TOKEN).body("{\"subject\": ")).await;
+    assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_json");
 
     for (field, value, expect) in [
@@ -183,93 +179,46 @@ async fn bad_input_gets_a_clear_4xx() {
     ] {
         let mut b = case_body();
         b["customer"][field] = value;
-        let r = c
-            .put(&url)
-            .bearer_auth(TOKEN)
-            .json(&b)
-            .send()
-            .await
-            .expect("req");
-        assert_eq!(r.status(), 422, "{field}");
-        let body: serde_json::Value = r.json().await.expect("json");
+        let (status, body) = answer(put(&b)).await;
+        assert_eq!(status, 422, "{field}");
         assert_eq!(body["error"]["field"], expect, "{body}");
     }
     let mut b = case_body();
     b["status"] = json!("sleeping");
-    let r = c
-        .put(&url)
-        .bearer_auth(TOKEN)
-        .json(&b)
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(r.status(), 422);
-    let body: serde_json::Value = r.json().await.expect("json");
+    let (status, body) = answer(put(&b)).await;
+    assert_eq!(status, 422);
     assert_eq!(body["error"]["field"], "status");
     let mut b = case_body();
     b["colour"] = json!("red");
-    let r = c
-        .put(&url)
-        .bearer_auth(TOKEN)
-        .json(&b)
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(r.status(), 422);
+    assert_eq!(answer(put(&b)).await.0, 422);
 
     let mut b = case_body();
     b["subject"] = json!("x".repeat(70_000));
-    let r = c
-        .put(&url)
-        .bearer_auth(TOKEN)
-        .json(&b)
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(r.status(), 413);
+    assert_eq!(answer(put(&b)).await.0, 413);
 
-    let r = c
-        .put(app.url("/v1/cases/bad%2Fid"))
-        .bearer_auth(TOKEN)
-        .json(&case_body())
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(r.status(), 422);
+    let bad_id = c.put(app.url("/v1/cases/bad%2Fid")).bearer_auth(TOKEN);
+    assert_eq!(answer(bad_id.json(&case_body())).await.0, 422);
 
-    let r = c
-        .post(app.url("/v1/cases/C-9/events"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"type": "agent_reply"}))
-        .send()
-        .await
-        .expect("req");
-    assert_eq!(r.status(), 404);
-    let r = c
-        .post(app.url("/v1/cases/C-9/events"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"type": "dance"}))
-        .send()
-        .await
-        .expect("req");
-    assert!(r.status() == 422 || r.status() == 404, "{}", r.status());
+    let event = |body: serde_json::Value| c.post(&events).bearer_auth(TOKEN).json(&body);
+    assert_eq!(answer(event(json!({"type": "agent_reply"}))).await.0, 404);
+    let (status, _) = answer(event(json!({"type": "dance"}))).await;
+    assert!(status == 422 || status == 404, "{status}");
 
     // Another source's case does not exist for this token.
     assert_eq!(app.put_case("C-9", &case_body()).await.status(), 201);
     for req in [
         c.get(&url).bearer_auth(OTHER_TOKEN),
         c.delete(&url).bearer_auth(OTHER_TOKEN),
-        c.post(app.url("/v1/cases/C-9/events"))
+        c.post(&events)
             .bearer_auth(OTHER_TOKEN)
             .json(&json!({"type": "agent_reply"})),
     ] {
-        assert_eq!(req.send().await.expect("req").status(), 404);
+        assert_eq!(answer(req).await.0, 404);
     }
     assert_eq!(app.get_case("C-9").await["id"], "C-9");
 
-    let r = c.get(app.url("/openapi.json")).send().await.expect("req");
-    assert_eq!(r.status(), 200);
-    let doc: serde_json::Value = r.json().await.expect("json");
+    let (status, doc) = answer(c.get(app.url("/openapi.json"))).await;
+    assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/cases/{id}"]["put"].is_object());
 }
 

@@ -439,18 +439,23 @@ struct Mail {
 impl Mail {
     fn read(path: &Path) -> Option<Self> {
         let bytes = std::fs::read(path).ok()?;
-        let raw = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
-        if !raw.ends_with("\n\n") {
+        // smtp-sink writes the file as the message arrives; wait for its end.
+        if !bytes.ends_with(b"\r\n\r\n") && !bytes.ends_with(b"\n\n") {
             return None;
         }
-        let (headers, body) = split_entity(&raw);
-        let message_id = header(&headers, "message-id")?.trim().to_owned();
+        let msg = mail_parser::MessageParser::default().parse(&bytes[..])?;
+        let text: Vec<String> = (0..msg.text_body.len())
+            .filter_map(|i| msg.body_text(i).map(|t| t.into_owned()))
+            .chain(
+                (0..msg.html_body.len()).filter_map(|i| msg.body_html(i).map(|t| t.into_owned())),
+            )
+            .collect();
         Some(Self {
             file: path.file_name()?.to_string_lossy().into_owned(),
             arrived: std::fs::metadata(path).and_then(|m| m.modified()).ok()?,
-            message_id,
-            subject: squash(&decode_words(header(&headers, "subject").unwrap_or(""))),
-            text: squash(&decode_body(&headers, body)),
+            message_id: msg.message_id()?.to_owned(),
+            subject: squash(msg.subject().unwrap_or("")),
+            text: squash(&text.join("\n")),
         })
     }
 
@@ -502,164 +507,6 @@ impl Mail {
 
 fn squash(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Splits a MIME entity into unfolded headers (names lower-cased) and body.
-fn split_entity(raw: &str) -> (Vec<(String, String)>, &str) {
-    let (head, body) = raw.split_once("\n\n").unwrap_or((raw, ""));
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for line in head.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, v)) = headers.last_mut() {
-                v.push_str(line);
-            }
-        } else if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim_start().to_owned()));
-        }
-    }
-    (headers, body)
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// A parameter of a header value, such as the `boundary` of a multipart.
-fn param(value: &str, name: &str) -> Option<String> {
-    value.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"').to_owned())
-    })
-}
-
-/// The decoded text of an entity: its `text/*` parts, transfer encoding
-/// undone, multiparts walked.
-fn decode_body(headers: &[(String, String)], body: &str) -> String {
-    let ctype = header(headers, "content-type").unwrap_or("text/plain");
-    let lower = ctype.to_ascii_lowercase();
-    if lower.starts_with("multipart/") {
-        let Some(boundary) = param(ctype, "boundary") else {
-            return body.to_owned();
-        };
-        let delimiter = format!("--{boundary}");
-        let mut out = String::new();
-        for part in body.split(delimiter.as_str()).skip(1) {
-            if part.starts_with("--") {
-                break;
-            }
-            let (h, b) = split_entity(part.strip_prefix('\n').unwrap_or(part));
-            out.push_str(&decode_body(&h, b));
-            out.push('\n');
-        }
-        return out;
-    }
-    if !lower.starts_with("text/") {
-        return String::new();
-    }
-    let encoding = header(headers, "content-transfer-encoding")
-        .unwrap_or("7bit")
-        .trim()
-        .to_ascii_lowercase();
-    match encoding.as_str() {
-        "quoted-printable" => {
-            String::from_utf8_lossy(&unhex(&body.replace("=\n", ""), false)).into_owned()
-        }
-        "base64" => String::from_utf8_lossy(&base64(body)).into_owned(),
-        _ => body.to_owned(),
-    }
-}
-
-/// Undoes `=XX` escapes (and `_` for space in RFC 2047 Q words).
-fn unhex(s: &str, underscore_is_space: bool) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'=', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'_', _) if underscore_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-fn base64(s: &str) -> Vec<u8> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for v in s.bytes().filter_map(value) {
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
-/// Decodes RFC 2047 encoded words (`=?utf-8?b?...?=`, `=?utf-8?q?...?=`);
-/// whitespace between two adjacent encoded words is dropped.
-fn decode_words(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    let mut after_word = false;
-    while let Some(i) = rest.find("=?") {
-        let (before, word) = rest.split_at(i);
-        let parsed = word[2..].split_once('?').and_then(|(_charset, r)| {
-            let (enc, r) = r.split_once('?')?;
-            let (text, r) = r.split_once("?=")?;
-            Some((enc, text, r))
-        });
-        let Some((enc, text, r)) = parsed else {
-            out.push_str(before);
-            out.push_str("=?");
-            rest = &word[2..];
-            after_word = false;
-            continue;
-        };
-        if !(after_word && before.trim().is_empty()) {
-            out.push_str(before);
-        }
-        let bytes = if enc.eq_ignore_ascii_case("b") {
-            base64(text)
-        } else {
-            unhex(text, true)
-        };
-        out.push_str(&String::from_utf8_lossy(&bytes));
-        after_word = true;
-        rest = r;
-    }
-    out.push_str(rest);
-    out
 }
 
 fn secs(d: chrono::TimeDelta) -> f64 {

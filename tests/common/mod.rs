@@ -43,25 +43,12 @@ impl Mail {
         })
     }
 
-    /// The body with quoted-printable soft breaks and escapes undone.
+    /// The decoded text part of the message.
     pub fn text(&self) -> String {
-        let joined = self.raw.replace("=\r\n", "");
-        let mut out = Vec::new();
-        let b = joined.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'='
-                && i + 2 < b.len()
-                && let Ok(v) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-            out.push(b[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        mail_parser::MessageParser::default()
+            .parse(self.raw.as_bytes())
+            .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+            .unwrap_or_default()
     }
 }
 
