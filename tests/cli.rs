@@ -170,13 +170,6 @@ fn serve_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
     let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
     sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .expect("timeout");
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_tidings"))
             .args(["serve", "--config", &cfg])
@@ -199,4 +192,120 @@ fn serve_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
     assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
     let exit = child.0.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// Kills the child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's demo: the shipped config (file transport), the README's
+/// curl body, and the acknowledgement as an `.eml` file within a second.
+/// One HTTP/1.1 exchange over a fresh connection; empty when it fails.
+fn http(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut response = String::new();
+    if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = stream
+            .write_all(request.as_bytes())
+            .and_then(|()| stream.read_to_string(&mut response).map(|_| ()));
+    }
+    response
+}
+
+#[test]
+fn readme_demo_writes_the_acknowledgement_within_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let shipped = std::fs::read_to_string(repo("tidings.yaml")).expect("tidings.yaml");
+    let config = shipped
+        .replace(
+            "listen: 127.0.0.1:8080",
+            &format!("listen: 127.0.0.1:{port}"),
+        )
+        .replace(
+            "data_dir: ./data",
+            &format!("data_dir: {}", dir.path().join("data").display()),
+        )
+        .replace(
+            "rules: ./rules",
+            &format!("rules: {}", repo("rules").display()),
+        )
+        .replace(
+            "templates: ./templates",
+            &format!("templates: {}", repo("templates").display()),
+        );
+    let cfg = dir.path().join("tidings.yaml");
+    std::fs::write(&cfg, config).expect("config");
+    let _child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--config", cfg.to_str().expect("utf-8")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    // Time the request, not the start-up: wait until the daemon is ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !http(
+        port,
+        "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .starts_with("HTTP/1.1 200")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let body = std::fs::read_to_string(repo("examples/case-en-newyork.json")).expect("case");
+    let request = format!(
+        "PUT /v1/cases/CASE-1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer demo-token-change-me\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let sent = std::time::Instant::now();
+    let response = http(port, &request);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let mail_dir = dir.path().join("data/mail");
+    let eml = loop {
+        let found = std::fs::read_dir(&mail_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .find(|e| e.path().extension().is_some_and(|x| x == "eml"));
+        if let Some(e) = found {
+            break e.path();
+        }
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(1),
+            "no .eml within 1 s of the request"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    println!(
+        "acknowledgement written within {:?} of the request",
+        sent.elapsed()
+    );
+    // The file may still be being written; give it a moment to be whole.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let text = std::fs::read_to_string(&eml).expect("eml");
+    let msg = mail_parser::MessageParser::default()
+        .parse(text.as_bytes())
+        .expect("a MIME message");
+    assert!(
+        msg.body_text(0).is_some_and(|t| t.contains("Maria")),
+        "{text}"
+    );
+    assert!(
+        msg.subject()
+            .is_some_and(|s| s.contains("Replacement router has not shipped"))
+    );
 }
