@@ -186,7 +186,9 @@ fn main() -> ExitCode {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-                tidings::daemon::run(listener, config, shutdown_signal()).await
+                let shutdown = shutdown_signal()
+                    .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+                tidings::daemon::run(listener, config, shutdown).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -200,23 +202,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM or SIGINT. The handlers are installed here, before the daemon
+/// starts (and before it tells systemd it is ready), so a signal sent at
+/// any point after start-up stops it gracefully instead of killing it.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }

@@ -174,12 +174,15 @@ fn serve_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
         Command::new(env!("CARGO_BIN_EXE_tidings"))
             .args(["serve", "--config", &cfg])
             .env("NOTIFY_SOCKET", &sock_path)
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).expect("log file"))
             .spawn()
             .expect("spawn"),
     );
     let mut buf = [0u8; 256];
-    let n = sock.recv(&mut buf).expect("READY=1 datagram");
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no READY=1 datagram ({e}); log:\n{}", log()));
     assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "READY=1");
     // Ready means listening.
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("the API listens");
@@ -188,7 +191,9 @@ fn serve_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let n = sock.recv(&mut buf).expect("STOPPING=1 datagram");
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no STOPPING=1 datagram ({e}); log:\n{}", log()));
     assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
     let exit = child.0.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
