@@ -17,6 +17,7 @@ pub mod render;
 pub mod rules;
 pub mod schedule;
 pub mod scheduler;
+pub mod segments;
 pub mod service;
 pub mod store;
 pub mod tools;

@@ -1,0 +1,384 @@
+//! SMS segment counting, the way carriers (and Twilio) bill it.
+//!
+//! A message whose every character is in the GSM 03.38 default alphabet is
+//! sent as GSM-7: 160 septets in one segment, 153 per part once it needs
+//! more. Extension-table characters (`^ { } \ [ ~ ] | €`, form feed) take
+//! two septets, an escape and the character. One character outside both
+//! tables switches the whole message to UCS-2: 70 UTF-16 code units in one
+//! segment, 67 per part. A part never splits an escape pair or a surrogate
+//! pair, so parts are counted by packing characters greedily, not by
+//! dividing. This module counts and cuts text; it knows nothing of
+//! templates, channels or transports.
+
+/// How a message travels over the air.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// GSM 03.38 default alphabet, 7 bits a character.
+    Gsm7,
+    /// UTF-16, for any text with a character outside the GSM alphabet.
+    Ucs2,
+}
+
+/// What a text costs as an SMS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    /// The encoding the whole message needs.
+    pub encoding: Encoding,
+    /// Septets for GSM-7 (extension-table characters count 2), UTF-16
+    /// code units for UCS-2.
+    pub units: usize,
+    /// Segments billed; 1 for an empty text.
+    pub count: usize,
+}
+
+impl Encoding {
+    /// Units that fit in a message sent as one segment.
+    fn single(self) -> usize {
+        match self {
+            Self::Gsm7 => 160,
+            Self::Ucs2 => 70,
+        }
+    }
+
+    /// Units that fit in each part of a multipart message (the rest of the
+    /// 140 octets carries the concatenation header).
+    fn part(self) -> usize {
+        match self {
+            Self::Gsm7 => 153,
+            Self::Ucs2 => 67,
+        }
+    }
+
+    /// Units `c` takes in this encoding. Only meaningful for GSM-7 when
+    /// `c` is in the GSM alphabet.
+    fn width(self, c: char) -> usize {
+        match self {
+            Self::Gsm7 => gsm7_septets(c).unwrap_or(2),
+            Self::Ucs2 => c.len_utf16(),
+        }
+    }
+
+    /// The mark that ends a shortened message.
+    fn ellipsis(self) -> &'static str {
+        match self {
+            Self::Gsm7 => "...",
+            Self::Ucs2 => "…",
+        }
+    }
+}
+
+/// The GSM 03.38 basic table, in code-point order (0x1B, the escape, left
+/// out).
+const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
+¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+
+/// Characters reached through the escape to the extension table.
+const GSM7_EXTENSION: &str = "\u{c}^{}\\[~]|€";
+
+/// Septets `c` takes in GSM-7, or `None` when GSM-7 cannot carry it.
+fn gsm7_septets(c: char) -> Option<usize> {
+    if GSM7_BASIC.contains(c) {
+        Some(1)
+    } else if GSM7_EXTENSION.contains(c) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+fn encoding_of(text: &str) -> Encoding {
+    if text.chars().all(|c| gsm7_septets(c).is_some()) {
+        Encoding::Gsm7
+    } else {
+        Encoding::Ucs2
+    }
+}
+
+/// Segments for a sequence of character widths: one when the total fits a
+/// single segment, otherwise parts filled greedily so that no character is
+/// split across two parts.
+fn pack(encoding: Encoding, widths: impl Iterator<Item = usize> + Clone) -> (usize, usize) {
+    let units: usize = widths.clone().sum();
+    if units <= encoding.single() {
+        return (units, 1);
+    }
+    let capacity = encoding.part();
+    let mut count = 1;
+    let mut used = 0;
+    for w in widths {
+        if used + w > capacity {
+            count += 1;
+            used = 0;
+        }
+        used += w;
+    }
+    (units, count)
+}
+
+/// What `text` costs as an SMS: its encoding, its length in that encoding's
+/// units and the number of segments billed.
+pub fn count(text: &str) -> Segments {
+    let encoding = encoding_of(text);
+    let (units, count) = pack(encoding, text.chars().map(move |c| encoding.width(c)));
+    Segments {
+        encoding,
+        units,
+        count,
+    }
+}
+
+/// Segments `prefix` followed by `suffix` would take when sent as
+/// `encoding`.
+fn count_with(encoding: Encoding, prefix: &str, suffix: &str) -> usize {
+    pack(
+        encoding,
+        prefix
+            .chars()
+            .chain(suffix.chars())
+            .map(move |c| encoding.width(c)),
+    )
+    .1
+}
+
+/// How many characters from the end of a cut are searched for a word
+/// boundary.
+const WORD_BOUNDARY_WINDOW: usize = 20;
+
+/// `text` unchanged when it fits in `max_segments`; otherwise its longest
+/// prefix that fits together with an ellipsis ("..." for GSM-7 text, "…"
+/// for UCS-2 text), cut at the last whitespace among the final characters
+/// of that prefix when there is one, so that words stay whole. A budget of
+/// 0 is read as 1: every message takes at least one segment.
+pub fn truncate(text: &str, max_segments: usize) -> String {
+    let max_segments = max_segments.max(1);
+    let whole = count(text);
+    if whole.count <= max_segments {
+        return text.to_owned();
+    }
+    let encoding = whole.encoding;
+    let ellipsis = encoding.ellipsis();
+
+    // Byte offsets of every char boundary; the cost of a prefix grows with
+    // its length, so the longest that fits is found by bisection.
+    let boundaries: Vec<usize> = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(text.len()))
+        .collect();
+    let (mut lo, mut hi) = (0, boundaries.len() - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if count_with(encoding, &text[..boundaries[mid]], ellipsis) <= max_segments {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let mut cut = boundaries[lo];
+
+    // Step back to a word boundary when one is close, unless the cut
+    // already falls just before whitespace.
+    let next_is_space = text[cut..].chars().next().is_some_and(char::is_whitespace);
+    if !next_is_space {
+        let window_start = boundaries[lo.saturating_sub(WORD_BOUNDARY_WINDOW)];
+        if let Some((i, _)) = text[window_start..cut]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+        {
+            let at = window_start + i;
+            if !text[..at].trim_end().is_empty() {
+                cut = at;
+            }
+        }
+    }
+    let mut out = text[..cut].trim_end().to_owned();
+    out.push_str(ellipsis);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segments(text: &str) -> (Encoding, usize, usize) {
+        let s = count(text);
+        (s.encoding, s.units, s.count)
+    }
+
+    #[test]
+    fn empty_text_is_one_segment() {
+        assert_eq!(segments(""), (Encoding::Gsm7, 0, 1));
+    }
+
+    #[test]
+    fn gsm7_single_and_multipart_limits() {
+        assert_eq!(segments(&"a".repeat(160)), (Encoding::Gsm7, 160, 1));
+        assert_eq!(segments(&"a".repeat(161)), (Encoding::Gsm7, 161, 2));
+        assert_eq!(segments(&"a".repeat(306)), (Encoding::Gsm7, 306, 2));
+        assert_eq!(segments(&"a".repeat(307)), (Encoding::Gsm7, 307, 3));
+    }
+
+    #[test]
+    fn whole_basic_table_is_gsm7() {
+        assert_eq!(GSM7_BASIC.chars().count(), 127);
+        let s = count(GSM7_BASIC);
+        assert_eq!((s.encoding, s.units), (Encoding::Gsm7, 127));
+        let s = count(GSM7_EXTENSION);
+        assert_eq!((s.encoding, s.units), (Encoding::Gsm7, 20));
+    }
+
+    #[test]
+    fn extension_characters_take_two_septets() {
+        assert_eq!(segments(&"€".repeat(80)), (Encoding::Gsm7, 160, 1));
+        // 162 septets: 76 euro signs (152 septets) fill the first part, as
+        // a 77th would need septets 153 and 154; the other 5 go to part 2.
+        assert_eq!(segments(&"€".repeat(81)), (Encoding::Gsm7, 162, 2));
+        assert_eq!(segments("{x}"), (Encoding::Gsm7, 5, 1));
+    }
+
+    #[test]
+    fn escape_pair_is_never_split_across_parts() {
+        // Part 1: 152 'a' (the euro sign would straddle septets 153/154),
+        // part 2: '€' + 151 'a' = 153 septets, part 3: the last 'a'.
+        // Dividing 306 septets by 153 would say 2.
+        let text = format!("{}€{}", "a".repeat(152), "a".repeat(152));
+        assert_eq!(segments(&text), (Encoding::Gsm7, 306, 3));
+        // With the euro sign one place earlier, it ends part 1 exactly.
+        let text = format!("{}€{}", "a".repeat(151), "a".repeat(153));
+        assert_eq!(segments(&text), (Encoding::Gsm7, 306, 2));
+    }
+
+    #[test]
+    fn ucs2_single_and_multipart_limits() {
+        assert_eq!(segments(&"ł".repeat(70)), (Encoding::Ucs2, 70, 1));
+        assert_eq!(segments(&"ł".repeat(71)), (Encoding::Ucs2, 71, 2));
+        assert_eq!(segments(&"ł".repeat(134)), (Encoding::Ucs2, 134, 2));
+        assert_eq!(segments(&"ł".repeat(135)), (Encoding::Ucs2, 135, 3));
+    }
+
+    #[test]
+    fn one_character_outside_the_alphabet_makes_the_whole_text_ucs2() {
+        assert_eq!(segments("See you soon 😀"), (Encoding::Ucs2, 15, 1));
+        assert_eq!(segments("ç"), (Encoding::Ucs2, 1, 1));
+        // 80 euro signs fit one GSM-7 segment; one 'ł' makes it 81 units
+        // of UCS-2, two segments.
+        assert_eq!(
+            segments(&format!("{}ł", "€".repeat(80))),
+            (Encoding::Ucs2, 81, 2)
+        );
+    }
+
+    #[test]
+    fn surrogate_pair_is_never_split_across_parts() {
+        // Part 1: 66 'ł' (the emoji would straddle units 67/68), part 2:
+        // emoji + 65 'ł' = 67 units, part 3: the last 'ł'. 134 / 67 = 2.
+        let text = format!("{}😀{}", "ł".repeat(66), "ł".repeat(66));
+        assert_eq!(segments(&text), (Encoding::Ucs2, 134, 3));
+        let text = format!("{}😀{}", "ł".repeat(65), "ł".repeat(67));
+        assert_eq!(segments(&text), (Encoding::Ucs2, 134, 2));
+    }
+
+    #[test]
+    fn truncate_leaves_fitting_text_alone() {
+        let text = "a".repeat(160);
+        assert_eq!(truncate(&text, 1), text);
+        assert_eq!(truncate("", 1), "");
+    }
+
+    #[test]
+    fn truncate_cuts_at_a_word_boundary() {
+        let text = "word ".repeat(40);
+        let out = truncate(&text, 1);
+        assert!(out.ends_with("word..."), "{out}");
+        assert_eq!(count(&out).count, 1);
+        assert!(count(&out).units >= 150, "{out}");
+    }
+
+    #[test]
+    fn truncate_cuts_a_long_word_where_it_must() {
+        let out = truncate(&"a".repeat(200), 1);
+        assert_eq!(out, format!("{}...", "a".repeat(157)));
+    }
+
+    #[test]
+    fn truncate_ucs2_uses_the_single_character_ellipsis() {
+        let out = truncate(&"ł".repeat(100), 1);
+        assert_eq!(out, format!("{}…", "ł".repeat(69)));
+        // An emoji that would straddle the limit is left out whole.
+        let out = truncate(&format!("{}😀😀", "ł".repeat(68)), 1);
+        assert_eq!(out, format!("{}…", "ł".repeat(68)));
+    }
+
+    #[test]
+    fn truncate_to_several_segments() {
+        let out = truncate(&"a".repeat(1000), 2);
+        assert_eq!(out, format!("{}...", "a".repeat(303)));
+        assert_eq!(count(&out).count, 2);
+    }
+
+    /// Characters that exercise every rule: basic table, extension table,
+    /// whitespace, BMP characters outside GSM and non-BMP characters.
+    fn sms_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            4 => prop::sample::select(GSM7_BASIC.chars().collect::<Vec<_>>()),
+            2 => Just(' '),
+            1 => prop::sample::select(GSM7_EXTENSION.chars().collect::<Vec<_>>()),
+            1 => prop::sample::select(vec!['ł', 'ę', 'ç', '…', 'ñ', 'Ł']),
+            1 => prop::sample::select(vec!['😀', '👍', '𝄞', '🇵']),
+            1 => any::<char>(),
+        ]
+    }
+
+    fn sms_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(sms_char(), 0..700).prop_map(|v| v.into_iter().collect()),
+            // Mostly GSM-7, so that long GSM-7 texts are common.
+            prop::collection::vec(
+                prop_oneof![
+                    8 => prop::sample::select(GSM7_BASIC.chars().collect::<Vec<_>>()),
+                    1 => prop::sample::select(GSM7_EXTENSION.chars().collect::<Vec<_>>()),
+                ],
+                0..900
+            )
+            .prop_map(|v| v.into_iter().collect()),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn truncate_always_fits(text in sms_text(), n in 1usize..=4) {
+            let out = truncate(&text, n);
+            prop_assert!(count(&out).count <= n, "{} segments: {out:?}", count(&out).count);
+        }
+
+        #[test]
+        fn truncate_keeps_fitting_text_and_cuts_to_a_prefix(text in sms_text(), n in 1usize..=4) {
+            let out = truncate(&text, n);
+            if count(&text).count <= n {
+                prop_assert_eq!(&out, &text);
+            } else {
+                let kept = out
+                    .strip_suffix(count(&text).encoding.ellipsis())
+                    .unwrap_or_else(|| panic!("no ellipsis: {out:?}"));
+                prop_assert!(text.starts_with(kept));
+            }
+        }
+
+        #[test]
+        fn units_match_the_encoding(text in sms_text()) {
+            let s = count(&text);
+            match s.encoding {
+                Encoding::Ucs2 => prop_assert_eq!(s.units, text.encode_utf16().count()),
+                Encoding::Gsm7 => prop_assert!(s.units >= text.chars().count()),
+            }
+            if s.units <= s.encoding.single() {
+                prop_assert_eq!(s.count, 1);
+            } else {
+                prop_assert!(s.count >= s.units.div_ceil(s.encoding.part()));
+            }
+        }
+    }
+}
