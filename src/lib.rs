@@ -19,5 +19,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod segments;
 pub mod service;
+pub mod signature;
 pub mod store;
 pub mod tools;
