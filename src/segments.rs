@@ -318,6 +318,214 @@ mod tests {
         assert_eq!(count(&out).count, 2);
     }
 
+    /// A template reduced to text: literal text, or a choice between
+    /// branches (`if`/`elif`/`else`; an `if` without `else` may print
+    /// nothing).
+    enum Node {
+        Text(String),
+        Choice(Vec<Vec<Node>>),
+    }
+
+    /// Worst-case text for an expression in an SMS template: the longest
+    /// value a real message is likely to carry in that place.
+    fn filler(expr: &str) -> String {
+        if let Some(n) = expr
+            .split_once("[:")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .and_then(|(n, _)| n.trim().parse::<usize>().ok())
+        {
+            return "n".repeat(n);
+        }
+        let table = [
+            (
+                "map(attribute=\"id\")",
+                "SUP-20260042, SUP-20260043, SUP-20260044",
+            ),
+            ("length", "3"),
+            ("customer.first_name", "Christabelle"),
+            ("customer.name", "Christabelle Montgomery"),
+            ("case.id", "SUP-20260042"),
+            ("next_update_at_short", "Wed 25 Nov, 12:00 PM EST"),
+            ("latest_note_author", "Maria Fernandez"),
+            ("company.name", "Northwind Travel"),
+        ];
+        table
+            .iter()
+            .find(|(key, _)| expr.contains(key))
+            .map(|(_, value)| (*value).to_owned())
+            .unwrap_or_else(|| panic!("no worst-case filler for `{{{{ {expr} }}}}`"))
+    }
+
+    /// Splits a template into text, expressions (already replaced by their
+    /// filler) and statement tags, applying `-` whitespace control.
+    fn lex(source: &str) -> Vec<(bool, String)> {
+        let mut out: Vec<(bool, String)> = Vec::new();
+        let mut rest = source.strip_suffix('\n').unwrap_or(source);
+        let mut trim_next = false;
+        loop {
+            let open = ["{{", "{%", "{#"].iter().filter_map(|o| rest.find(o)).min();
+            let (text, tail) = match open {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let mut text = if trim_next { text.trim_start() } else { text };
+            if tail.is_empty() {
+                out.push((false, text.to_owned()));
+                return out;
+            }
+            let close = match &tail[..2] {
+                "{{" => "}}",
+                "{%" => "%}",
+                _ => "#}",
+            };
+            let end = tail.find(close).expect("unclosed tag") + 2;
+            let inner = &tail[2..end - 2];
+            if inner.starts_with('-') {
+                text = text.trim_end();
+            }
+            trim_next = inner.ends_with('-');
+            out.push((false, text.to_owned()));
+            let inner = inner.trim_matches('-').trim();
+            match close {
+                "}}" => out.push((false, filler(inner))),
+                "%}" => out.push((true, inner.to_owned())),
+                _ => {}
+            }
+            rest = &tail[end..];
+        }
+    }
+
+    /// Builds the branch tree; `for` bodies count once, `set` prints
+    /// nothing.
+    fn parse(tokens: &mut std::iter::Peekable<std::vec::IntoIter<(bool, String)>>) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        while let Some((is_tag, content)) = tokens.peek().cloned() {
+            if !is_tag {
+                tokens.next();
+                nodes.push(Node::Text(content));
+                continue;
+            }
+            let keyword = content.split_whitespace().next().unwrap_or_default();
+            match keyword {
+                "if" => {
+                    tokens.next();
+                    let mut branches = vec![parse(tokens)];
+                    let mut has_else = false;
+                    loop {
+                        let (_, tag) = tokens.next().expect("unclosed if");
+                        match tag.split_whitespace().next().unwrap_or_default() {
+                            "elif" => branches.push(parse(tokens)),
+                            "else" => {
+                                has_else = true;
+                                branches.push(parse(tokens));
+                            }
+                            "endif" => break,
+                            other => panic!("unexpected `{other}` in if"),
+                        }
+                    }
+                    if !has_else {
+                        branches.push(Vec::new());
+                    }
+                    nodes.push(Node::Choice(branches));
+                }
+                "for" => {
+                    tokens.next();
+                    nodes.extend(parse(tokens));
+                    tokens.next();
+                }
+                "set" => {
+                    tokens.next();
+                }
+                _ => return nodes,
+            }
+        }
+        nodes
+    }
+
+    /// Every text a template can print, one per path through its
+    /// branches.
+    fn variants(nodes: &[Node]) -> Vec<String> {
+        let mut out = vec![String::new()];
+        for node in nodes {
+            out = match node {
+                Node::Text(t) => out.into_iter().map(|o| o + t).collect(),
+                Node::Choice(branches) => {
+                    let endings: Vec<String> = branches.iter().flat_map(|b| variants(b)).collect();
+                    out.iter()
+                        .flat_map(|o| endings.iter().map(move |e| format!("{o}{e}")))
+                        .collect()
+                }
+            };
+        }
+        out
+    }
+
+    fn sms_templates() -> Vec<(String, std::path::PathBuf)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let mut dirs = vec![root.clone()];
+        let mut found = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("templates folder") {
+                let path = entry.expect("directory entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.to_string_lossy().ends_with(".sms.j2") {
+                    let name = path
+                        .strip_prefix(&root)
+                        .expect("under templates")
+                        .to_string_lossy()
+                        .into_owned();
+                    found.push((name, path));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn every_sms_template_fits_one_segment_with_worst_case_values() {
+        let templates = sms_templates();
+        let mut failures = Vec::new();
+        for locale in ["", "id/", "pl/", "tl/"] {
+            for name in [
+                "acknowledgement",
+                "progress",
+                "reminder",
+                "resolution",
+                "note",
+            ] {
+                let file = format!("{locale}{name}.sms.j2");
+                assert!(
+                    templates.iter().any(|(n, _)| *n == file),
+                    "missing template {file}"
+                );
+            }
+        }
+        for (name, path) in &templates {
+            let source = std::fs::read_to_string(path).expect("readable template");
+            let mut tokens = lex(&source).into_iter().peekable();
+            let tree = parse(&mut tokens);
+            assert!(tokens.next().is_none(), "{name}: unbalanced tags");
+            // A digest names several cases and may take a second segment.
+            let budget = if name.ends_with("digest.sms.j2") {
+                2
+            } else {
+                1
+            };
+            for text in variants(&tree) {
+                let s = count(&text);
+                if s.encoding != Encoding::Gsm7 || s.count > budget {
+                    failures.push(format!(
+                        "{name}: {:?} {} units: {text}",
+                        s.encoding, s.units
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
     /// Characters that exercise every rule: basic table, extension table,
     /// whitespace, BMP characters outside GSM and non-BMP characters.
     fn sms_char() -> impl Strategy<Value = char> {
