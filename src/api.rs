@@ -35,6 +35,8 @@ pub struct ApiState {
     pub svc: Service,
     pub tokens: Arc<[ApiToken]>,
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Twilio webhook settings; `None` refuses every webhook.
+    pub webhooks: Option<Arc<crate::consent::Webhooks>>,
 }
 
 /// The error shape of every 4xx/5xx: `{"error":{"code","message","field"}}`.
@@ -556,6 +558,18 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .nest("/v1", v1)
+        .route(
+            "/v1/sms/inbound",
+            axum::routing::post(crate::consent::sms_inbound),
+        )
+        .route(
+            "/v1/sms/status",
+            axum::routing::post(crate::consent::sms_status),
+        )
+        .route(
+            "/unsubscribe/{token}",
+            get(crate::consent::unsubscribe).post(crate::consent::unsubscribe),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))

@@ -16,6 +16,7 @@ use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{Defaults, Locale, parse_timezone};
+use crate::schedule::QuietHours;
 
 /// A problem found in a file the operator wrote, with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,8 @@ struct RawConfig {
     api: Option<RawApi>,
     email: Option<RawEmail>,
     sms: Option<RawSms>,
+    consent: Option<RawConsent>,
+    digest: Option<RawDigest>,
     delivery: Option<RawDelivery>,
     log: Option<LogConfig>,
 }
@@ -153,6 +156,8 @@ struct RawEmail {
     pool_size: Option<u32>,
     file_dir: Option<String>,
     timeout: Option<Spanned<String>>,
+    quiet_hours: Option<Spanned<RawQuiet>>,
+    min_gap: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -162,21 +167,50 @@ pub enum EmailTransportKind {
     File,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "parsed so SPEC-shaped configs validate; only `transport` is read until SMS sending lands"
-)]
 struct RawSms {
-    transport: Option<String>,
-    base_url: Option<String>,
-    account_sid: Option<String>,
+    transport: Option<SmsTransportKind>,
+    base_url: Option<Spanned<String>>,
+    account_sid: Option<Spanned<String>>,
     auth_token_env: Option<String>,
     auth_token_file: Option<String>,
-    from: Option<String>,
-    messaging_service_sid: Option<String>,
+    from: Option<Spanned<String>>,
+    messaging_service_sid: Option<Spanned<String>>,
     file_dir: Option<String>,
+    max_segments: Option<u32>,
+    quiet_hours: Option<Spanned<RawQuiet>>,
+    min_gap: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    help_text: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmsTransportKind {
+    Twilio,
+    File,
+}
+
+/// `quiet_hours: { start: "21:00", end: "08:00" }`, or `quiet_hours: off`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawQuiet {
+    Window { start: String, end: String },
+    Off(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsent {
+    secret_env: Option<String>,
+    secret_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDigest {
+    window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +293,68 @@ pub enum EmailTransport {
 pub struct EmailConfig {
     pub transport: EmailTransport,
     pub from: lettre::message::Mailbox,
+    /// When no email goes out, recipient-local; none by default.
+    pub quiet_hours: Option<QuietHours>,
+    /// The least time between two emails to one address.
+    pub min_gap: Duration,
+}
+
+/// Twilio credentials, never printed.
+#[derive(Clone)]
+pub struct TwilioAuth {
+    pub account_sid: String,
+    pub auth_token: String,
+}
+
+impl fmt::Debug for TwilioAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TwilioAuth(..)")
+    }
+}
+
+/// Who an SMS comes from: a number or a messaging service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmsSender {
+    From(String),
+    MessagingService(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum SmsTransport {
+    Twilio {
+        base_url: String,
+        sender: SmsSender,
+        timeout: Duration,
+    },
+    /// One JSON file per message in `dir` (the demo default).
+    File { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct SmsConfig {
+    pub transport: SmsTransport,
+    /// Account SID and auth token: needed to send through Twilio and to
+    /// check the signature of Twilio's webhooks.
+    pub twilio: Option<TwilioAuth>,
+    pub max_segments: usize,
+    /// Recipient-local hours with no SMS; 21:00–08:00 unless configured.
+    pub quiet_hours: Option<QuietHours>,
+    pub min_gap: Duration,
+    /// The answer to an inbound HELP.
+    pub help_text: String,
+}
+
+/// The key that signs unsubscribe links, when configured; otherwise the
+/// daemon keeps a generated one in its store.
+#[derive(Clone, Default)]
+pub struct ConsentConfig {
+    pub secret: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ConsentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConsentConfig(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -283,10 +379,13 @@ pub struct Config {
     pub company: Company,
     pub tokens: Vec<ApiToken>,
     pub email: EmailConfig,
+    pub sms: SmsConfig,
+    pub consent: ConsentConfig,
+    /// Updates of one customer's cases due within this window go out as one
+    /// digest; zero turns digests off.
+    pub digest_window: Duration,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
-    /// Set when the file configures SMS, which this version does not send.
-    pub sms_configured: bool,
 }
 
 impl Config {
@@ -363,6 +462,43 @@ impl Config {
             .unwrap_or_default();
 
         let email = resolve_email(path, base, &data_dir, raw.email, &mut errors);
+        let sms = resolve_sms(
+            path,
+            base,
+            &data_dir,
+            raw.sms.unwrap_or_default(),
+            &mut errors,
+        );
+        let consent = raw.consent.unwrap_or_default();
+        let consent = match read_secret(
+            base,
+            consent.secret_env.as_deref(),
+            consent.secret_file.as_deref(),
+        ) {
+            Ok(Some(s)) if s.len() < 16 => {
+                errors.push(Diagnostic::new(
+                    path,
+                    1,
+                    1,
+                    "consent: the secret must be at least 16 characters",
+                ));
+                ConsentConfig::default()
+            }
+            Ok(secret) => ConsentConfig {
+                secret: secret.map(String::into_bytes),
+            },
+            Err(m) => {
+                errors.push(Diagnostic::new(path, 1, 1, format!("consent: {m}")));
+                ConsentConfig::default()
+            }
+        };
+        let digest_window = spanned_duration(
+            path,
+            "digest.window",
+            raw.digest.and_then(|d| d.window).as_ref(),
+            Duration::from_secs(600),
+            &mut errors,
+        );
         let delivery = resolve_delivery(path, raw.delivery, &mut errors);
 
         if !errors.is_empty() {
@@ -390,9 +526,11 @@ impl Config {
             }),
             tokens,
             email,
+            sms,
+            consent,
+            digest_window,
             delivery,
             log: raw.log.unwrap_or_default(),
-            sms_configured: raw.sms.is_some_and(|s| s.transport.is_some()),
         })
     }
 }
@@ -611,10 +749,196 @@ fn resolve_email(
             }
         }
     };
+    let quiet_hours = resolve_quiet(
+        file,
+        "email.quiet_hours",
+        raw.quiet_hours.as_ref(),
+        None,
+        errors,
+    );
+    let min_gap = spanned_duration(
+        file,
+        "email.min_gap",
+        raw.min_gap.as_ref(),
+        Duration::ZERO,
+        errors,
+    );
     Some(EmailConfig {
         transport,
         from: from?,
+        quiet_hours,
+        min_gap,
     })
+}
+
+fn resolve_quiet(
+    file: &Path,
+    key: &str,
+    raw: Option<&Spanned<RawQuiet>>,
+    default: Option<QuietHours>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<QuietHours> {
+    let raw = raw?;
+    match &raw.value {
+        RawQuiet::Off(s) if s == "off" => None,
+        RawQuiet::Off(s) => {
+            errors.push(Diagnostic::at(
+                file,
+                raw,
+                format!("{key}: `{s}` is neither `off` nor {{ start: \"21:00\", end: \"08:00\" }}"),
+            ));
+            default
+        }
+        RawQuiet::Window { start, end } => match QuietHours::parse(start, end) {
+            Ok(q) => Some(q),
+            Err(m) => {
+                errors.push(Diagnostic::at(file, raw, format!("{key}: {m}")));
+                default
+            }
+        },
+    }
+}
+
+fn default_sms_quiet() -> Option<QuietHours> {
+    QuietHours::parse("21:00", "08:00").ok()
+}
+
+fn resolve_sms(
+    file: &Path,
+    base: &Path,
+    data_dir: &Path,
+    raw: RawSms,
+    errors: &mut Vec<Diagnostic>,
+) -> SmsConfig {
+    let quiet_hours = match &raw.quiet_hours {
+        None => default_sms_quiet(),
+        q => resolve_quiet(
+            file,
+            "sms.quiet_hours",
+            q.as_ref(),
+            default_sms_quiet(),
+            errors,
+        ),
+    };
+    let min_gap = spanned_duration(
+        file,
+        "sms.min_gap",
+        raw.min_gap.as_ref(),
+        Duration::from_secs(60),
+        errors,
+    );
+    let timeout = spanned_duration(
+        file,
+        "sms.timeout",
+        raw.timeout.as_ref(),
+        Duration::from_secs(15),
+        errors,
+    );
+    let token = read_secret(
+        base,
+        raw.auth_token_env.as_deref(),
+        raw.auth_token_file.as_deref(),
+    );
+    let token = match token {
+        Ok(t) => t,
+        Err(m) => {
+            errors.push(Diagnostic::new(file, 1, 1, format!("sms: {m}")));
+            None
+        }
+    };
+    let sid = raw.account_sid.as_ref().map(|s| {
+        let ok = s.value.len() == 34
+            && s.value.starts_with("AC")
+            && s.value[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            errors.push(Diagnostic::at(
+                file,
+                s,
+                "sms.account_sid: expected AC followed by 32 hexadecimal digits",
+            ));
+        }
+        s.value.clone()
+    });
+    let twilio = match (sid, token) {
+        (Some(account_sid), Some(auth_token)) => Some(TwilioAuth {
+            account_sid,
+            auth_token,
+        }),
+        _ => None,
+    };
+    let transport = match raw.transport.unwrap_or(SmsTransportKind::File) {
+        SmsTransportKind::File => SmsTransport::File {
+            dir: raw
+                .file_dir
+                .as_deref()
+                .map_or_else(|| data_dir.join("sms"), |d| resolve_path(base, d)),
+        },
+        SmsTransportKind::Twilio => {
+            if twilio.is_none() {
+                errors.push(Diagnostic::new(
+                    file,
+                    1,
+                    1,
+                    "sms: transport twilio needs account_sid and auth_token_env or auth_token_file",
+                ));
+            }
+            let sender = match (&raw.from, &raw.messaging_service_sid) {
+                (Some(f), None) => {
+                    let v = &f.value;
+                    let shaped = v.len() > 2
+                        && v.len() <= 16
+                        && v.starts_with('+')
+                        && v[1..].bytes().all(|b| b.is_ascii_digit());
+                    if !shaped {
+                        errors.push(Diagnostic::at(
+                            file,
+                            f,
+                            "sms.from: expected a phone number in E.164 form such as +15550001111",
+                        ));
+                    }
+                    SmsSender::From(f.value.clone())
+                }
+                (None, Some(m)) => SmsSender::MessagingService(m.value.clone()),
+                _ => {
+                    errors.push(Diagnostic::new(
+                        file,
+                        1,
+                        1,
+                        "sms: transport twilio needs exactly one of from and messaging_service_sid",
+                    ));
+                    SmsSender::From(String::new())
+                }
+            };
+            let base_url = raw
+                .base_url
+                .as_ref()
+                .map_or("https://api.twilio.com", |s| s.value.as_str());
+            if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+                && let Some(s) = &raw.base_url
+            {
+                errors.push(Diagnostic::at(
+                    file,
+                    s,
+                    "sms.base_url must start with https:// or http://",
+                ));
+            }
+            SmsTransport::Twilio {
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                sender,
+                timeout,
+            }
+        }
+    };
+    SmsConfig {
+        transport,
+        twilio,
+        max_segments: raw.max_segments.unwrap_or(2).clamp(1, 10) as usize,
+        quiet_hours,
+        min_gap,
+        help_text: raw.help_text.unwrap_or_else(|| {
+            "Updates on your support case. Reply STOP to opt out, START to opt back in.".into()
+        }),
+    }
 }
 
 fn resolve_delivery(

@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiState, router};
 use crate::channels::email::Mailer;
+use crate::channels::sms::Texter;
 use crate::config::{Config, Diagnostic, Diagnostics};
 use crate::dispatch::Dispatcher;
 use crate::domain::{Case, CaseInput, Channel, CustomerInput, Priority, Status};
-use crate::plan::Engine;
+use crate::plan::{ConsentKeys, Engine};
 use crate::render::{MessageContext, Templates};
 use crate::rules::RuleSet;
 use crate::service::Service;
@@ -43,7 +44,7 @@ pub fn build_engine(config: &Config) -> Result<Engine, Diagnostics> {
         }
     };
     let mut errors = Vec::new();
-    let channels = vec![Channel::Email];
+    let channels = vec![Channel::Email, Channel::Sms];
     let mut need = |template: &str, origin: &crate::rules::Origin, chans: &[Channel]| {
         for c in chans {
             if channels.contains(c) && !templates.has(template, *c) {
@@ -76,6 +77,13 @@ pub fn build_engine(config: &Config) -> Result<Engine, Diagnostics> {
         public_url: config.public_url.clone(),
         message_id_domain: config.email.from.email.domain().to_owned(),
         channels,
+        email_quiet: config.email.quiet_hours,
+        sms_quiet: config.sms.quiet_hours,
+        max_segments: config.sms.max_segments,
+        consent: ConsentKeys {
+            salt: [0; 32],
+            unsubscribe_key: config.consent.secret.clone().unwrap_or_default(),
+        },
     })
 }
 
@@ -130,6 +138,9 @@ pub fn check(config: &Config) -> Result<(), Diagnostics> {
     if let Err(e) = Mailer::new(&config.email) {
         return Err(Diagnostic::new(&config.path, 1, 1, e).into());
     }
+    if let Err(e) = Texter::new(&config.sms, &config.public_url) {
+        return Err(Diagnostic::new(&config.path, 1, 1, e).into());
+    }
     Ok(())
 }
 
@@ -140,21 +151,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let engine = build_engine(&config).map_err(|d| anyhow::anyhow!("{d}"))?;
-    if config.sms_configured {
-        tracing::warn!(
-            "sms is configured, but this version sends email only; SMS messages are skipped"
-        );
-    }
+    let mut engine = engine;
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::open(&config.data_dir.join("db"))?;
+    // Contacts are keyed under the store's own salt; unsubscribe links are
+    // signed with the configured secret, else with the store's own key.
+    engine.consent.salt = store.contact_salt();
+    if engine.consent.unsubscribe_key.is_empty() {
+        engine.consent.unsubscribe_key = store.generated_unsubscribe_key().to_vec();
+    }
+    let texter = Texter::new(&config.sms, &config.public_url).map_err(|e| anyhow::anyhow!(e))?;
     let pruned = store.prune_idempotency(Utc::now() - chrono::Duration::days(1))?;
     let mailer = Mailer::new(&config.email).map_err(|e| anyhow::anyhow!(e))?;
-    let svc = Service::new(store.clone(), Arc::new(engine), config.defaults());
+    let mut svc = Service::new(store.clone(), Arc::new(engine), config.defaults());
+    svc.digest_window = config.digest_window;
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         svc: svc.clone(),
         tokens: config.tokens.clone().into(),
         ready: ready.clone(),
+        webhooks: Some(Arc::new(crate::consent::Webhooks {
+            auth_token: config.sms.twilio.as_ref().map(|t| t.auth_token.clone()),
+            public_url: config.public_url.clone(),
+            help_text: config.sms.help_text.clone(),
+        })),
     };
     let cancel = CancellationToken::new();
     let scheduler = tokio::spawn(crate::scheduler::run(svc.clone(), cancel.clone()));
@@ -162,7 +182,10 @@ pub async fn run(
         Dispatcher {
             svc: svc.clone(),
             mailer,
+            texter,
             delivery: config.delivery.clone(),
+            email_gap: config.email.min_gap,
+            sms_gap: config.sms.min_gap,
         }
         .run(cancel.clone(), Duration::from_secs(10)),
     );

@@ -18,16 +18,32 @@ use uuid::Uuid;
 
 use crate::channels::Outcome;
 use crate::channels::email::Mailer;
+use crate::channels::sms::Texter;
 use crate::config::DeliveryConfig;
+use crate::domain::Channel;
 use crate::service::Service;
-use crate::store::{Commit, DeliveryStatus, OutboxEntry, StoreError};
+use crate::store::{CaseKey, CaseRecord, Commit, DeliveryStatus, OutboxEntry, StoreError};
 
 /// Everything the delivery loop needs.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     pub svc: Service,
     pub mailer: Mailer,
+    pub texter: Texter,
     pub delivery: DeliveryConfig,
+    /// The least time between two messages to one recipient, per channel.
+    pub email_gap: Duration,
+    pub sms_gap: Duration,
+}
+
+/// Why a message was not handed to its provider this time.
+enum Gate {
+    /// Send now.
+    Open,
+    /// Not before this instant (quiet hours, minimum gap).
+    Later(DateTime<Utc>, &'static str),
+    /// Never: the recipient opted out (how).
+    OptedOut(String),
 }
 
 /// The delay before attempt `attempts + 1`: exponential from `initial`,
@@ -101,54 +117,145 @@ impl Dispatcher {
     }
 
     async fn attempt(&self, entry: OutboxEntry) {
-        let outcome = self.mailer.send(&entry).await;
-        if let Err(e) = self.record(&entry, &outcome).await {
+        let result = match self.gate(&entry) {
+            Ok(Gate::Open) => {
+                let outcome = match entry.channel {
+                    Channel::Email => self.mailer.send(&entry).await,
+                    Channel::Sms => self.texter.send(&entry).await,
+                };
+                self.record(&entry, &outcome, false).await
+            }
+            Ok(Gate::Later(at, why)) => self.defer(&entry, at, why).await,
+            Ok(Gate::OptedOut(via)) => {
+                let outcome = Outcome::permanent(format!("recipient opted out ({via})"));
+                self.record(&entry, &outcome, true).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
         }
     }
 
-    async fn record(&self, entry: &OutboxEntry, outcome: &Outcome) -> Result<(), StoreError> {
+    /// Consent, quiet hours and the minimum gap, checked just before a send
+    /// (an opt-out may have arrived after the message was planned).
+    fn gate(&self, entry: &OutboxEntry) -> Result<Gate, StoreError> {
+        if entry.internal {
+            return Ok(Gate::Open);
+        }
         let store = &self.svc.store;
-        let _guard = store.lock(&entry.case).await;
+        let contact = store.contact(entry.channel, &entry.to);
+        if let Some(o) = store.opted_out(contact)? {
+            return Ok(Gate::OptedOut(o.via));
+        }
         let now = Utc::now();
-        let attempts = entry.attempts + 1;
-        let Some(mut record) = store.get(&entry.case)? else {
-            // The case was erased while we were sending.
-            store.commit(
-                &entry.case,
-                &Commit {
-                    outbox_remove: vec![(entry.id, entry.next_attempt_at)],
-                    ..Commit::default()
-                },
-            )?;
-            return Ok(());
+        if let (Some(q), Some(tz)) = (self.svc.engine.channel_quiet(entry.channel), entry.tz)
+            && q.contains(now, tz)
+        {
+            return Ok(Gate::Later(q.first_allowed(now, tz), "quiet hours"));
+        }
+        let gap = match entry.channel {
+            Channel::Email => self.email_gap,
+            Channel::Sms => self.sms_gap,
         };
-        let old_due = record.schedule.due_at;
+        if !gap.is_zero()
+            && let Some(last) = store.last_sent(contact)?
+        {
+            let next = last + chrono::Duration::from_std(gap).unwrap_or_default();
+            if next > now {
+                return Ok(Gate::Later(next, "minimum gap"));
+            }
+        }
+        Ok(Gate::Open)
+    }
+
+    /// Puts an entry back for later without counting an attempt.
+    async fn defer(
+        &self,
+        entry: &OutboxEntry,
+        at: DateTime<Utc>,
+        why: &'static str,
+    ) -> Result<(), StoreError> {
+        let store = &self.svc.store;
+        let _guards = store.lock_many(entry.cases()).await;
+        if store.outbox_entry(entry.id)?.is_none() {
+            return Ok(()); // cancelled meanwhile
+        }
+        store.commit(
+            &entry.case,
+            &Commit {
+                outbox_put: vec![OutboxEntry {
+                    next_attempt_at: at,
+                    ..entry.clone()
+                }],
+                outbox_remove: vec![(entry.id, entry.next_attempt_at)],
+                ..Commit::default()
+            },
+        )?;
+        tracing::debug!(msg_id = %entry.id, until = %at, why, "message held back");
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        entry: &OutboxEntry,
+        outcome: &Outcome,
+        opted_out: bool,
+    ) -> Result<(), StoreError> {
+        let store = &self.svc.store;
+        let _guards = store.lock_many(entry.cases()).await;
+        let now = Utc::now();
+        let attempts = entry.attempts + u32::from(!opted_out);
+        let mut records: Vec<CaseRecord> = Vec::new();
+        for key in entry.cases() {
+            // A case erased while we were sending simply drops out.
+            if let Some(r) = store.get(key)? {
+                records.push(r);
+            }
+        }
+        let old_due: Vec<_> = records.iter().map(|r| r.schedule.due_at).collect();
         let mut next: Option<DateTime<Utc>> = None;
-        if let Some(msg) = record.message_mut(entry.id) {
+        let mut failed = false;
+        for record in &mut records {
+            let Some(msg) = record.message_mut(entry.id) else {
+                continue;
+            };
             msg.attempts = attempts;
             match outcome {
-                Outcome::Sent => {
+                Outcome::Sent { provider_id } => {
                     msg.status = DeliveryStatus::Sent;
                     msg.sent_at = Some(now);
                     msg.error = None;
+                    msg.provider_id.clone_from(provider_id);
                 }
-                Outcome::Permanent(reason) => {
-                    msg.status = DeliveryStatus::Failed;
+                Outcome::Permanent { reason, .. } => {
+                    msg.status = if opted_out {
+                        DeliveryStatus::Cancelled
+                    } else {
+                        DeliveryStatus::Failed
+                    };
                     msg.error = Some(reason.clone());
+                    failed = true;
                 }
-                Outcome::Transient(reason) if attempts >= self.delivery.max_attempts => {
+                Outcome::Transient { reason, .. } if attempts >= self.delivery.max_attempts => {
                     msg.status = DeliveryStatus::Failed;
                     msg.error = Some(format!("gave up after {attempts} attempts: {reason}"));
+                    failed = true;
                 }
-                Outcome::Transient(reason) => {
+                Outcome::Transient {
+                    reason,
+                    retry_after,
+                } => {
                     msg.error = Some(reason.clone());
-                    let delay = backoff(&self.delivery, attempts, rand::rng().random());
+                    let mut delay = backoff(&self.delivery, attempts, rand::rng().random());
+                    if let Some(asked) = retry_after {
+                        delay = delay.max(*asked);
+                    }
                     next = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
                 }
             }
         }
-        let outbox_put = next
+        let mut outbox_put: Vec<OutboxEntry> = next
             .map(|at| OutboxEntry {
                 attempts,
                 next_attempt_at: at,
@@ -156,31 +263,100 @@ impl Dispatcher {
             })
             .into_iter()
             .collect();
-        store.commit(
-            &entry.case,
-            &Commit {
-                record: Some(record),
-                old_due,
-                outbox_put,
-                outbox_remove: vec![(entry.id, entry.next_attempt_at)],
-                ..Commit::default()
-            },
-        )?;
+        let mut fallback_to = None;
+        if failed
+            && !entry.internal
+            && let Some((channel, msg, fallback)) = self.fallback(entry, &records, now)
+        {
+            for r in &mut records {
+                r.messages.push(msg.clone());
+            }
+            outbox_put.extend(fallback);
+            fallback_to = Some(channel);
+        }
+        if let Outcome::Permanent { opt_out: true, .. } = outcome {
+            store.opt_out(store.contact(entry.channel, &entry.to), "provider", now)?;
+        }
+        let removal = vec![(entry.id, entry.next_attempt_at)];
+        if records.is_empty() {
+            // Every case it was for has been erased: just drop the entry.
+            store.commit(
+                &entry.case,
+                &Commit {
+                    outbox_remove: removal,
+                    ..Commit::default()
+                },
+            )?;
+        } else {
+            let mut commits: Vec<(CaseKey, Commit)> = records
+                .into_iter()
+                .zip(old_due)
+                .map(|(r, old_due)| {
+                    let key = r.key();
+                    let commit = Commit {
+                        record: Some(r),
+                        old_due,
+                        ..Commit::default()
+                    };
+                    (key, commit)
+                })
+                .collect();
+            commits[0].1.outbox_put = outbox_put;
+            commits[0].1.outbox_remove = removal;
+            let changes: Vec<(&CaseKey, &Commit)> = commits.iter().map(|(k, c)| (k, c)).collect();
+            store.commit_many(&changes)?;
+        }
+        if matches!(outcome, Outcome::Sent { .. }) && !entry.internal {
+            store.set_last_sent(store.contact(entry.channel, &entry.to), now)?;
+        }
         // The provider has the message: make our record of it durable now,
         // so a crash after this point cannot send it again.
         store.flush().await?;
+        if fallback_to.is_some() {
+            self.svc.wake_dispatcher.notify_one();
+        }
+        let channel = entry.channel.as_str();
         match outcome {
-            Outcome::Sent => {
-                tracing::info!(case = %entry.case, msg_id = %entry.id, channel = entry.channel.as_str(), attempts, "message sent")
+            Outcome::Sent { .. } => {
+                tracing::info!(case = %entry.case, msg_id = %entry.id, channel, attempts, covers = entry.also.len() + 1, "message sent")
             }
-            Outcome::Transient(reason) => {
-                tracing::warn!(case = %entry.case, msg_id = %entry.id, attempts, reason = %reason, retry_at = ?next, "delivery failed, will retry")
+            Outcome::Transient { reason, .. } if next.is_some() => {
+                tracing::warn!(case = %entry.case, msg_id = %entry.id, channel, attempts, reason = %reason, retry_at = ?next, "delivery failed, will retry")
             }
-            Outcome::Permanent(reason) => {
-                tracing::warn!(case = %entry.case, msg_id = %entry.id, attempts, reason = %reason, "delivery failed permanently")
+            Outcome::Transient { reason, .. } | Outcome::Permanent { reason, .. } => {
+                tracing::warn!(case = %entry.case, msg_id = %entry.id, channel, attempts, reason = %reason, fallback = fallback_to.map(Channel::as_str), "message not delivered")
             }
         }
         Ok(())
+    }
+
+    /// For an update that could not be delivered on `entry`'s channel: the
+    /// next channel the customer allows, unless the same update already
+    /// went (or is going) out on another channel.
+    fn fallback(
+        &self,
+        entry: &OutboxEntry,
+        records: &[CaseRecord],
+        now: DateTime<Utc>,
+    ) -> Option<(Channel, crate::store::MessageRecord, Option<OutboxEntry>)> {
+        let primary = records.iter().find(|r| r.key() == entry.case)?;
+        let update = entry.update?;
+        let siblings = primary
+            .messages
+            .iter()
+            .filter(|m| m.update == Some(update) && m.id != entry.id);
+        let mut tried = vec![entry.channel];
+        for m in siblings {
+            if matches!(m.status, DeliveryStatus::Sent | DeliveryStatus::Pending) {
+                return None;
+            }
+            tried.push(m.channel);
+        }
+        let channel = self.svc.engine.next_channel(&primary.case, &tried)?;
+        let mut refs: Vec<&CaseRecord> = vec![primary];
+        refs.extend(records.iter().filter(|r| r.key() != entry.case));
+        let (msg, out) = self.svc.engine.fallback(&refs, entry, channel, now);
+        Some((channel, msg, out))
     }
 }
 

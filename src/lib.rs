@@ -8,6 +8,7 @@
 pub mod api;
 pub mod channels;
 pub mod config;
+pub mod consent;
 pub mod daemon;
 pub mod dispatch;
 pub mod domain;

@@ -39,8 +39,9 @@ enum Command {
         /// Use this rule's template instead of the one that matches.
         #[arg(long)]
         rule: Option<String>,
-        #[arg(long, value_parser = ["email"], default_value = "email")]
-        channel: String,
+        /// The channel to render for (default: the rule's first the customer allows).
+        #[arg(long, value_parser = ["email", "sms"])]
+        channel: Option<String>,
     },
     /// Print the timeline of messages the rules would send over N days.
     Simulate {
@@ -132,8 +133,15 @@ fn main() -> ExitCode {
             config,
             case,
             rule,
-            channel: _,
+            channel,
         } => {
+            let channel = channel.map(|c| {
+                if c == "sms" {
+                    tidings::domain::Channel::Sms
+                } else {
+                    tidings::domain::Channel::Email
+                }
+            });
             let (config, engine) = match offline(&config) {
                 Ok(x) => x,
                 Err(code) => return code,
@@ -141,7 +149,7 @@ fn main() -> ExitCode {
             let now = chrono::Utc::now();
             print_result(
                 tidings::tools::load_case(&case, &config, now).and_then(|c| {
-                    tidings::tools::preview(&engine, &config, c, rule.as_deref(), now)
+                    tidings::tools::preview(&engine, &config, c, rule.as_deref(), channel, now)
                 }),
             )
         }

@@ -10,12 +10,16 @@ use uuid::Uuid;
 
 use crate::config::Company;
 use crate::domain::{Case, Channel, Event, Note, Status};
-use crate::render::{MessageContext, Templates, one_line};
+use crate::render::{EmailContent, MessageContext, Templates, one_line};
 use crate::rules::{RuleSet, Trigger};
-use crate::schedule::next_due;
+use crate::schedule::{QuietHours, first_allowed_all, next_due};
 use crate::store::{
     CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry, RECORD_VERSION, ScheduleState,
+    contact_of,
 };
+
+/// The template digests are rendered with.
+pub const DIGEST_TEMPLATE: &str = "digest";
 
 /// Rules and templates: everything planning needs besides the case.
 #[derive(Debug)]
@@ -28,6 +32,37 @@ pub struct Engine {
     pub message_id_domain: String,
     /// Channels this daemon can send on.
     pub channels: Vec<Channel>,
+    /// Recipient-local hours with no message, per channel.
+    pub email_quiet: Option<QuietHours>,
+    pub sms_quiet: Option<QuietHours>,
+    pub max_segments: usize,
+    pub consent: ConsentKeys,
+}
+
+/// The keys behind contacts and unsubscribe links (see `store`).
+#[derive(Clone, Default)]
+pub struct ConsentKeys {
+    /// The store's contact salt.
+    pub salt: [u8; 32],
+    /// Signs unsubscribe links.
+    pub unsubscribe_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ConsentKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConsentKeys(..)")
+    }
+}
+
+/// A progress update that is due, before it is rendered: planning a group
+/// of cases collects these first, so that one customer's updates can go
+/// out as one digest.
+#[derive(Debug, Clone)]
+struct Intent {
+    template: String,
+    rule: String,
+    channels: Vec<Channel>,
+    promised: Option<DateTime<Utc>>,
 }
 
 /// The outcome of planning: the record to store and the messages to queue.
@@ -110,6 +145,7 @@ impl Engine {
         &self,
         case: Case,
         rule: Option<&str>,
+        channel: Option<Channel>,
         now: DateTime<Utc>,
     ) -> Result<(String, Option<String>, OutboxEntry), String> {
         let Planned { record, .. } = self.upsert(None, case, now);
@@ -135,14 +171,28 @@ impl Engine {
         if let Some(name) = &rule_name {
             record.schedule.rule = Some(name.clone());
         }
-        let channel = self
-            .allowed(&record.case, &channels)
-            .into_iter()
-            .next()
-            .ok_or("the customer allows none of the rule's channels that this daemon sends")?;
+        let allowed = self.allowed(&record.case, &channels);
+        let channel = match channel {
+            Some(c) if allowed.contains(&c) => c,
+            Some(c) => {
+                return Err(format!(
+                    "the rule does not send {} to this customer (allowed: {})",
+                    c.as_str(),
+                    allowed
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            None => allowed
+                .into_iter()
+                .next()
+                .ok_or("the customer allows none of the rule's channels that this daemon sends")?,
+        };
         let promised = record.schedule.next_update_at;
         let (msg, entry) = self.message(
-            &record,
+            &[&record],
             Kind::Progress,
             &template,
             rule_name,
@@ -150,6 +200,7 @@ impl Engine {
             now,
             promised,
             None,
+            Uuid::now_v7(),
         );
         let entry = entry.ok_or_else(|| msg.error.unwrap_or_default())?;
         Ok((template, msg.rule, entry))
@@ -194,8 +245,105 @@ impl Engine {
 
     /// The clock reached the case's due instant: send what is due and plan
     /// the next look.
-    pub fn due(&self, mut record: CaseRecord, now: DateTime<Utc>) -> Planned {
+    pub fn due(&self, record: CaseRecord, now: DateTime<Utc>) -> Planned {
+        let mut group = self.due_group(vec![record], now, now);
+        let (record, outbox) = group.pop().unwrap_or_default();
+        Planned { record, outbox }
+    }
+
+    /// Plans several cases of one customer at once: every case whose
+    /// progress update falls due by `horizon` gets it now, and updates that
+    /// go to the same address on the same channel become one digest.
+    /// Returns each record with the outbox entries to commit with it.
+    pub fn due_group(
+        &self,
+        records: Vec<CaseRecord>,
+        now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    ) -> Vec<(Option<CaseRecord>, Vec<OutboxEntry>)> {
+        let mut planned: Vec<(CaseRecord, Vec<OutboxEntry>, Option<Intent>)> = records
+            .into_iter()
+            .map(|r| self.due_one(r, now, horizon))
+            .collect();
+        // Which (channel, address) each intent goes to.
+        let mut buckets: Vec<((Channel, String), Vec<usize>)> = Vec::new();
+        for (i, (record, _, intent)) in planned.iter().enumerate() {
+            let Some(intent) = intent else { continue };
+            for channel in self.allowed(&record.case, &intent.channels) {
+                let addr = address(&record.case, channel);
+                match buckets
+                    .iter_mut()
+                    .find(|(k, _)| *k == (channel, addr.clone()))
+                {
+                    Some((_, v)) => v.push(i),
+                    None => buckets.push(((channel, addr), vec![i])),
+                }
+            }
+        }
+        let update = Uuid::now_v7();
+        for ((channel, _), members) in buckets {
+            if members.len() == 1 || !self.templates.has(DIGEST_TEMPLATE, channel) {
+                for i in members {
+                    let (record, outbox, intent) = &mut planned[i];
+                    let Some(intent) = intent.as_ref() else {
+                        continue;
+                    };
+                    let msg = self.message(
+                        &[&*record],
+                        Kind::Progress,
+                        &intent.template,
+                        Some(intent.rule.clone()),
+                        channel,
+                        now,
+                        intent.promised,
+                        None,
+                        update,
+                    );
+                    push(record, msg, outbox);
+                }
+                continue;
+            }
+            // A digest: the earliest promise among the cases is the one it makes.
+            let promised = members
+                .iter()
+                .filter_map(|i| planned[*i].2.as_ref().and_then(|x| x.promised))
+                .min();
+            let rule = planned[members[0]].2.as_ref().map(|x| x.rule.clone());
+            let (msg, entry) = {
+                let group: Vec<&CaseRecord> = members.iter().map(|i| &planned[*i].0).collect();
+                self.message(
+                    &group,
+                    Kind::Progress,
+                    DIGEST_TEMPLATE,
+                    rule,
+                    channel,
+                    now,
+                    promised,
+                    None,
+                    update,
+                )
+            };
+            for (n, i) in members.iter().enumerate() {
+                let (record, outbox, _) = &mut planned[*i];
+                record.messages.push(msg.clone());
+                if n == 0 {
+                    outbox.extend(entry.clone());
+                }
+            }
+        }
+        planned.into_iter().map(|(r, o, _)| (Some(r), o)).collect()
+    }
+
+    /// One case's part of `due_group`: escalations rendered at once, the
+    /// progress update returned as an intent.
+    fn due_one(
+        &self,
+        mut record: CaseRecord,
+        now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    ) -> (CaseRecord, Vec<OutboxEntry>, Option<Intent>) {
         let mut outbox = Vec::new();
+        let mut intent = None;
         self.reschedule(&mut record, now);
         if let Some(rule) = record
             .schedule
@@ -210,7 +358,7 @@ impl Engine {
                 record.schedule.escalated = true;
                 let promised = record.schedule.next_update_at;
                 let msg = self.message(
-                    &record,
+                    &[&record],
                     Kind::Escalation,
                     &esc.template,
                     Some(rule.name.clone()),
@@ -218,38 +366,67 @@ impl Engine {
                     now,
                     promised,
                     Some((String::new(), esc.to.to_string())),
+                    Uuid::now_v7(),
                 );
                 push(&mut record, msg, &mut outbox);
             }
-            if record.schedule.next_update_at.is_some_and(|t| t <= now) {
+            if record.schedule.next_update_at.is_some_and(|t| t <= horizon) {
                 record.schedule.rule_updates += 1;
                 record.schedule.last_contact_at = now;
                 let template = rule.template.clone();
                 let channels = rule.channels.clone();
                 let rule_name = rule.name.clone();
                 self.reschedule(&mut record, now);
-                let promised = record.schedule.next_update_at;
-                for channel in self.allowed(&record.case, &channels) {
-                    let msg = self.message(
-                        &record,
-                        Kind::Progress,
-                        &template,
-                        Some(rule_name.clone()),
-                        channel,
-                        now,
-                        promised,
-                        None,
-                    );
-                    push(&mut record, msg, &mut outbox);
-                }
+                intent = Some(Intent {
+                    template,
+                    rule: rule_name,
+                    channels,
+                    promised: record.schedule.next_update_at,
+                });
             }
         }
         self.reschedule(&mut record, now);
         record.updated_at = now;
-        Planned {
-            record: Some(record),
-            outbox,
-        }
+        (record, outbox, intent)
+    }
+
+    /// A message on `channel` that stands in for `failed`, which could not
+    /// be delivered (a permanent failure or an opt-out): the same template
+    /// and promise, rendered for the new channel. The records are those
+    /// `failed` covers.
+    pub fn fallback(
+        &self,
+        records: &[&CaseRecord],
+        failed: &OutboxEntry,
+        channel: Channel,
+        now: DateTime<Utc>,
+    ) -> (MessageRecord, Option<OutboxEntry>) {
+        let kind = match failed.kind.as_str() {
+            "progress" => Kind::Progress,
+            k => Trigger::parse(k).map_or(Kind::Progress, Kind::Event),
+        };
+        let (mut msg, entry) = self.message(
+            records,
+            kind,
+            &failed.template,
+            failed.rule.clone(),
+            channel,
+            now,
+            failed.promised,
+            None,
+            failed.update.unwrap_or(failed.id),
+        );
+        msg.fallback_for = Some(failed.id);
+        (msg, entry)
+    }
+
+    /// The next channel to try for an update that failed on the channels
+    /// in `tried`: the customer's own order of preference, among channels
+    /// we send on and they can be reached by.
+    pub fn next_channel(&self, case: &Case, tried: &[Channel]) -> Option<Channel> {
+        case.customer.channels.iter().copied().find(|c| {
+            !tried.contains(c) && self.channels.contains(c) && case.customer.reachable_by(*c)
+        })
     }
 
     fn status_changed(
@@ -298,9 +475,10 @@ impl Engine {
             return;
         };
         let promised = record.schedule.next_update_at;
+        let update = Uuid::now_v7();
         for channel in self.allowed(&record.case, &on.channels) {
             let msg = self.message(
-                record,
+                &[&*record],
                 Kind::Event(trigger),
                 &on.template,
                 None,
@@ -308,6 +486,7 @@ impl Engine {
                 now,
                 promised,
                 None,
+                update,
             );
             push(record, msg, outbox);
         }
@@ -321,6 +500,14 @@ impl Engine {
             .copied()
             .filter(|c| self.channels.contains(c) && case.customer.reachable_by(*c))
             .collect()
+    }
+
+    /// Quiet hours of a channel, recipient-local.
+    pub fn channel_quiet(&self, channel: Channel) -> Option<&QuietHours> {
+        match channel {
+            Channel::Email => self.email_quiet.as_ref(),
+            Channel::Sms => self.sms_quiet.as_ref(),
+        }
     }
 
     /// Recomputes which rule applies and when the case is next due.
@@ -337,17 +524,21 @@ impl Engine {
             if r.max_updates.is_some_and(|max| s.rule_updates >= max) {
                 return None;
             }
+            let channels = self.allowed(case, &r.channels);
             // A rule with no channel the customer can use plans nothing.
-            if !r
-                .channels
-                .iter()
-                .any(|c| self.channels.contains(c) && case.customer.reachable_by(*c))
-            {
+            if channels.is_empty() {
                 return None;
             }
+            // The promise falls where every channel of the update may send.
+            let quiet: Vec<QuietHours> = r
+                .quiet_hours
+                .iter()
+                .chain(channels.iter().filter_map(|c| self.channel_quiet(*c)))
+                .copied()
+                .collect();
             next_due(
                 &r.cadence,
-                r.quiet_hours.as_ref(),
+                &quiet,
                 case.customer.timezone,
                 s.last_contact_at,
             )
@@ -362,10 +553,20 @@ impl Engine {
         };
     }
 
+    /// The signed one-click opt-out link for an email address.
+    pub fn unsubscribe_url(&self, email: &str) -> String {
+        let contact = contact_of(&self.consent.salt, Channel::Email, email);
+        let token = crate::signature::unsubscribe_token(&self.consent.unsubscribe_key, &contact.0);
+        format!("{}/unsubscribe/{token}", self.public_url)
+    }
+
+    /// Renders one message for `records` (one case, or a digest's cases,
+    /// the first being the one it is filed under) on `channel`, and the
+    /// history entry each of those cases keeps for it.
     #[allow(clippy::too_many_arguments)]
     fn message(
         &self,
-        record: &CaseRecord,
+        records: &[&CaseRecord],
         kind: Kind,
         template: &str,
         rule: Option<String>,
@@ -373,32 +574,63 @@ impl Engine {
         now: DateTime<Utc>,
         promised: Option<DateTime<Utc>>,
         internal_to: Option<(String, String)>,
+        update: Uuid,
     ) -> (MessageRecord, Option<OutboxEntry>) {
         let id = Uuid::now_v7();
+        let record = records[0];
         let case = &record.case;
+        let internal = internal_to.is_some();
         let mut msg = MessageRecord {
             id,
             kind: kind.as_str().to_owned(),
             template: template.to_owned(),
-            rule,
+            rule: rule.clone(),
             channel,
             status: DeliveryStatus::Pending,
             attempts: 0,
             due_at: now,
             sent_at: None,
-            promised_next_update_at: if internal_to.is_some() {
-                None
-            } else {
-                promised
-            },
+            promised_next_update_at: if internal { None } else { promised },
             error: None,
-            internal: internal_to.is_some(),
+            internal,
+            update: Some(update),
+            fallback_for: None,
+            covers: if records.len() > 1 {
+                records.iter().map(|r| r.case.id.to_string()).collect()
+            } else {
+                Vec::new()
+            },
+            provider_id: None,
+            provider_status: None,
         };
-        let ctx = MessageContext::new(case, promised, now, &self.company, String::new());
+        let (to_name, to) =
+            internal_to.unwrap_or_else(|| (one_line(&case.customer.name), address(case, channel)));
+        let unsubscribe_url =
+            (channel == Channel::Email && !internal).then(|| self.unsubscribe_url(&to));
+        let mut ctx = MessageContext::new(
+            case,
+            promised,
+            now,
+            &self.company,
+            unsubscribe_url.clone().unwrap_or_default(),
+        );
+        if records.len() > 1 {
+            ctx.cases = records
+                .iter()
+                .map(|r| crate::render::CaseView::new(&r.case, now))
+                .collect();
+        }
         let locale = &case.customer.locale;
         let rendered = match channel {
             Channel::Email => self.templates.render_email(template, locale, &ctx),
-            Channel::Sms => unreachable!("SMS is not among the enabled channels"),
+            Channel::Sms => self
+                .templates
+                .render_sms(template, locale, &ctx, self.max_segments)
+                .map(|text| EmailContent {
+                    subject: String::new(),
+                    text,
+                    html: None,
+                }),
         };
         let content = match rendered {
             Ok(c) => c,
@@ -410,16 +642,14 @@ impl Engine {
                 return (msg, None);
             }
         };
-        let (to_name, to) = internal_to.unwrap_or_else(|| {
-            (
-                one_line(&case.customer.name),
-                case.customer
-                    .email
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            )
-        });
+        let tz = case.customer.timezone;
+        // Quiet hours hold a message back to the first allowed instant;
+        // internal escalations go at once.
+        let send_at = match self.channel_quiet(channel) {
+            Some(q) if !internal => first_allowed_all(std::slice::from_ref(q), now, tz),
+            _ => now,
+        };
+        msg.due_at = send_at;
         let entry = OutboxEntry {
             v: RECORD_VERSION,
             id,
@@ -430,10 +660,29 @@ impl Engine {
             content,
             message_id: format!("<{id}@{}>", self.message_id_domain),
             attempts: 0,
-            next_attempt_at: now,
+            next_attempt_at: send_at,
+            also: records[1..].iter().map(|r| r.key()).collect(),
+            tz: Some(tz),
+            update: Some(update),
+            kind: kind.as_str().to_owned(),
+            template: template.to_owned(),
+            rule,
+            promised,
+            internal,
+            unsubscribe_url,
         };
         (msg, Some(entry))
     }
+}
+
+/// The customer's address on `channel`.
+fn address(case: &Case, channel: Channel) -> String {
+    let c = &case.customer;
+    match channel {
+        Channel::Email => c.email.as_ref().map(ToString::to_string),
+        Channel::Sms => c.phone.as_ref().map(ToString::to_string),
+    }
+    .unwrap_or_default()
 }
 
 fn push(

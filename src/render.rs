@@ -54,9 +54,13 @@ pub struct MessageContext {
     /// When the customer hears from us next, in their zone and language;
     /// `none` when no further update is planned.
     pub next_update_at: Option<String>,
+    /// The same instant written briefly, for SMS.
+    pub next_update_at_short: Option<String>,
     pub next_update_at_iso: Option<String>,
     pub unsubscribe_url: String,
     pub company: Company,
+    /// A digest's cases (the first is `case`); empty otherwise.
+    pub cases: Vec<CaseView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +97,7 @@ impl MessageContext {
     ) -> Self {
         let c = &case.customer;
         let tz = c.timezone;
+        let view = CaseView::new(case, now);
         Self {
             customer: CustomerView {
                 first_name: c
@@ -105,25 +110,73 @@ impl MessageContext {
                 locale: c.locale.to_string(),
                 timezone: tz.name().to_owned(),
             },
-            case: CaseView {
-                id: case.id.to_string(),
-                subject: case.subject.clone(),
-                status: case.status.as_str(),
-                priority: case.priority.as_str(),
-                age: (now - case.created_at).num_days().max(0),
-                eta: case.eta.map(|e| format_local(e, tz, &c.locale)),
-                assignee: case.assignee.clone(),
-                tags: case.tags.clone(),
-                fields: case.fields.clone(),
-                latest_note: case.latest_note.as_ref().map(|n| n.body.clone()),
-                latest_note_author: case.latest_note.as_ref().and_then(|n| n.author.clone()),
-            },
+            case: view,
             next_update_at: next_update_at.map(|t| format_local(t, tz, &c.locale)),
+            next_update_at_short: next_update_at.map(|t| format_short(t, tz, &c.locale)),
             next_update_at_iso: next_update_at.map(|t| t.to_rfc3339()),
             unsubscribe_url,
             company: company.clone(),
+            cases: Vec::new(),
         }
     }
+
+    /// Limits the free text that ticket systems supply (subject, latest
+    /// note) to `max` characters, for an SMS that must stay within budget.
+    fn shortened(&self, max: usize) -> Self {
+        let mut ctx = self.clone();
+        ctx.case.shorten(max);
+        for c in &mut ctx.cases {
+            c.shorten(max);
+        }
+        ctx
+    }
+}
+
+impl CaseView {
+    pub fn new(case: &Case, now: DateTime<Utc>) -> Self {
+        let c = &case.customer;
+        Self {
+            id: case.id.to_string(),
+            subject: case.subject.clone(),
+            status: case.status.as_str(),
+            priority: case.priority.as_str(),
+            age: (now - case.created_at).num_days().max(0),
+            eta: case.eta.map(|e| format_local(e, c.timezone, &c.locale)),
+            assignee: case.assignee.clone(),
+            tags: case.tags.clone(),
+            fields: case.fields.clone(),
+            latest_note: case.latest_note.as_ref().map(|n| n.body.clone()),
+            latest_note_author: case.latest_note.as_ref().and_then(|n| n.author.clone()),
+        }
+    }
+
+    fn shorten(&mut self, max: usize) {
+        self.subject = clip(&self.subject, max);
+        self.latest_note = self.latest_note.as_deref().map(|n| clip(n, max));
+    }
+}
+
+/// At most `max` characters of `s`, with "..." when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(3)).collect();
+    out.truncate(out.trim_end().len());
+    out.push_str("...");
+    out
+}
+
+/// An instant on the customer's wall clock, briefly (for SMS).
+pub fn format_short(instant: DateTime<Utc>, tz: Tz, locale: &Locale) -> String {
+    let local = instant.with_timezone(&tz);
+    let (fmt, loc) = match locale.language() {
+        "id" => ("%a %-d %b, %H.%M %Z", chrono::Locale::id_ID),
+        "pl" => ("%d.%m, %H:%M %Z", chrono::Locale::pl_PL),
+        "tl" => ("%a %b %-d, %-I:%M %p %Z", chrono::Locale::tl_PH),
+        _ => ("%a %b %-d, %-I:%M %p %Z", chrono::Locale::en_US),
+    };
+    local.format_localized(fmt, loc).to_string()
 }
 
 /// An instant on the customer's wall clock, written the way their language
@@ -256,6 +309,75 @@ impl Templates {
         })
     }
 
+    /// Renders an SMS in the customer's locale within `max_segments`: when
+    /// the text runs over, the free text from the ticket system (subject,
+    /// latest note) is shortened first, and only then the message itself.
+    pub fn render_sms(
+        &self,
+        template: &str,
+        locale: &Locale,
+        ctx: &MessageContext,
+        max_segments: usize,
+    ) -> Result<String, RenderError> {
+        let file = template_file_name(template, Channel::Sms);
+        let name = self
+            .resolve(&file, locale)
+            .ok_or_else(|| RenderError::Missing {
+                template: template.to_owned(),
+                channel: "sms",
+            })?;
+        let tmpl = self
+            .env
+            .get_template(&name)
+            .map_err(|e| RenderError::Template {
+                name: name.clone(),
+                message: describe(&e),
+            })?;
+        let render = |ctx: &MessageContext| {
+            tmpl.render(Serde(ctx))
+                .map(|t| sms_tidy(&t))
+                .map_err(|e| RenderError::Template {
+                    name: name.clone(),
+                    message: describe(&e),
+                })
+        };
+        let mut text = render(ctx)?;
+        for max in [160, 80, 40, 20, 0] {
+            if crate::segments::count(&text).count <= max_segments {
+                return Ok(text);
+            }
+            text = render(&ctx.shortened(max))?;
+        }
+        Ok(crate::segments::truncate(&text, max_segments))
+    }
+
+    /// SMS templates that run over `max_segments` when rendered with long
+    /// but realistic inputs (`sample`), before any shortening.
+    pub fn sms_over_budget(&self, sample: &MessageContext, max_segments: usize) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for name in self.names.iter().filter(|n| n.ends_with(".sms.j2")) {
+            let Ok(tmpl) = self.env.get_template(name) else {
+                continue;
+            };
+            let Ok(text) = tmpl.render(Serde(sample)) else {
+                continue;
+            };
+            let seg = crate::segments::count(&sms_tidy(&text));
+            if seg.count > max_segments {
+                out.push(Diagnostic::new(
+                    &self.dir.join(name),
+                    1,
+                    1,
+                    format!(
+                        "warning: can take {} SMS segments with long inputs (budget {max_segments}); subject and note will be shortened to fit",
+                        seg.count
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// Renders every template in every locale folder against a sample case,
     /// so a typo in a variable shows up before a customer would see it.
     pub fn check(&self, sample: &MessageContext) -> Vec<Diagnostic> {
@@ -281,6 +403,28 @@ impl Templates {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// An SMS body: trimmed, lines trimmed at the end, no blank-line runs.
+fn sms_tidy(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut blank = false;
+    for line in s.trim().lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            if !blank && !out.is_empty() {
+                out.push('\n');
+            }
+            blank = true;
+            continue;
+        }
+        blank = false;
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// Renders the `subject` and `text` blocks of an email template.

@@ -242,6 +242,12 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Created, Self::Resolved, Self::Note, Self::Status]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",

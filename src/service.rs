@@ -49,6 +49,8 @@ pub struct Service {
     pub defaults: Defaults,
     pub wake_scheduler: Arc<Notify>,
     pub wake_dispatcher: Arc<Notify>,
+    /// One customer's updates due within this window go out as a digest.
+    pub digest_window: std::time::Duration,
 }
 
 /// Builds the stored response for an idempotent request from its result.
@@ -62,6 +64,7 @@ impl Service {
             defaults,
             wake_scheduler: Arc::new(Notify::new()),
             wake_dispatcher: Arc::new(Notify::new()),
+            digest_window: std::time::Duration::ZERO,
         }
     }
 

@@ -12,6 +12,14 @@
 //! - `outbox`: message id → `OutboxEntry`
 //! - `outbox_due`: `next_attempt_ms (BE) ++ message id` → `()`
 //! - `idempotency`: `sha256(source, key)` → `IdempotentResponse`
+//! - `recipients`: `contact ++ case key` → `()`, the cases of one recipient
+//! - `optouts`: `contact` → `OptOut`; kept when cases are erased
+//! - `contacts`: `contact` → when we last sent to it (ms, BE)
+//! - `meta`: generated keys (the contact salt, the unsubscribe key)
+//!
+//! A `contact` is an HMAC of the channel and the normalised address under a
+//! salt generated once per store: opt-outs and indexes never hold an email
+//! address or phone number in clear.
 
 use std::hash::{Hash, Hasher};
 
@@ -21,6 +29,8 @@ use sha2::{Digest, Sha256};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
+
+use hmac::{Hmac, Mac};
 
 use crate::domain::{Case, CaseId, Channel};
 use crate::render::EmailContent;
@@ -104,6 +114,21 @@ pub struct MessageRecord {
     /// Internal escalations go to an operator, not to the customer.
     #[serde(default)]
     pub internal: bool,
+    /// The messages of one update (one per channel, and fallbacks) share it.
+    #[serde(default)]
+    pub update: Option<Uuid>,
+    /// The failed message of the same update this one replaces.
+    #[serde(default)]
+    pub fallback_for: Option<Uuid>,
+    /// For a digest: the ids of all the cases it covered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub covers: Vec<String>,
+    /// The provider's id for the message (Twilio's message SID).
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    /// The provider's last delivery report (queued, sent, delivered, …).
+    #[serde(default)]
+    pub provider_status: Option<String>,
 }
 
 /// Schedule bookkeeping for one case.
@@ -159,7 +184,50 @@ pub struct OutboxEntry {
     pub message_id: String,
     pub attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
+    /// A digest also covers these cases; their histories hold the message too.
+    #[serde(default)]
+    pub also: Vec<CaseKey>,
+    /// The recipient's zone, for quiet hours at send time.
+    #[serde(default)]
+    pub tz: Option<chrono_tz::Tz>,
+    /// What the message was made from, so a fallback can render it again
+    /// for another channel.
+    #[serde(default)]
+    pub update: Option<Uuid>,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub promised: Option<DateTime<Utc>>,
+    /// Internal messages (escalations) skip consent, quiet hours and gaps.
+    #[serde(default)]
+    pub internal: bool,
+    /// The recipient's one-click opt-out link (email).
+    #[serde(default)]
+    pub unsubscribe_url: Option<String>,
 }
+
+impl OutboxEntry {
+    /// Every case this message belongs to.
+    pub fn cases(&self) -> impl Iterator<Item = &CaseKey> {
+        std::iter::once(&self.case).chain(self.also.iter())
+    }
+}
+
+/// A recipient who asked not to hear from us on one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptOut {
+    pub at: DateTime<Utc>,
+    /// `sms_stop`, `unsubscribe_link`, `provider` (e.g. Twilio 21610).
+    pub via: String,
+}
+
+/// A recipient on one channel, as the store knows it: keyed, not in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Contact(pub [u8; 32]);
 
 /// A stored answer for a retried request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,6 +297,11 @@ pub struct Store {
     outbox: sled::Tree,
     outbox_due: sled::Tree,
     idempotency: sled::Tree,
+    recipients: sled::Tree,
+    optouts: sled::Tree,
+    contacts: sled::Tree,
+    salt: [u8; 32],
+    unsubscribe_key: [u8; 32],
     locks: std::sync::Arc<[tokio::sync::Mutex<()>]>,
 }
 
@@ -240,6 +313,45 @@ impl std::fmt::Debug for Store {
 
 const LOCK_STRIPES: usize = 64;
 
+fn stripe_of(key: &CaseKey) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % LOCK_STRIPES
+}
+
+/// A recipient on `channel`, keyed under `salt`: an HMAC of the channel and
+/// the normalised address.
+pub fn contact_of(salt: &[u8; 32], channel: Channel, address: &str) -> Contact {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(salt)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(channel.as_str().as_bytes());
+    mac.update(b":");
+    mac.update(address.trim().to_lowercase().as_bytes());
+    Contact(mac.finalize().into_bytes().into())
+}
+
+/// A random key made on first use and kept in the `meta` tree.
+fn generated_key(meta: &sled::Tree, name: &str) -> Result<[u8; 32]> {
+    if let Some(v) = meta.get(name)?
+        && let Ok(k) = <[u8; 32]>::try_from(v.as_ref())
+    {
+        return Ok(k);
+    }
+    let fresh: [u8; 32] = rand::random();
+    // Another opener may have raced us: whichever key landed first wins.
+    let _ = meta.compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
+    let v = meta.get(name)?.ok_or_else(|| {
+        StoreError::Sled(sled::Error::Unsupported(format!(
+            "meta key {name} vanished"
+        )))
+    })?;
+    <[u8; 32]>::try_from(v.as_ref()).map_err(|_| {
+        StoreError::Sled(sled::Error::Unsupported(format!(
+            "meta key {name} is not 32 bytes"
+        )))
+    })
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`. One process per database.
     pub fn open(dir: &std::path::Path) -> Result<Self> {
@@ -248,7 +360,15 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(500))
             .open()?;
+        let meta = db.open_tree("meta")?;
+        let salt = generated_key(&meta, "contact_salt")?;
+        let unsubscribe_key = generated_key(&meta, "unsubscribe_key")?;
         Ok(Self {
+            recipients: db.open_tree("recipients")?,
+            optouts: db.open_tree("optouts")?,
+            contacts: db.open_tree("contacts")?,
+            salt,
+            unsubscribe_key,
             cases: db.open_tree("cases")?,
             schedule: db.open_tree("schedule")?,
             outbox: db.open_tree("outbox")?,
@@ -261,13 +381,98 @@ impl Store {
         })
     }
 
+    /// The recipient `address` on `channel`, keyed under this store's salt.
+    pub fn contact(&self, channel: Channel, address: &str) -> Contact {
+        contact_of(&self.salt, channel, address)
+    }
+
+    /// The salt contacts are keyed under.
+    pub fn contact_salt(&self) -> [u8; 32] {
+        self.salt
+    }
+
+    /// The key for unsubscribe links when the config sets none.
+    pub fn generated_unsubscribe_key(&self) -> [u8; 32] {
+        self.unsubscribe_key
+    }
+
+    pub fn opt_out(&self, contact: Contact, via: &str, now: DateTime<Utc>) -> Result<()> {
+        let v = encode(&OptOut {
+            at: now,
+            via: via.to_owned(),
+        });
+        self.optouts.insert(contact.0, v)?;
+        Ok(())
+    }
+
+    /// Removes an opt-out; true if there was one.
+    pub fn opt_in(&self, contact: Contact) -> Result<bool> {
+        Ok(self.optouts.remove(contact.0)?.is_some())
+    }
+
+    pub fn opted_out(&self, contact: Contact) -> Result<Option<OptOut>> {
+        self.optouts
+            .get(contact.0)?
+            .map(|v| decode(&contact.0, &v))
+            .transpose()
+    }
+
+    /// When we last sent anything to `contact`.
+    pub fn last_sent(&self, contact: Contact) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.contacts.get(contact.0)?.and_then(|v| ms_of(&v)))
+    }
+
+    pub fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
+        self.contacts.insert(contact.0, ms_key(at, &[]))?;
+        Ok(())
+    }
+
+    /// The cases (other than erased ones) that have `contact` as a recipient.
+    pub fn cases_of(&self, contact: Contact) -> Result<Vec<CaseKey>> {
+        let mut out = Vec::new();
+        for item in self.recipients.scan_prefix(contact.0) {
+            let (k, _) = item?;
+            if let Some(key) = k.get(32..).and_then(CaseKey::from_bytes) {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The recipients a case record is indexed under.
+    fn contacts_of(&self, case: &Case) -> Vec<Contact> {
+        let c = &case.customer;
+        c.email
+            .iter()
+            .map(|e| self.contact(Channel::Email, e.as_ref()))
+            .chain(
+                c.phone
+                    .iter()
+                    .map(|p| self.contact(Channel::Sms, p.as_ref())),
+            )
+            .collect()
+    }
+
     /// Serialises changes to one case (reads, plans and commits happen
     /// under this lock; sends do not).
     pub async fn lock(&self, key: &CaseKey) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        let stripe = (h.finish() as usize) % LOCK_STRIPES;
-        self.locks[stripe].lock().await
+        self.locks[stripe_of(key)].lock().await
+    }
+
+    /// Locks several cases at once, in a fixed order so two callers can
+    /// never wait on each other.
+    pub async fn lock_many<'a>(
+        &'a self,
+        keys: impl IntoIterator<Item = &CaseKey>,
+    ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(stripe_of).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.locks[s].lock().await);
+        }
+        guards
     }
 
     /// Waits until everything written so far is on disk.
@@ -284,67 +489,131 @@ impl Store {
     /// Applies a change atomically: the case, its schedule index entry, the
     /// outbox and the idempotency record move together or not at all.
     pub fn commit(&self, key: &CaseKey, commit: &Commit) -> Result<()> {
-        let case_key = key.bytes();
-        let record_bytes = commit.record.as_ref().map(encode);
-        let new_due = commit.record.as_ref().and_then(|r| r.schedule.due_at);
-        let outbox: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = commit
-            .outbox_put
+        self.commit_many(&[(key, commit)])
+    }
+
+    /// Applies changes to several cases (a digest) in one transaction.
+    pub fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
+        struct Prepared {
+            case_key: Vec<u8>,
+            record: Option<Vec<u8>>,
+            new_due: Option<DateTime<Utc>>,
+            contacts: Vec<Contact>,
+            outbox: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+            idem: Option<(Vec<u8>, Vec<u8>)>,
+        }
+        let prepared: Vec<Prepared> = changes
             .iter()
-            .map(|e| {
-                (
-                    e.id.as_bytes().to_vec(),
-                    encode(e),
-                    ms_key(e.next_attempt_at, e.id.as_bytes()),
-                )
+            .map(|(key, commit)| Prepared {
+                case_key: key.bytes(),
+                record: commit.record.as_ref().map(encode),
+                new_due: commit.record.as_ref().and_then(|r| r.schedule.due_at),
+                contacts: commit
+                    .record
+                    .as_ref()
+                    .map(|r| self.contacts_of(&r.case))
+                    .unwrap_or_default(),
+                outbox: commit
+                    .outbox_put
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.id.as_bytes().to_vec(),
+                            encode(e),
+                            ms_key(e.next_attempt_at, e.id.as_bytes()),
+                        )
+                    })
+                    .collect(),
+                idem: commit
+                    .idempotency
+                    .as_ref()
+                    .map(|(k, v)| (idempotency_key_bytes(k), encode(v))),
             })
             .collect();
-        let idem = commit
-            .idempotency
-            .as_ref()
-            .map(|(k, v)| (idempotency_key_bytes(k), encode(v)));
         let result = (
             &self.cases,
             &self.schedule,
             &self.outbox,
             &self.outbox_due,
             &self.idempotency,
+            &self.recipients,
         )
-            .transaction(|(cases, schedule, outbox_t, outbox_due, idempotency)| {
-                if let Some(old) = commit.old_due {
-                    schedule.remove(ms_key(old, &case_key))?;
-                }
-                match &record_bytes {
-                    Some(bytes) => {
-                        cases.insert(case_key.as_slice(), bytes.as_slice())?;
-                        if let Some(due) = new_due {
-                            schedule.insert(ms_key(due, &case_key), &[][..])?;
+            .transaction(
+                |(cases, schedule, outbox_t, outbox_due, idempotency, recipients)| {
+                    for (p, (_, commit)) in prepared.iter().zip(changes) {
+                        let case_key = &p.case_key;
+                        if let Some(old) = commit.old_due {
+                            schedule.remove(ms_key(old, case_key))?;
+                        }
+                        // The recipient index follows the customer's addresses.
+                        if let Some(old) = cases.get(case_key.as_slice())? {
+                            for c in self.stored_contacts(&old) {
+                                recipients.remove([&c.0[..], case_key].concat())?;
+                            }
+                        }
+                        match &p.record {
+                            Some(bytes) => {
+                                cases.insert(case_key.as_slice(), bytes.as_slice())?;
+                                if let Some(due) = p.new_due {
+                                    schedule.insert(ms_key(due, case_key), &[][..])?;
+                                }
+                                for c in &p.contacts {
+                                    recipients.insert([&c.0[..], case_key].concat(), &[][..])?;
+                                }
+                            }
+                            None => {
+                                cases.remove(case_key.as_slice())?;
+                            }
+                        }
+                        for (id, at) in &commit.outbox_remove {
+                            outbox_t.remove(id.as_bytes().as_slice())?;
+                            outbox_due.remove(ms_key(*at, id.as_bytes()))?;
+                        }
+                        for (id, bytes, due_key) in &p.outbox {
+                            outbox_t.insert(id.as_slice(), bytes.as_slice())?;
+                            outbox_due.insert(due_key.as_slice(), &[][..])?;
+                        }
+                        if let Some((k, v)) = &p.idem {
+                            idempotency.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        for k in &commit.idempotency_remove {
+                            idempotency.remove(idempotency_key_bytes(k))?;
                         }
                     }
-                    None => {
-                        cases.remove(case_key.as_slice())?;
-                    }
-                }
-                for (id, at) in &commit.outbox_remove {
-                    outbox_t.remove(id.as_bytes().as_slice())?;
-                    outbox_due.remove(ms_key(*at, id.as_bytes()))?;
-                }
-                for (id, bytes, due_key) in &outbox {
-                    outbox_t.insert(id.as_slice(), bytes.as_slice())?;
-                    outbox_due.insert(due_key.as_slice(), &[][..])?;
-                }
-                if let Some((k, v)) = &idem {
-                    idempotency.insert(k.as_slice(), v.as_slice())?;
-                }
-                for k in &commit.idempotency_remove {
-                    idempotency.remove(idempotency_key_bytes(k))?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         }
+    }
+
+    /// The contacts of a stored record, read without decoding its history.
+    fn stored_contacts(&self, bytes: &[u8]) -> Vec<Contact> {
+        #[derive(Deserialize)]
+        struct Slim {
+            case: SlimCase,
+        }
+        #[derive(Deserialize)]
+        struct SlimCase {
+            customer: SlimCustomer,
+        }
+        #[derive(Deserialize)]
+        struct SlimCustomer {
+            email: Option<String>,
+            phone: Option<String>,
+        }
+        let Ok(slim) = serde_json::from_slice::<Slim>(bytes) else {
+            return Vec::new();
+        };
+        let c = slim.case.customer;
+        c.email
+            .iter()
+            .map(|e| self.contact(Channel::Email, e))
+            .chain(c.phone.iter().map(|p| self.contact(Channel::Sms, p)))
+            .collect()
     }
 
     /// The earliest scheduled case, if any.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::channels::email::Mailer;
 use crate::config::Config;
-use crate::domain::{Case, CaseInput, EventInput};
+use crate::domain::{Case, CaseInput, Channel, EventInput};
 use crate::plan::Engine;
 use crate::store::{CaseRecord, DeliveryStatus};
 
@@ -78,9 +78,26 @@ pub fn preview(
     config: &Config,
     case: Case,
     rule: Option<&str>,
+    channel: Option<Channel>,
     now: DateTime<Utc>,
 ) -> Result<String, String> {
-    let (template, rule, entry) = engine.preview(case, rule, now)?;
+    let (template, rule, entry) = engine.preview(case, rule, channel, now)?;
+    if entry.channel == Channel::Sms {
+        let seg = crate::segments::count(&entry.content.text);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# channel: sms   template: {template}   rule: {}",
+            rule.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(
+            out,
+            "To: {}\nSegments: {} ({:?}, {} units; budget {})\n",
+            entry.to, seg.count, seg.encoding, seg.units, engine.max_segments
+        );
+        let _ = writeln!(out, "--- text ---\n{}", entry.content.text.trim_end());
+        return Ok(out);
+    }
     let mailer = Mailer::new(&config.email)?;
     let message = mailer.build(&entry)?;
     let raw = String::from_utf8_lossy(&message.formatted()).into_owned();

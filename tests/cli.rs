@@ -75,6 +75,44 @@ fn bad_rules_are_reported_with_file_line_column() {
 }
 
 #[test]
+fn preview_shows_an_sms_with_its_segment_count() {
+    let cfg = repo("tidings.yaml");
+    for (case, needle) in [
+        ("examples/case-en-newyork.json", "Maria"),
+        ("examples/case-id-jakarta.json", "Budi"),
+    ] {
+        let (code, out, err) = tidings(&[
+            "preview",
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "--case",
+            repo(case).to_str().expect("utf-8"),
+            "--channel",
+            "sms",
+        ]);
+        assert_eq!(code, 0, "{case}: {err}");
+        assert!(out.contains("# channel: sms"), "{out}");
+        assert!(out.contains("Segments: 1 (Gsm7"), "{case}: {out}");
+        assert!(out.contains(needle), "{case}: {out}");
+        assert!(out.contains("STOP"), "{case}: {out}");
+    }
+    // The Warsaw customer allows email only.
+    let (code, _, err) = tidings(&[
+        "preview",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--case",
+        repo("examples/case-pl-warsaw.json")
+            .to_str()
+            .expect("utf-8"),
+        "--channel",
+        "sms",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not send sms"), "{err}");
+}
+
+#[test]
 fn preview_prints_the_rendered_message() {
     let cfg = repo("tidings.yaml");
     for (case, needle) in [
@@ -89,6 +127,8 @@ fn preview_prints_the_rendered_message() {
             cfg.to_str().expect("utf-8"),
             "--case",
             repo(case).to_str().expect("utf-8"),
+            "--channel",
+            "email",
         ]);
         assert_eq!(code, 0, "{case}: {err}");
         assert!(out.contains("Message-ID:"), "{out}");

@@ -273,6 +273,7 @@ delivery:
             rules = rules_dir.display().to_string(),
         );
         std::fs::write(dir.path().join("tidings.yaml"), config).expect("write config");
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()

@@ -2,7 +2,8 @@
 
 use std::str::FromStr;
 
-use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{
@@ -72,6 +73,19 @@ impl Mailer {
             .to(to)
             .subject(entry.content.subject.clone())
             .message_id(Some(entry.message_id.clone()));
+        // RFC 2369 and RFC 8058: mail clients offer a one-click unsubscribe.
+        let builder = match &entry.unsubscribe_url {
+            Some(url) => builder
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                    format!("<{url}>"),
+                ))
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                    "List-Unsubscribe=One-Click".to_owned(),
+                )),
+            None => builder,
+        };
         let text = SinglePart::builder()
             .header(ContentType::TEXT_PLAIN)
             .body(entry.content.text.clone());
@@ -92,17 +106,17 @@ impl Mailer {
     pub async fn send(&self, entry: &OutboxEntry) -> Outcome {
         let msg = match self.build(entry) {
             Ok(m) => m,
-            Err(e) => return Outcome::Permanent(e),
+            Err(e) => return Outcome::permanent(e),
         };
         match &self.transport {
             Transport::File(t) => match t.send(msg).await {
-                Ok(_) => Outcome::Sent,
-                Err(e) => Outcome::Transient(format!("file transport: {e}")),
+                Ok(_) => Outcome::sent(),
+                Err(e) => Outcome::transient(format!("file transport: {e}")),
             },
             Transport::Smtp(t) => match t.send(msg).await {
-                Ok(_) => Outcome::Sent,
-                Err(e) if e.is_permanent() => Outcome::Permanent(smtp_reason(&e)),
-                Err(e) => Outcome::Transient(smtp_reason(&e)),
+                Ok(_) => Outcome::sent(),
+                Err(e) if e.is_permanent() => Outcome::permanent(smtp_reason(&e)),
+                Err(e) => Outcome::transient(smtp_reason(&e)),
             },
         }
     }

@@ -1,0 +1,231 @@
+//! SMS through Twilio's Messages API, or into JSON files (the demo default).
+//!
+//! `POST {base_url}/2010-04-01/Accounts/{AccountSid}/Messages.json` with
+//! `To`, `From` (or `MessagingServiceSid`), `Body` and `StatusCallback`,
+//! HTTP Basic auth with the account SID and auth token. Twilio's answers map
+//! to outcomes: 2xx sent; 429 and 5xx (and 401/403, a credentials problem
+//! the operator can fix) retried, honouring `Retry-After`; any other 4xx is
+//! permanent with Twilio's error code, and 21610 means the recipient
+//! unsubscribed at the carrier.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use super::Outcome;
+use crate::config::{SmsConfig, SmsSender, SmsTransport, TwilioAuth};
+use crate::store::OutboxEntry;
+
+/// Twilio's error code for a recipient who replied STOP at the carrier.
+pub const TWILIO_UNSUBSCRIBED: u64 = 21610;
+
+#[derive(Clone)]
+enum Transport {
+    Twilio {
+        client: reqwest::Client,
+        messages_url: String,
+        sender: SmsSender,
+        auth: TwilioAuth,
+    },
+    File {
+        dir: PathBuf,
+    },
+}
+
+/// Sends outbox entries as SMS.
+#[derive(Clone)]
+pub struct Texter {
+    transport: Transport,
+    /// Where Twilio reports delivery (`{public_url}/v1/sms/status`).
+    status_url: String,
+}
+
+impl std::fmt::Debug for Texter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Texter").finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TwilioMessage {
+    sid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TwilioError {
+    code: Option<u64>,
+    message: Option<String>,
+}
+
+impl Texter {
+    pub fn new(cfg: &SmsConfig, public_url: &str) -> Result<Self, String> {
+        let transport = match &cfg.transport {
+            SmsTransport::File { dir } => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                Transport::File { dir: dir.clone() }
+            }
+            SmsTransport::Twilio {
+                base_url,
+                sender,
+                timeout,
+            } => {
+                let auth = cfg
+                    .twilio
+                    .clone()
+                    .ok_or("sms: transport twilio needs account_sid and an auth token")?;
+                // reqwest is built without a bundled crypto provider; ring is
+                // the one lettre already uses.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let client = reqwest::Client::builder()
+                    .timeout(*timeout)
+                    .connect_timeout(Duration::from_secs(10))
+                    .user_agent(concat!("tidings/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| format!("sms: HTTP client: {e}"))?;
+                Transport::Twilio {
+                    client,
+                    messages_url: format!(
+                        "{base_url}/2010-04-01/Accounts/{}/Messages.json",
+                        auth.account_sid
+                    ),
+                    sender: sender.clone(),
+                    auth,
+                }
+            }
+        };
+        Ok(Self {
+            transport,
+            status_url: format!("{public_url}/v1/sms/status"),
+        })
+    }
+
+    /// The callback URL for one message: it names the case and the message,
+    /// and Twilio signs it with the rest of the request.
+    pub fn status_callback(&self, entry: &OutboxEntry) -> String {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("source", &entry.case.source)
+            .append_pair("case", entry.case.id.as_ref())
+            .append_pair("msg", &entry.id.to_string())
+            .finish();
+        format!("{}?{query}", self.status_url)
+    }
+
+    /// One delivery attempt.
+    pub async fn send(&self, entry: &OutboxEntry) -> Outcome {
+        match &self.transport {
+            Transport::File { dir } => {
+                let doc = serde_json::json!({
+                    "message_id": entry.message_id,
+                    "to": entry.to,
+                    "body": entry.content.text,
+                    "segments": crate::segments::count(&entry.content.text).count,
+                });
+                let path = dir.join(format!("{}.json", entry.id));
+                let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+                match tokio::fs::write(&path, bytes).await {
+                    Ok(()) => Outcome::sent(),
+                    Err(e) => Outcome::transient(format!("file transport: {e}")),
+                }
+            }
+            Transport::Twilio {
+                client,
+                messages_url,
+                sender,
+                auth,
+            } => {
+                let callback = self.status_callback(entry);
+                let mut form: Vec<(&str, &str)> = vec![
+                    ("To", entry.to.as_str()),
+                    ("Body", entry.content.text.as_str()),
+                    ("StatusCallback", callback.as_str()),
+                ];
+                match sender {
+                    SmsSender::From(from) => form.push(("From", from.as_str())),
+                    SmsSender::MessagingService(sid) => {
+                        form.push(("MessagingServiceSid", sid.as_str()));
+                    }
+                }
+                let response = client
+                    .post(messages_url)
+                    .basic_auth(&auth.account_sid, Some(&auth.auth_token))
+                    .form(&form)
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) => classify(r).await,
+                    Err(e) if e.is_timeout() => Outcome::transient("Twilio: timeout"),
+                    Err(e) => Outcome::transient(format!(
+                        "Twilio: connection: {}",
+                        crate::redact::redact(&e.without_url().to_string())
+                    )),
+                }
+            }
+        }
+    }
+}
+
+async fn classify(response: reqwest::Response) -> Outcome {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = response.bytes().await.unwrap_or_default();
+    if status.is_success() {
+        let sid = serde_json::from_slice::<TwilioMessage>(&body)
+            .ok()
+            .and_then(|m| m.sid);
+        return Outcome::Sent { provider_id: sid };
+    }
+    let err = serde_json::from_slice::<TwilioError>(&body).ok();
+    let code = err.as_ref().and_then(|e| e.code);
+    let message = err
+        .and_then(|e| e.message)
+        .map(|m| crate::redact::redact(&m))
+        .unwrap_or_default();
+    let reason = match code {
+        Some(code) => format!("Twilio {}: error {code}: {message}", status.as_u16()),
+        None => format!("Twilio {}: {message}", status.as_u16()),
+    };
+    let retry = status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || status == StatusCode::REQUEST_TIMEOUT;
+    if retry {
+        Outcome::Transient {
+            reason,
+            retry_after,
+        }
+    } else {
+        Outcome::Permanent {
+            reason,
+            opt_out: code == Some(TWILIO_UNSUBSCRIBED),
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the form Twilio sends); capped at a day.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let secs: u64 = v.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(86_400)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after("999999999"),
+            Some(Duration::from_secs(86_400))
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Consent: Twilio's inbound and status webhooks, and one-click email
+//! unsubscribe links.
+//!
+//! - `POST /v1/sms/inbound`: a reply from a customer's phone. The request
+//!   must carry a valid `X-Twilio-Signature` (HMAC-SHA1 of `public_url` +
+//!   path + sorted form fields under the auth token); anything else is a 403.
+//!   STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT opt the number out;
+//!   START, YES, UNSTOP opt it back in; HELP is answered with the help text.
+//! - `POST /v1/sms/status`: Twilio's delivery reports, filed on the message
+//!   named in the callback URL (which Twilio signs with the rest).
+//! - `GET`/`POST /unsubscribe/{token}`: the signed link in every email; the
+//!   token names the address only by its keyed hash.
+//!
+//! Opt-outs live in their own tree, keyed by contact, so erasing a case
+//! never forgets one.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::Utc;
+
+use crate::api::ApiState;
+use crate::domain::{CaseId, Channel};
+use crate::store::{CaseKey, Commit, Contact, DeliveryStatus};
+
+/// What the webhooks need from the configuration.
+#[derive(Clone)]
+pub struct Webhooks {
+    /// Twilio's auth token; without it no webhook can be verified.
+    pub auth_token: Option<String>,
+    /// The base URL Twilio was given (`public_url`).
+    pub public_url: String,
+    pub help_text: String,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").finish_non_exhaustive()
+    }
+}
+
+const STOP_WORDS: &[&str] = &["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
+const START_WORDS: &[&str] = &["START", "YES", "UNSTOP"];
+
+/// What an inbound text asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyword {
+    Stop,
+    Start,
+    Help,
+    Other,
+}
+
+/// Reads a keyword the way carriers do: the whole message, trimmed, any
+/// case, trailing punctuation ignored.
+pub fn keyword(body: &str) -> Keyword {
+    let word = body.trim().trim_end_matches(['.', '!', '?']).to_uppercase();
+    if STOP_WORDS.contains(&word.as_str()) {
+        Keyword::Stop
+    } else if START_WORDS.contains(&word.as_str()) {
+        Keyword::Start
+    } else if word == "HELP" || word == "INFO" {
+        Keyword::Help
+    } else {
+        Keyword::Other
+    }
+}
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "invalid or missing X-Twilio-Signature\n",
+    )
+        .into_response()
+}
+
+fn twiml(message: Option<&str>) -> Response {
+    let body = match message {
+        Some(m) => format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
+            xml_escape(m)
+        ),
+        None => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>".to_owned(),
+    };
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The form fields of a verified Twilio request, or the response to give.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once"
+)]
+fn verified(
+    state: &ApiState,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, Response> {
+    let Some(hooks) = state.webhooks.as_ref() else {
+        return Err(forbidden());
+    };
+    let Some(token) = hooks.auth_token.as_deref() else {
+        tracing::warn!(path, "Twilio webhook refused: no auth token is configured");
+        return Err(forbidden());
+    };
+    let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let url = match query {
+        Some(q) if !q.is_empty() => format!("{}{path}?{q}", hooks.public_url),
+        _ => format!("{}{path}", hooks.public_url),
+    };
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok());
+    if !crate::signature::verify_twilio(token, &url, &params, signature) {
+        tracing::warn!(path, "Twilio webhook refused: bad signature");
+        return Err(forbidden());
+    }
+    Ok(params)
+}
+
+fn field<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "storage failure in a consent request");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage unavailable; retry later\n",
+    )
+        .into_response()
+}
+
+/// `POST /v1/sms/inbound`
+pub async fn sms_inbound(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match verified(&state, "/v1/sms/inbound", query.as_deref(), &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(from) = field(&params, "From").filter(|f| !f.is_empty()) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "From is required\n").into_response();
+    };
+    let store = &state.svc.store;
+    let contact = store.contact(Channel::Sms, from);
+    let kw = keyword(field(&params, "Body").unwrap_or_default());
+    let result = match kw {
+        Keyword::Stop => store
+            .opt_out(contact, "sms_stop", Utc::now())
+            .map(|()| true),
+        Keyword::Start => store.opt_in(contact),
+        Keyword::Help | Keyword::Other => Ok(false),
+    };
+    if let Err(e) = result {
+        return unavailable(e);
+    }
+    if matches!(kw, Keyword::Stop | Keyword::Start)
+        && let Err(e) = store.flush().await
+    {
+        return unavailable(e);
+    }
+    tracing::info!(keyword = ?kw, "inbound SMS");
+    match kw {
+        Keyword::Help => twiml(state.webhooks.as_ref().map(|h| h.help_text.as_str())),
+        _ => twiml(None),
+    }
+}
+
+/// `POST /v1/sms/status`
+pub async fn sms_status(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match verified(&state, "/v1/sms/status", query.as_deref(), &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let q: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
+    let key = match (
+        field(&q, "source"),
+        field(&q, "case").map(str::parse::<CaseId>),
+    ) {
+        (Some(source), Some(Ok(id))) => CaseKey::new(source, id),
+        _ => return (StatusCode::UNPROCESSABLE_ENTITY, "unknown callback\n").into_response(),
+    };
+    let Some(msg_id) = field(&q, "msg").and_then(|m| m.parse::<uuid::Uuid>().ok()) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "unknown callback\n").into_response();
+    };
+    let status = field(&params, "MessageStatus")
+        .or_else(|| field(&params, "SmsStatus"))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    const KNOWN: &[&str] = &[
+        "accepted",
+        "scheduled",
+        "queued",
+        "sending",
+        "sent",
+        "delivered",
+        "undelivered",
+        "failed",
+        "read",
+        "canceled",
+    ];
+    if !KNOWN.contains(&status.as_str()) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MessageStatus is not one Twilio sends\n",
+        )
+            .into_response();
+    }
+    let code = field(&params, "ErrorCode").unwrap_or_default().to_owned();
+    let store = &state.svc.store;
+    let _guard = store.lock(&key).await;
+    let mut record = match store.get(&key) {
+        Ok(Some(r)) => r,
+        // An erased case, or another source's: nothing to file, and Twilio
+        // must not retry.
+        Ok(None) => return StatusCode::NO_CONTENT.into_response(),
+        Err(e) => return unavailable(e),
+    };
+    let Some(msg) = record.message_mut(msg_id) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    msg.provider_status = Some(status.clone());
+    if matches!(status.as_str(), "undelivered" | "failed") {
+        msg.status = DeliveryStatus::Failed;
+        msg.error = Some(if code.is_empty() {
+            format!("carrier reported {status}")
+        } else {
+            format!("carrier reported {status} (error {code})")
+        });
+    }
+    let old_due = record.schedule.due_at;
+    let commit = Commit {
+        record: Some(record),
+        old_due,
+        ..Commit::default()
+    };
+    if let Err(e) = store.commit(&key, &commit) {
+        return unavailable(e);
+    }
+    if let Err(e) = store.flush().await {
+        return unavailable(e);
+    }
+    tracing::info!(case = %key, msg_id = %msg_id, status = %status, "SMS delivery report");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head><body><h1>{t}</h1><p>{x}</p></body></html>",
+        t = xml_escape(title),
+        x = xml_escape(text)
+    );
+    (status, Html(html)).into_response()
+}
+
+/// `GET` and `POST /unsubscribe/{token}` (RFC 8058 one-click for POST).
+pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String>) -> Response {
+    let key: Arc<[u8]> = state.svc.engine.consent.unsubscribe_key.clone().into();
+    let Some(hash) = crate::signature::open_unsubscribe_token(&key, &token) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Link not valid",
+            "This unsubscribe link is not valid. Please use the link from your most recent email.",
+        );
+    };
+    let store = &state.svc.store;
+    if let Err(e) = store.opt_out(Contact(hash), "unsubscribe_link", Utc::now()) {
+        return unavailable(e);
+    }
+    if let Err(e) = store.flush().await {
+        return unavailable(e);
+    }
+    tracing::info!("email address unsubscribed by link");
+    page(
+        StatusCode::OK,
+        "Unsubscribed",
+        "You will not receive further email updates about your support cases.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_as_carriers_read_them() {
+        assert_eq!(keyword(" stop "), Keyword::Stop);
+        assert_eq!(keyword("Unsubscribe."), Keyword::Stop);
+        assert_eq!(keyword("QUIT"), Keyword::Stop);
+        assert_eq!(keyword("start"), Keyword::Start);
+        assert_eq!(keyword("Yes!"), Keyword::Start);
+        assert_eq!(keyword("help"), Keyword::Help);
+        assert_eq!(keyword("please stop the noise"), Keyword::Other);
+        assert_eq!(keyword(""), Keyword::Other);
+    }
+
+    #[test]
+    fn twiml_escapes_the_help_text() {
+        let r = twiml(Some("A & B <c>"));
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
