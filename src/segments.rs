@@ -144,43 +144,54 @@ fn count_with(encoding: Encoding, prefix: &str, suffix: &str) -> usize {
 /// boundary.
 const WORD_BOUNDARY_WINDOW: usize = 20;
 
-/// `text` unchanged when it fits in `max_segments`; otherwise its longest
-/// prefix that fits together with an ellipsis ("..." for GSM-7 text, "…"
-/// for UCS-2 text), cut at the last whitespace among the final characters
-/// of that prefix when there is one, so that words stay whole. A budget of
-/// 0 is read as 1: every message takes at least one segment.
+/// `text` unchanged when it fits in `max_segments`; otherwise the longest
+/// prefix that fits together with an ellipsis: "..." when the result is
+/// GSM-7, "…" when it is UCS-2. A prefix that stops before the text's
+/// first non-GSM character may stay GSM-7 and so keep more characters;
+/// whichever keeps more wins. The cut then steps back to the last
+/// whitespace among the final characters, when there is one, so that words
+/// stay whole. A budget of 0 is read as 1: every message takes at least
+/// one segment.
 pub fn truncate(text: &str, max_segments: usize) -> String {
     let max_segments = max_segments.max(1);
     let whole = count(text);
     if whole.count <= max_segments {
         return text.to_owned();
     }
-    let encoding = whole.encoding;
-    let ellipsis = encoding.ellipsis();
 
-    // Byte offsets of every char boundary; the cost of a prefix grows with
-    // its length, so the longest that fits is found by bisection.
+    // Byte offsets of every char boundary, so cuts never split a char.
     let boundaries: Vec<usize> = text
         .char_indices()
         .map(|(i, _)| i)
         .chain(std::iter::once(text.len()))
         .collect();
-    let (mut lo, mut hi) = (0, boundaries.len() - 1);
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        if count_with(encoding, &text[..boundaries[mid]], ellipsis) <= max_segments {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+    let mut best = (
+        longest_fit(text, &boundaries, whole.encoding, max_segments),
+        whole.encoding,
+    );
+    if whole.encoding == Encoding::Ucs2 {
+        let gsm_chars = text
+            .chars()
+            .take_while(|c| gsm7_septets(*c).is_some())
+            .count();
+        let gsm = longest_fit(
+            text,
+            &boundaries[..=gsm_chars],
+            Encoding::Gsm7,
+            max_segments,
+        );
+        if gsm >= best.0 {
+            best = (gsm, Encoding::Gsm7);
         }
     }
-    let mut cut = boundaries[lo];
+    let (kept, encoding) = best;
+    let mut cut = boundaries[kept];
 
     // Step back to a word boundary when one is close, unless the cut
     // already falls just before whitespace.
     let next_is_space = text[cut..].chars().next().is_some_and(char::is_whitespace);
     if !next_is_space {
-        let window_start = boundaries[lo.saturating_sub(WORD_BOUNDARY_WINDOW)];
+        let window_start = boundaries[kept.saturating_sub(WORD_BOUNDARY_WINDOW)];
         if let Some((i, _)) = text[window_start..cut]
             .char_indices()
             .rev()
@@ -193,8 +204,25 @@ pub fn truncate(text: &str, max_segments: usize) -> String {
         }
     }
     let mut out = text[..cut].trim_end().to_owned();
-    out.push_str(ellipsis);
+    out.push_str(encoding.ellipsis());
     out
+}
+
+/// How many characters of `text` (at most `boundaries.len() - 1`) fit in
+/// `max_segments` followed by the ellipsis of `encoding`. The cost of a
+/// prefix grows with its length, so the answer is found by bisection.
+fn longest_fit(text: &str, boundaries: &[usize], encoding: Encoding, max_segments: usize) -> usize {
+    let ellipsis = encoding.ellipsis();
+    let (mut lo, mut hi) = (0, boundaries.len() - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if count_with(encoding, &text[..boundaries[mid]], ellipsis) <= max_segments {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
 }
 
 #[cfg(test)]
@@ -309,6 +337,17 @@ mod tests {
         // An emoji that would straddle the limit is left out whole.
         let out = truncate(&format!("{}😀😀", "ł".repeat(68)), 1);
         assert_eq!(out, format!("{}…", "ł".repeat(68)));
+    }
+
+    #[test]
+    fn truncate_keeps_more_by_staying_gsm7_when_it_can() {
+        // Cutting before the 'ł' keeps the text GSM-7: 150 characters
+        // instead of the 69 that UCS-2 would leave.
+        let text = format!("{}ł{}", "a".repeat(150), "a".repeat(100));
+        assert_eq!(truncate(&text, 1), format!("{}...", "a".repeat(150)));
+        // When the non-GSM character comes early, UCS-2 keeps more.
+        let text = format!("ł{}", "a".repeat(200));
+        assert_eq!(truncate(&text, 1), format!("ł{}…", "a".repeat(68)));
     }
 
     #[test]
@@ -569,7 +608,7 @@ mod tests {
                 prop_assert_eq!(&out, &text);
             } else {
                 let kept = out
-                    .strip_suffix(count(&text).encoding.ellipsis())
+                    .strip_suffix(count(&out).encoding.ellipsis())
                     .unwrap_or_else(|| panic!("no ellipsis: {out:?}"));
                 prop_assert!(text.starts_with(kept));
             }
