@@ -357,6 +357,14 @@ mod tests {
         assert_eq!(count(&out).count, 2);
     }
 
+    /// A piece of template source: text (expressions already replaced by
+    /// their filler) or the inside of a `{% %}` tag.
+    #[derive(Clone)]
+    enum Token {
+        Text(String),
+        Tag(String),
+    }
+
     /// A template reduced to text: literal text, or a choice between
     /// branches (`if`/`elif`/`else`; an `if` without `else` may print
     /// nothing).
@@ -397,8 +405,8 @@ mod tests {
 
     /// Splits a template into text, expressions (already replaced by their
     /// filler) and statement tags, applying `-` whitespace control.
-    fn lex(source: &str) -> Vec<(bool, String)> {
-        let mut out: Vec<(bool, String)> = Vec::new();
+    fn lex(source: &str) -> Vec<Token> {
+        let mut out = Vec::new();
         let mut rest = source.strip_suffix('\n').unwrap_or(source);
         let mut trim_next = false;
         loop {
@@ -409,7 +417,7 @@ mod tests {
             };
             let mut text = if trim_next { text.trim_start() } else { text };
             if tail.is_empty() {
-                out.push((false, text.to_owned()));
+                out.push(Token::Text(text.to_owned()));
                 return out;
             }
             let close = match &tail[..2] {
@@ -423,11 +431,11 @@ mod tests {
                 text = text.trim_end();
             }
             trim_next = inner.ends_with('-');
-            out.push((false, text.to_owned()));
+            out.push(Token::Text(text.to_owned()));
             let inner = inner.trim_matches('-').trim();
             match close {
-                "}}" => out.push((false, filler(inner))),
-                "%}" => out.push((true, inner.to_owned())),
+                "}}" => out.push(Token::Text(filler(inner))),
+                "%}" => out.push(Token::Tag(inner.to_owned())),
                 _ => {}
             }
             rest = &tail[end..];
@@ -436,14 +444,17 @@ mod tests {
 
     /// Builds the branch tree; `for` bodies count once, `set` prints
     /// nothing.
-    fn parse(tokens: &mut std::iter::Peekable<std::vec::IntoIter<(bool, String)>>) -> Vec<Node> {
+    fn parse(tokens: &mut std::iter::Peekable<std::vec::IntoIter<Token>>) -> Vec<Node> {
         let mut nodes = Vec::new();
-        while let Some((is_tag, content)) = tokens.peek().cloned() {
-            if !is_tag {
-                tokens.next();
-                nodes.push(Node::Text(content));
-                continue;
-            }
+        while let Some(token) = tokens.peek().cloned() {
+            let content = match token {
+                Token::Text(text) => {
+                    tokens.next();
+                    nodes.push(Node::Text(text));
+                    continue;
+                }
+                Token::Tag(content) => content,
+            };
             let keyword = content.split_whitespace().next().unwrap_or_default();
             match keyword {
                 "if" => {
@@ -451,7 +462,9 @@ mod tests {
                     let mut branches = vec![parse(tokens)];
                     let mut has_else = false;
                     loop {
-                        let (_, tag) = tokens.next().expect("unclosed if");
+                        let Some(Token::Tag(tag)) = tokens.next() else {
+                            panic!("unclosed if");
+                        };
                         match tag.split_whitespace().next().unwrap_or_default() {
                             "elif" => branches.push(parse(tokens)),
                             "else" => {
