@@ -322,6 +322,15 @@ pub struct MessageView {
     /// The next-update time this message told the customer.
     promised_next_update_at: Option<DateTime<Utc>>,
     error: Option<String>,
+    /// The messages of one update (one per channel, and fallbacks) share it.
+    update: Option<String>,
+    /// The message of the same update this one replaced after it failed.
+    fallback_for: Option<String>,
+    /// For a digest: every case it covered.
+    covers: Vec<String>,
+    /// The SMS provider's latest delivery report (queued, sent, delivered,
+    /// undelivered, failed).
+    provider_status: Option<String>,
 }
 
 impl From<&CaseRecord> for CaseView {
@@ -365,6 +374,10 @@ impl From<&CaseRecord> for CaseView {
                     sent_at: m.sent_at,
                     promised_next_update_at: m.promised_next_update_at,
                     error: m.error.clone(),
+                    update: m.update.map(|u| u.to_string()),
+                    fallback_for: m.fallback_for.map(|u| u.to_string()),
+                    covers: m.covers.clone(),
+                    provider_status: m.provider_status.clone(),
                 })
                 .collect(),
         }

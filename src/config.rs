@@ -196,7 +196,12 @@ pub enum SmsTransportKind {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum RawQuiet {
-    Window { start: String, end: String },
+    Window {
+        start: String,
+        end: String,
+    },
+    /// YAML reads a bare `off` as false.
+    Flag(bool),
     Off(String),
 }
 
@@ -780,7 +785,16 @@ fn resolve_quiet(
 ) -> Option<QuietHours> {
     let raw = raw?;
     match &raw.value {
-        RawQuiet::Off(s) if s == "off" => None,
+        RawQuiet::Off(s) if s == "off" || s == "none" => None,
+        RawQuiet::Flag(false) => None,
+        RawQuiet::Flag(true) => {
+            errors.push(Diagnostic::at(
+                file,
+                raw,
+                format!("{key}: give {{ start: \"21:00\", end: \"08:00\" }} or `off`"),
+            ));
+            default
+        }
         RawQuiet::Off(s) => {
             errors.push(Diagnostic::at(
                 file,

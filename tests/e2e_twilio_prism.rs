@@ -1,0 +1,613 @@
+//! End to end: SMS and consent, with the real `tidings` binary talking to
+//! Prism serving Twilio's own OpenAPI description (every request the
+//! daemon sends is validated against Twilio's published API) and to
+//! Postfix's `smtp-sink` for email.
+//!
+//! Twilio's webhooks (inbound STOP/START/HELP, delivery reports) are played
+//! by the test, signed the way Twilio signs them, computed here
+//! independently of the daemon's own code.
+//!
+//! Skips when Prism or smtp-sink is missing, unless
+//! `TIDINGS_E2E_REQUIRED=1` (CI), where a missing peer is a failure.
+
+mod peers;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chrono::{DateTime, Timelike, Utc};
+use hmac::{Hmac, Mac};
+use peers::*;
+use serde_json::{Value, json};
+
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const AUTH_TOKEN: &str = "twilio-test-auth-token-0001";
+
+/// The SMS part of the config: Twilio at Prism, the auth token in a file.
+fn sms_config(prism: &Prism, dir: &std::path::Path, extra: &str) -> String {
+    let token = dir.join("twilio_token");
+    std::fs::write(&token, AUTH_TOKEN).expect("write the token file");
+    format!(
+        "sms:
+  transport: twilio
+  base_url: {base}
+  account_sid: {ACCOUNT}
+  auth_token_file: {token:?}
+  from: \"+15005550006\"
+  min_gap: 0s
+{extra}",
+        base = prism.base_url(),
+    )
+}
+
+fn case_with(channels: &[&str]) -> Value {
+    json!({
+        "subject": SUBJECT,
+        "status": "open",
+        "priority": "high",
+        "customer": {
+            "name": "Maria Hernandez",
+            "email": EMAIL,
+            "phone": PHONE,
+            "timezone": "America/New_York",
+            "locale": "en",
+            "channels": channels
+        },
+        "assignee": "Jordan"
+    })
+}
+
+fn rules(every: &str, progress: &str, created: &str) -> String {
+    format!(
+        "rules:
+  - name: fast
+    when: {{ status: [open] }}
+    every: {every}
+    channels: [{progress}]
+    template: progress
+on:
+  created:  {{ template: acknowledgement, channels: [{created}] }}
+  resolved: {{ template: resolution, channels: [email] }}
+"
+    )
+}
+
+/// Everything a test needs; `None` when a peer is missing and we skip.
+fn peers() -> Option<(std::path::PathBuf, &'static Prism)> {
+    let sink = sink_binary()?;
+    let prism = Prism::shared()?;
+    Some((sink, prism))
+}
+
+/// Starts the daemon with its config dir prepared for the token file.
+async fn daemon(
+    sink: &Sink,
+    prism: &Prism,
+    rules: &str,
+    extra: &str,
+) -> (Daemon, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    let cfg = sms_config(prism, secrets.path(), extra);
+    (Daemon::start_with(sink.port, rules, &cfg).await, secrets)
+}
+
+/// The messages of a case as JSON objects.
+async fn messages(d: &Daemon, id: &str) -> Vec<Value> {
+    d.get_case(id).await["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_messages(
+    d: &Daemon,
+    id: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = messages(d, id).await;
+        if pred(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: timed out; history: {}",
+            serde_json::to_string_pretty(&m).unwrap_or_default()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn is(m: &Value, channel: &str, status: &str) -> bool {
+    m["channel"] == channel && m["status"] == status
+}
+
+fn sent_at(m: &Value) -> Option<DateTime<Utc>> {
+    m["sent_at"].as_str().and_then(|s| s.parse().ok())
+}
+
+/// X-Twilio-Signature as Twilio documents it: base64(HMAC-SHA1(token,
+/// url + each param name and value, sorted by name)).
+fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut data = url.to_owned();
+    for (k, v) in sorted {
+        data.push_str(k);
+        data.push_str(v);
+    }
+    let mut mac =
+        <Hmac<sha1::Sha1> as Mac>::new_from_slice(AUTH_TOKEN.as_bytes()).expect("hmac key");
+    mac.update(data.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Plays Twilio posting a webhook; `signature` overrides the right one.
+async fn webhook(
+    d: &Daemon,
+    path_and_query: &str,
+    params: &[(&str, &str)],
+    signature: Option<Option<&str>>,
+) -> (u16, String) {
+    let url = d.url(path_and_query);
+    let good = twilio_signature(&url, params);
+    let mut req = d.http.post(&url).form(params);
+    match signature {
+        None => req = req.header("X-Twilio-Signature", good),
+        Some(Some(s)) => req = req.header("X-Twilio-Signature", s),
+        Some(None) => {}
+    }
+    let r = req.send().await.expect("webhook answered");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+fn assert_prism_happy(prism: &Prism, at_least: usize) {
+    let (requests, complaints) = prism.messages_seen(ACCOUNT);
+    assert!(
+        complaints.is_empty(),
+        "Prism flagged requests against Twilio's spec:\n{}",
+        complaints.join("\n")
+    );
+    assert!(
+        requests >= at_least,
+        "Prism saw {requests} Messages requests, expected at least {at_least}"
+    );
+}
+
+fn assert_log_clean(d: &Daemon, extra: &[&str]) {
+    let log = d.log();
+    assert!(!log.trim().is_empty(), "the daemon logged nothing");
+    let lower = log.to_lowercase();
+    for secret in [EMAIL, PHONE, "2125550143", AUTH_TOKEN, TOKEN, "Reply STOP"]
+        .iter()
+        .chain(extra)
+    {
+        assert!(
+            !lower.contains(&secret.to_lowercase()),
+            "the log holds `{secret}`:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sms_acknowledgement_and_progress_pass_twilio_spec_validation() {
+    let Some((bin, prism)) = peers() else { return };
+    let sink = Sink::start(&bin).await;
+    let (d, _s) = daemon(
+        &sink,
+        prism,
+        &rules("2s", "sms", "sms"),
+        "  quiet_hours: off\n",
+    )
+    .await;
+    let t0 = Instant::now();
+    d.put_case("SMS-1", &case_with(&["sms"])).await;
+    let h = wait_messages(
+        &d,
+        "SMS-1",
+        Duration::from_secs(15),
+        "ack + 2 progress by SMS",
+        |m| m.iter().filter(|m| is(m, "sms", "sent")).count() >= 3,
+    )
+    .await;
+    let kinds: Vec<&str> = h.iter().filter_map(|m| m["kind"].as_str()).collect();
+    assert_eq!(&kinds[..3], ["created", "progress", "progress"], "{h:?}");
+    for m in h.iter().take(3) {
+        assert_eq!(m["channel"], "sms");
+        assert_eq!(m["provider_status"], Value::Null);
+    }
+    assert!(sink.mails().is_empty(), "no email was allowed");
+    assert_prism_happy(prism, 3);
+    println!(
+        "prism: ack and two progress SMS accepted by Twilio's spec within {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // A delivery report from Twilio lands on the message it names.
+    let first = h[0]["id"].as_str().expect("id").to_owned();
+    let query = format!("/v1/sms/status?source=helpdesk&case=SMS-1&msg={first}");
+    let params = [
+        ("MessageSid", "SMaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        ("MessageStatus", "delivered"),
+    ];
+    let (code, _) = webhook(&d, &query, &params, None).await;
+    assert_eq!(code, 204);
+    let h = messages(&d, "SMS-1").await;
+    assert_eq!(h[0]["provider_status"], "delivered", "{h:?}");
+    let (code, _) = webhook(&d, &query, &params, Some(Some("Zm9yZ2Vk"))).await;
+    assert_eq!(code, 403, "a forged delivery report is refused");
+    assert_log_clean(&d, &[]);
+}
+
+#[tokio::test]
+async fn signed_stop_silences_sms_on_every_case_start_restores_forgery_is_refused() {
+    let Some((bin, prism)) = peers() else { return };
+    let sink = Sink::start(&bin).await;
+    let (d, _s) = daemon(
+        &sink,
+        prism,
+        &rules("1s", "sms", "sms"),
+        "  quiet_hours: off\ndigest:\n  window: 0s\n",
+    )
+    .await;
+    for id in ["STOP-1", "STOP-2"] {
+        d.put_case(id, &case_with(&["sms"])).await;
+    }
+    for id in ["STOP-1", "STOP-2"] {
+        wait_messages(&d, id, Duration::from_secs(10), "first progress SMS", |m| {
+            m.iter()
+                .any(|m| m["kind"] == "progress" && is(m, "sms", "sent"))
+        })
+        .await;
+    }
+    let inbound = |body: &'static str| {
+        [
+            ("From", PHONE),
+            ("To", "+15005550006"),
+            ("Body", body),
+            ("AccountSid", ACCOUNT),
+        ]
+    };
+
+    // Forged and missing signatures change nothing.
+    let (code, _) = webhook(
+        &d,
+        "/v1/sms/inbound",
+        &inbound("STOP"),
+        Some(Some("bm90IGEgc2lnbmF0dXJl")),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, _) = webhook(&d, "/v1/sms/inbound", &inbound("STOP"), Some(None)).await;
+    assert_eq!(code, 403);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in ["STOP-1", "STOP-2"] {
+        let h = messages(&d, id).await;
+        assert!(
+            !h.iter().any(|m| m["status"] == "cancelled"),
+            "a forged STOP took effect on {id}: {h:?}"
+        );
+    }
+
+    let (code, twiml) = webhook(&d, "/v1/sms/inbound", &inbound("HELP"), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        twiml.contains("<Message>") && twiml.contains("STOP"),
+        "{twiml}"
+    );
+
+    let (code, _) = webhook(&d, "/v1/sms/inbound", &inbound("Stop"), None).await;
+    assert_eq!(code, 200);
+    let stopped = Utc::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut cancelled = 0;
+    for id in ["STOP-1", "STOP-2"] {
+        let h = messages(&d, id).await;
+        let late: Vec<&Value> = h
+            .iter()
+            .filter(|m| {
+                m["channel"] == "sms"
+                    && sent_at(m).is_some_and(|t| t > stopped + chrono::Duration::seconds(1))
+            })
+            .collect();
+        assert!(
+            late.is_empty(),
+            "SMS sent more than 1 s after STOP on {id}: {late:?}"
+        );
+        cancelled += h.iter().filter(|m| m["status"] == "cancelled").count();
+        let last = h.last().expect("messages");
+        assert!(
+            last["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("opted out")),
+            "{last}"
+        );
+    }
+    assert!(
+        cancelled >= 4,
+        "updates after STOP should be cancelled, got {cancelled}"
+    );
+
+    let (code, _) = webhook(&d, "/v1/sms/inbound", &inbound("START"), None).await;
+    assert_eq!(code, 200);
+    let started = Utc::now();
+    for id in ["STOP-1", "STOP-2"] {
+        wait_messages(
+            &d,
+            id,
+            Duration::from_secs(5),
+            "SMS again after START",
+            |m| {
+                m.iter()
+                    .any(|m| is(m, "sms", "sent") && sent_at(m).is_some_and(|t| t > started))
+            },
+        )
+        .await;
+    }
+    assert_prism_happy(prism, 4);
+    println!(
+        "stop: 0 SMS later than 1 s after STOP on 2 cases, {cancelled} updates cancelled; START restored both"
+    );
+    assert_log_clean(&d, &[]);
+}
+
+#[tokio::test]
+async fn one_click_unsubscribe_stops_email_and_cannot_be_forged() {
+    let Some((bin, prism)) = peers() else { return };
+    let sink = Sink::start(&bin).await;
+    let (d, _s) = daemon(&sink, prism, &rules("1s", "email", "email"), "").await;
+    d.put_case("UNSUB-1", &case_with(&["email"])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mails, ok) = sink.wait_for(deadline, |m| !m.is_empty()).await;
+    assert!(ok, "no email arrived");
+    let raw = std::fs::read_to_string(sink.dir.path().join(&mails[0].file)).expect("dump");
+    let unfolded = raw.replace("\r\n ", " ").replace("\r\n\t", " ");
+    let header = |name: &str| {
+        unfolded
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {name} header in:\n{raw}"))
+    };
+    let link = header("List-Unsubscribe")
+        .trim_matches(['<', '>'])
+        .to_owned();
+    assert_eq!(
+        header("List-Unsubscribe-Post"),
+        "List-Unsubscribe=One-Click"
+    );
+    assert!(link.starts_with(&d.url("/unsubscribe/")), "{link}");
+    assert!(
+        !link.to_lowercase().contains("maria"),
+        "the link must not carry the address: {link}"
+    );
+
+    // Forgeries: one character changed, a token cut short, made-up tokens.
+    let token = link.rsplit('/').next().expect("token").to_owned();
+    let mut flipped: Vec<char> = token.chars().collect();
+    flipped[5] = if flipped[5] == 'A' { 'B' } else { 'A' };
+    let forged: String = flipped.into_iter().collect();
+    for bad in [
+        forged.as_str(),
+        &token[..40],
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        let r = d
+            .http
+            .post(d.url(&format!("/unsubscribe/{bad}")))
+            .form(&[("List-Unsubscribe", "One-Click")])
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 404, "forged token {bad} accepted");
+    }
+    let before = sink.mails().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        sink.mails().len() > before,
+        "email stopped after a forged unsubscribe"
+    );
+
+    let r = d
+        .http
+        .post(&link)
+        .form(&[("List-Unsubscribe", "One-Click")])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
+    let unsubscribed = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let late = sink
+        .mails()
+        .into_iter()
+        .filter(|m| m.since(unsubscribed) > 1.0)
+        .count();
+    assert_eq!(late, 0, "email kept coming after the one-click unsubscribe");
+    let h = messages(&d, "UNSUB-1").await;
+    assert!(
+        h.iter().any(|m| m["status"] == "cancelled"),
+        "no update was cancelled after unsubscribe: {h:?}"
+    );
+    // GET works too (a person clicking the link in the text body).
+    let r = d.http.get(&link).send().await.expect("answer");
+    assert_eq!(r.status(), 200);
+    println!("unsubscribe: 0 emails after the one-click POST; 3 forged tokens refused with 404");
+    assert_log_clean(&d, &[&token]);
+}
+
+#[tokio::test]
+async fn permanent_email_failure_falls_back_to_sms_for_the_same_update() {
+    let Some((bin, prism)) = peers() else { return };
+    let sink = Sink::start_with(&bin, &["-f", "RCPT"]).await;
+    let (d, _s) = daemon(
+        &sink,
+        prism,
+        &rules("1h", "email", "email"),
+        "  quiet_hours: off\n",
+    )
+    .await;
+    d.put_case("FALL-1", &case_with(&["email", "sms"])).await;
+    let h = wait_messages(
+        &d,
+        "FALL-1",
+        Duration::from_secs(10),
+        "email failed, SMS sent",
+        |m| m.iter().any(|m| is(m, "email", "failed")) && m.iter().any(|m| is(m, "sms", "sent")),
+    )
+    .await;
+    assert_eq!(h.len(), 2, "{h:?}");
+    let (email, sms) = (&h[0], &h[1]);
+    assert_eq!(email["kind"], "created");
+    assert!(
+        email["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("SMTP 5")),
+        "the failure records the server's reply: {email}"
+    );
+    assert_eq!(sms["kind"], "created");
+    assert_eq!(sms["fallback_for"], email["id"], "{sms}");
+    assert_eq!(sms["update"], email["update"], "{sms}");
+    assert_eq!(
+        sms["promised_next_update_at"],
+        email["promised_next_update_at"]
+    );
+    assert_prism_happy(prism, 1);
+    println!("fallback: acknowledgement email refused with 5xx, the same update went out by SMS");
+    assert_log_clean(&d, &[]);
+}
+
+#[tokio::test]
+async fn no_sms_inside_quiet_hours_and_the_promise_names_the_first_allowed_instant() {
+    let Some((bin, prism)) = peers() else { return };
+    let sink = Sink::start(&bin).await;
+    // Quiet hours from an hour ago until the start of the minute after
+    // next, in the customer's zone (UTC here, to keep the arithmetic plain).
+    let now = Utc::now();
+    let start = now - chrono::Duration::hours(1);
+    let end = (now + chrono::Duration::minutes(2))
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .expect("minute");
+    let quiet = format!(
+        "  quiet_hours: {{ start: \"{}\", end: \"{}\" }}\n",
+        start.format("%H:%M"),
+        end.format("%H:%M")
+    );
+    let (d, _s) = daemon(
+        &sink,
+        prism,
+        &rules("2s", "sms, email", "email, sms"),
+        &quiet,
+    )
+    .await;
+    let mut case = case_with(&["email", "sms"]);
+    case["customer"]["timezone"] = json!("UTC");
+    d.put_case("QUIET-1", &case).await;
+    let h = wait_messages(
+        &d,
+        "QUIET-1",
+        Duration::from_secs(10),
+        "email ack sent",
+        |m| m.iter().any(|m| is(m, "email", "sent")),
+    )
+    .await;
+    let email = h
+        .iter()
+        .find(|m| m["channel"] == "email")
+        .expect("email ack");
+    let promised: DateTime<Utc> = email["promised_next_update_at"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a promise");
+    assert_eq!(promised, end, "the promise skips the SMS quiet hours");
+    let text = sink.mails()[0].text.clone();
+    assert!(
+        text.contains(&end.format("%-I:%M %p").to_string()),
+        "the email names {end}: {text}"
+    );
+    let sms = h.iter().find(|m| m["channel"] == "sms").expect("sms ack");
+    assert_eq!(sms["status"], "pending", "{sms}");
+    let due: DateTime<Utc> = sms["due_at"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("due");
+    assert_eq!(due, end, "the SMS waits for the end of quiet hours");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let h = messages(&d, "QUIET-1").await;
+    assert!(
+        !h.iter().any(|m| is(m, "sms", "sent")),
+        "an SMS went out inside quiet hours: {h:?}"
+    );
+    assert!(
+        h.iter().all(|m| m["kind"] != "progress"),
+        "no progress update before the promise: {h:?}"
+    );
+    println!(
+        "quiet: SMS held until {end}, the email promised {promised}; nothing sent inside the window"
+    );
+    assert_log_clean(&d, &[]);
+}
+
+#[tokio::test]
+async fn three_cases_of_one_customer_due_together_yield_one_digest() {
+    let Some((bin, prism)) = peers() else { return };
+    let sink = Sink::start(&bin).await;
+    let (d, _s) = daemon(
+        &sink,
+        prism,
+        &rules("3s", "email", "email"),
+        "digest:\n  window: 1m\n",
+    )
+    .await;
+    let ids = ["DIG-1", "DIG-2", "DIG-3"];
+    for (n, id) in ids.iter().enumerate() {
+        let mut c = case_with(&["email"]);
+        c["subject"] = json!(format!("Digest subject number {}", n + 1));
+        d.put_case(id, &c).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mails, ok) = sink.wait_for(deadline, |m| m.len() >= 4).await;
+    assert!(
+        ok,
+        "expected 3 acknowledgements and a digest, got {}",
+        mails.len()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mails = sink.mails();
+    let digests: Vec<&Mail> = mails.iter().skip(3).collect();
+    assert_eq!(
+        digests.len(),
+        1,
+        "one digest, not one update per case: {:?}",
+        digests.iter().map(|m| &m.subject).collect::<Vec<_>>()
+    );
+    let digest = digests[0];
+    for n in 1..=3 {
+        assert!(
+            digest.text.contains(&format!("Digest subject number {n}")),
+            "the digest covers case {n}: {}",
+            digest.text
+        );
+    }
+    let histories = [
+        messages(&d, ids[0]).await,
+        messages(&d, ids[1]).await,
+        messages(&d, ids[2]).await,
+    ];
+    let digest_id = digest.id().to_owned();
+    for h in &histories {
+        let m = h
+            .iter()
+            .find(|m| m["id"] == digest_id.as_str())
+            .unwrap_or_else(|| panic!("the digest is in every history: {h:?}"));
+        assert_eq!(m["covers"].as_array().map(Vec::len), Some(3), "{m}");
+        assert_eq!(m["status"], "sent");
+    }
+    println!("digest: 3 cases due within the window, 1 message covering all three");
+    assert_log_clean(&d, &[]);
+}
