@@ -133,15 +133,33 @@ fn sample_context(config: &Config) -> MessageContext {
 }
 
 /// `tidings check`: everything `serve` would validate, nothing started.
-pub fn check(config: &Config) -> Result<(), Diagnostics> {
-    build_engine(config)?;
+/// Returns warnings: SMS templates that can run over the segment budget
+/// with long inputs (rendering shortens those at send time).
+pub fn check(config: &Config) -> Result<Vec<Diagnostic>, Diagnostics> {
+    let engine = build_engine(config)?;
     if let Err(e) = Mailer::new(&config.email) {
         return Err(Diagnostic::new(&config.path, 1, 1, e).into());
     }
     if let Err(e) = Texter::new(&config.sms, &config.public_url) {
         return Err(Diagnostic::new(&config.path, 1, 1, e).into());
     }
-    Ok(())
+    Ok(engine
+        .templates
+        .sms_over_budget(&long_context(config), config.sms.max_segments))
+}
+
+/// The sample case with the longest inputs a ticket system realistically
+/// sends: a long name, subject and note.
+fn long_context(config: &Config) -> MessageContext {
+    let mut ctx = sample_context(config);
+    ctx.customer.name = "Maria Guadalupe Hernandez-Villanueva de la Cruz".into();
+    ctx.customer.first_name = "Maria Guadalupe".into();
+    ctx.case.subject = "Replacement router for the branch office has not shipped although the order was confirmed two weeks ago".into();
+    ctx.case.latest_note = Some("The courier picked up the replacement this morning and it is now on its way to the depot; \
+we will confirm the delivery window as soon as the carrier shares it with us. Thank you for your patience."
+        .into());
+    ctx.cases = vec![ctx.case.clone(), ctx.case.clone(), ctx.case.clone()];
+    ctx
 }
 
 /// Runs the daemon until `shutdown` resolves.

@@ -119,7 +119,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             match tidings::daemon::check(&config) {
-                Ok(()) => {
+                Ok(warnings) => {
+                    for w in &warnings {
+                        eprintln!("{w}");
+                    }
                     println!("{}: ok", config.path.display());
                     ExitCode::SUCCESS
                 }

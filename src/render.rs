@@ -526,4 +526,109 @@ mod tests {
     fn headers_never_carry_line_breaks() {
         assert_eq!(one_line("Hi\r\nBcc: x@y.z"), "Hi Bcc: x@y.z");
     }
+
+    fn sample(name: &str, subject: &str, note: &str, locale: &str) -> MessageContext {
+        let now = Utc::now();
+        let c = &mut |s: &str| s.to_owned();
+        MessageContext {
+            customer: CustomerView {
+                name: c(name),
+                first_name: c(name.split_whitespace().next().unwrap_or(name)),
+                locale: c(locale),
+                timezone: c("Asia/Manila"),
+            },
+            case: CaseView {
+                id: c("CASE-20931"),
+                subject: c(subject),
+                status: "open",
+                priority: "high",
+                age: 3,
+                eta: Some(c("Thursday, November 26, 2026 at 9:00 AM EST")),
+                assignee: Some(c(name)),
+                tags: Vec::new(),
+                fields: BTreeMap::new(),
+                latest_note: Some(c(note)),
+                latest_note_author: Some(c(name)),
+            },
+            next_update_at: Some(format_local(
+                now,
+                chrono_tz::Asia::Manila,
+                &"tl".parse().expect("locale"),
+            )),
+            next_update_at_short: Some(format_short(
+                now,
+                chrono_tz::Asia::Manila,
+                &"tl".parse().expect("locale"),
+            )),
+            next_update_at_iso: Some(now.to_rfc3339()),
+            unsubscribe_url: String::new(),
+            company: Company {
+                name: c("Example Support"),
+                support_url: None,
+            },
+            cases: Vec::new(),
+        }
+    }
+
+    fn shipped() -> Templates {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        Templates::load(&dir, "en".parse().expect("locale")).expect("shipped templates load")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the ticket system sends (long names, subjects and
+        /// notes, emoji that force UCS-2), a rendered SMS stays within the
+        /// segment budget.
+        #[test]
+        fn rendered_sms_never_exceeds_the_budget(
+            name in "\\PC{0,60}",
+            subject in "\\PC{0,300}",
+            note in "\\PC{0,800}",
+            max in 1usize..=3,
+        ) {
+            let t = shipped();
+            for locale in ["en", "id", "pl", "tl"] {
+                let mut ctx = sample(&name, &subject, &note, locale);
+                for template in ["acknowledgement", "progress", "reminder", "resolution", "note", "digest"] {
+                    if template == "digest" {
+                        ctx.cases = vec![ctx.case.clone(), ctx.case.clone(), ctx.case.clone()];
+                    }
+                    let text = t
+                        .render_sms(template, &locale.parse().expect("locale"), &ctx, max)
+                        .expect("renders");
+                    let n = crate::segments::count(&text).count;
+                    proptest::prop_assert!(n <= max, "{template}/{locale}: {n} segments > {max}: {text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_note_is_shortened_before_the_message_is_cut() {
+        let t = Templates {
+            env: {
+                let mut env = Environment::new();
+                env.add_template_owned(
+                    "note.sms.j2".to_owned(),
+                    "{{ case.latest_note }} Next update by {{ next_update_at_short }}. Reply STOP to opt out.".to_owned(),
+                )
+                .expect("template");
+                env
+            },
+            names: ["note.sms.j2".to_owned()].into(),
+            dir: PathBuf::from("t"),
+            default_locale: "en".parse().expect("locale"),
+        };
+        let ctx = sample("Maria", "Router", &"word ".repeat(200), "en");
+        let text = t
+            .render_sms("note", &"en".parse().expect("locale"), &ctx, 1)
+            .expect("renders");
+        assert!(crate::segments::count(&text).count <= 1, "{text}");
+        assert!(
+            text.ends_with("Reply STOP to opt out."),
+            "the promise and opt-out survive: {text}"
+        );
+    }
 }

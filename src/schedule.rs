@@ -245,7 +245,9 @@ pub fn next_due(
     Some(first_allowed_all(quiet, raw, tz))
 }
 
-/// The first instant at or after `instant` outside every window in `quiet`.
+/// The first instant at or after `instant` outside every window in `quiet`
+/// (windows that together cover the whole day leave none; the last
+/// candidate is returned then).
 pub fn first_allowed_all(quiet: &[QuietHours], instant: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
     let mut t = instant;
     // Leaving one window may land in another; the windows are daily, so a
@@ -368,6 +370,28 @@ mod tests {
     }
 
     proptest! {
+        /// Several windows (a rule's and its channels'): the result is the
+        /// earliest instant outside all of them.
+        #[test]
+        fn first_allowed_all_leaves_every_window(
+            tz in zones(), t in instants(), a in quiet(), b in quiet()
+        ) {
+            // Windows that together cover the whole day allow nothing.
+            prop_assume!((0..1440u32).any(|m| {
+                let time = NaiveTime::from_hms_opt(m / 60, m % 60, 0).expect("valid");
+                !a.contains_local(time) && !b.contains_local(time)
+            }));
+            let got = first_allowed_all(&[a, b], t, tz);
+            prop_assert!(got >= t);
+            prop_assert!(!a.contains(got, tz) && !b.contains(got, tz), "{got} is quiet");
+            // Nothing allowed in between, at minute steps.
+            let mut probe = t;
+            while probe < got {
+                prop_assert!(a.contains(probe, tz) || b.contains(probe, tz), "{probe} was allowed");
+                probe += chrono::Duration::minutes(1);
+            }
+        }
+
         #[test]
         fn every_is_never_early_nor_quiet(
             tz in zones(), last in instants(), secs in 1u64..(10 * 86_400), q in quiet()

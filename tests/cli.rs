@@ -45,6 +45,41 @@ fn shipped_config_checks_clean() {
         repo("tidings.yaml").to_str().expect("utf-8"),
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !err.contains("warning"),
+        "the shipped SMS templates fit: {err}"
+    );
+}
+
+#[test]
+fn check_warns_when_an_sms_template_can_run_over_its_segment_budget() {
+    let rules = "rules:\n  - name: x\n    every: 4h\n    channels: [sms]\n    template: progress\n";
+    let (dir, cfg) = setup(rules);
+    // A copy of the shipped templates with a chatty SMS.
+    let templates = dir.path().join("templates");
+    let copy = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo("templates"))
+        .arg(&templates)
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    std::fs::write(
+        templates.join("progress.sms.j2"),
+        "Hi {{ customer.name }}, about \"{{ case.subject }}\": {{ case.latest_note }} Next update by {{ next_update_at_short }}. Reply STOP to opt out.",
+    )
+    .expect("template");
+    let text = std::fs::read_to_string(&cfg).expect("config").replace(
+        &repo("templates").display().to_string(),
+        &templates.display().to_string(),
+    );
+    std::fs::write(&cfg, text + "sms: { max_segments: 1 }\n").expect("config");
+    let (code, out, err) = tidings(&["check", "--config", &cfg]);
+    assert_eq!(code, 0, "a warning, not an error: {out}{err}");
+    assert!(
+        err.contains("progress.sms.j2:1:1: warning: can take") && err.contains("budget 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -482,6 +482,8 @@ pub fn secs(d: chrono::TimeDelta) -> f64 {
 pub struct Prism {
     pub port: u16,
     pub log: PathBuf,
+    /// The watchdog shell; it outlives the process by design.
+    _watchdog: Child,
 }
 
 impl Prism {
@@ -521,7 +523,7 @@ impl Prism {
              while kill -0 {me} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 0.5; done; kill $p",
             me = std::process::id()
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())
@@ -538,7 +540,11 @@ impl Prism {
             assert!(Instant::now() < deadline, "Prism did not start:\n{text}");
             std::thread::sleep(Duration::from_millis(200));
         }
-        Some(Prism { port, log })
+        Some(Prism {
+            port,
+            log,
+            _watchdog: watchdog,
+        })
     }
 
     pub fn base_url(&self) -> String {
