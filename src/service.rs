@@ -179,6 +179,20 @@ impl Service {
         Ok(Reply::Done(record))
     }
 
+    /// Every case covered by a pending digest in `record`'s history.
+    fn digest_peers(&self, record: &CaseRecord) -> Result<Vec<CaseKey>, ServiceError> {
+        let mut out = Vec::new();
+        for m in &record.messages {
+            if m.status == DeliveryStatus::Pending
+                && !m.covers.is_empty()
+                && let Some(entry) = self.store.outbox_entry(m.id)?
+            {
+                out.extend(entry.cases().cloned());
+            }
+        }
+        Ok(out)
+    }
+
     pub fn get_case(&self, source: &str, id: CaseId) -> Result<CaseRecord, ServiceError> {
         self.store
             .get(&CaseKey::new(source, id))?
@@ -186,30 +200,67 @@ impl Service {
     }
 
     /// `DELETE /v1/cases/{id}`: erases the case, its history, its pending
-    /// messages and the idempotency records that hold its data.
+    /// messages and the idempotency records that hold its data. A pending
+    /// digest that covers the case is cancelled for every case it covers:
+    /// it carries the erased case's details.
     pub async fn delete_case(&self, source: &str, id: CaseId) -> Result<(), ServiceError> {
         let key = CaseKey::new(source, id);
-        let _guard = self.store.lock(&key).await;
+        // The cases that share a pending digest with this one, locked too.
+        let peers = match self.store.get(&key)? {
+            Some(r) => self.digest_peers(&r)?,
+            None => return Err(ServiceError::NotFound),
+        };
+        let _guards = self
+            .store
+            .lock_many(std::iter::once(&key).chain(peers.iter()))
+            .await;
         let record = self.store.get(&key)?.ok_or(ServiceError::NotFound)?;
         let mut outbox_remove = Vec::new();
+        let mut digests = Vec::new();
         for m in &record.messages {
             if m.status == DeliveryStatus::Pending
                 && let Some(entry) = self.store.outbox_entry(m.id)?
             {
                 outbox_remove.push((entry.id, entry.next_attempt_at));
+                if !m.covers.is_empty() {
+                    digests.push(entry.id);
+                }
             }
         }
         let cancelled = outbox_remove.len();
-        self.store.commit(
-            &key,
-            &Commit {
-                record: None,
-                old_due: record.schedule.due_at,
-                outbox_remove,
-                idempotency_remove: record.idempotency_keys.clone(),
-                ..Commit::default()
-            },
-        )?;
+        let mut others = Vec::new();
+        for k in peers.iter().filter(|k| **k != key) {
+            let Some(mut r) = self.store.get(k)? else {
+                continue;
+            };
+            let mut touched = false;
+            for m in r.messages.iter_mut().filter(|m| digests.contains(&m.id)) {
+                m.status = DeliveryStatus::Cancelled;
+                m.error = Some("digest cancelled: a case it covered was erased".into());
+                touched = true;
+            }
+            if touched {
+                let old_due = r.schedule.due_at;
+                others.push((
+                    k.clone(),
+                    Commit {
+                        record: Some(r),
+                        old_due,
+                        ..Commit::default()
+                    },
+                ));
+            }
+        }
+        let erase = Commit {
+            record: None,
+            old_due: record.schedule.due_at,
+            outbox_remove,
+            idempotency_remove: record.idempotency_keys.clone(),
+            ..Commit::default()
+        };
+        let mut changes: Vec<(&CaseKey, &Commit)> = vec![(&key, &erase)];
+        changes.extend(others.iter().map(|(k, c)| (k, c)));
+        self.store.commit_many(&changes)?;
         self.store.flush().await?;
         tracing::info!(case = %key, cancelled, "case erased");
         Ok(())

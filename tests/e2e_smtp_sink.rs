@@ -243,7 +243,9 @@ async fn agent_reply_pushes_the_next_update_a_full_interval() {
 async fn kill_and_restart_loses_nothing_and_sends_nothing_twice() {
     let Some(bin) = sink_binary() else { return };
     let sink = Sink::start(&bin).await;
-    let mut daemon = Daemon::start(sink.port, &rules("2s")).await;
+    // Five cases of one customer: digests off, so each case's updates are
+    // its own messages and can be counted one by one.
+    let mut daemon = Daemon::start_with(sink.port, &rules("2s"), "digest:\n  window: 0s\n").await;
     let ids: Vec<String> = (1..=5).map(|i| format!("NY-K{i}")).collect();
 
     for id in &ids {
