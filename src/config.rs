@@ -113,6 +113,7 @@ struct RawConfig {
     sms: Option<RawSms>,
     delivery: Option<RawDelivery>,
     log: Option<LogConfig>,
+    admin: Option<RawAdmin>,
 }
 
 /// How the company signs its messages; exposed to templates as `company`.
@@ -177,6 +178,15 @@ struct RawSms {
     from: Option<String>,
     messaging_service_sid: Option<String>,
     file_dir: Option<String>,
+}
+
+/// The local operator's token for `/-/reload` and `/-/backup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token_sha256: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +297,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Set when the file configures SMS, which this version does not send.
     pub sms_configured: bool,
+    /// SHA-256 of the admin token; the admin endpoints are off without it.
+    pub admin_token_sha256: Option<[u8; 32]>,
 }
 
 impl Config {
@@ -363,6 +375,7 @@ impl Config {
             .unwrap_or_default();
 
         let email = resolve_email(path, base, &data_dir, raw.email, &mut errors);
+        let admin_token_sha256 = resolve_admin(path, base, raw.admin, &mut errors);
         let delivery = resolve_delivery(path, raw.delivery, &mut errors);
 
         if !errors.is_empty() {
@@ -393,6 +406,7 @@ impl Config {
             delivery,
             log: raw.log.unwrap_or_default(),
             sms_configured: raw.sms.is_some_and(|s| s.transport.is_some()),
+            admin_token_sha256,
         })
     }
 }
@@ -513,6 +527,35 @@ fn resolve_token(base: &Path, raw: &RawToken) -> Result<ApiToken, String> {
         source: raw.source.trim().to_owned(),
         sha256,
     })
+}
+
+/// `admin:` takes a token the way `api.tokens` entries do, without a source.
+fn resolve_admin(
+    file: &Path,
+    base: &Path,
+    raw: Option<RawAdmin>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<[u8; 32]> {
+    let raw = raw?;
+    let as_token = RawToken {
+        source: "admin".into(),
+        token_sha256: raw.token_sha256,
+        token_env: raw.token_env,
+        token_file: raw.token_file,
+    };
+    match resolve_token(base, &as_token) {
+        Ok(t) => Some(t.sha256),
+        Err(m) => {
+            errors.push(Diagnostic::new(
+                file,
+                1,
+                1,
+                m.replace("api.tokens: source `admin`", "admin")
+                    .replace("api.tokens", "admin"),
+            ));
+            None
+        }
+    }
 }
 
 fn resolve_email(

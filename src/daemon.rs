@@ -150,6 +150,9 @@ pub async fn run(
     let pruned = store.prune_idempotency(Utc::now() - chrono::Duration::days(1))?;
     let mailer = Mailer::new(&config.email).map_err(|e| anyhow::anyhow!(e))?;
     let svc = Service::new(store.clone(), Arc::new(engine), config.defaults());
+    crate::metrics::install();
+    crate::metrics::count_cases(&store)?;
+    let reloader = Arc::new(crate::reload::Reloader::new(config.clone(), svc.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         svc: svc.clone(),
@@ -157,6 +160,7 @@ pub async fn run(
         ready: ready.clone(),
     };
     let cancel = CancellationToken::new();
+    crate::reload::on_sighup(reloader.clone(), cancel.clone())?;
     let scheduler = tokio::spawn(crate::scheduler::run(svc.clone(), cancel.clone()));
     let dispatcher = tokio::spawn(
         Dispatcher {
@@ -191,7 +195,12 @@ pub async fn run(
     }
     let stop = cancel.clone();
     let ready_flag = ready.clone();
-    axum::serve(listener, router(state))
+    let admin = crate::admin::AdminState {
+        svc: svc.clone(),
+        reloader,
+        token_sha256: config.admin_token_sha256,
+    };
+    axum::serve(listener, crate::admin::app(router(state), admin))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 () = shutdown => {}

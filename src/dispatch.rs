@@ -148,6 +148,7 @@ impl Dispatcher {
                 }
             }
         }
+        crate::metrics::delivery(&record, entry);
         let outbox_put = next
             .map(|at| OutboxEntry {
                 attempts,

@@ -52,7 +52,8 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
         return Ok(None);
     };
     let now = Utc::now();
-    let mut planned = svc.engine.due(record, now);
+    crate::metrics::due_lateness(at, now);
+    let mut planned = svc.engine.load().due(record, now);
     if let Some(r) = planned.record.as_mut()
         && r.schedule.due_at.is_some_and(|d| d <= now)
     {

@@ -25,6 +25,8 @@ use uuid::Uuid;
 use crate::domain::{Case, CaseId, Channel};
 use crate::render::EmailContent;
 
+mod ops;
+
 pub const RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]

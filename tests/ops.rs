@@ -1,0 +1,397 @@
+//! Operating the daemon: reload (SIGHUP and `POST /-/reload`), `/metrics`,
+//! backup and restore. Each test runs the real binary, as systemd would,
+//! with a temp config, the shipped templates and the file email transport.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "ops-test-token-helpdesk-01";
+const ADMIN_TOKEN: &str = "ops-test-admin-token-0001";
+
+const HOURLY: &str = r#"
+rules:
+  - name: hourly
+    when: { status: [open] }
+    every: 1h
+    channels: [email]
+    template: progress
+on:
+  created: { template: acknowledgement, channels: [email] }
+"#;
+
+/// The acceptance check's broken set: a duration that is not one and a
+/// channel that does not exist.
+const BROKEN: &str = r#"
+rules:
+  - name: hourly
+    when: { status: [open] }
+    every: soon
+    channels: [email, pigeon]
+    template: progress
+on:
+  created: { template: acknowledgement, channels: [email] }
+"#;
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn sha(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A plain-HTTP client; reqwest is built without a default TLS provider.
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A daemon process on its own config, data dir and port.
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    client: reqwest::Client,
+}
+
+impl Daemon {
+    /// Writes `tidings.yaml` and `rules/rules.yaml` into `dir` (kept if
+    /// present) and starts `tidings serve`, waiting until it is ready.
+    async fn start(dir: &Path, rules: &str) -> Self {
+        let port = free_port();
+        std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
+        std::fs::write(dir.join("rules/rules.yaml"), rules).expect("rules");
+        std::fs::write(dir.join("tidings.yaml"), config(port)).expect("config");
+        let mut d = Self {
+            child: None,
+            dir: dir.to_owned(),
+            port,
+            client: client(),
+        };
+        d.spawn().await;
+        d
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .expect("log file");
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_tidings"))
+                .args(["serve", "--config"])
+                .arg(self.dir.join("tidings.yaml"))
+                .env_remove("NOTIFY_SOCKET")
+                .stderr(log)
+                .spawn()
+                .expect("spawn tidings"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never became ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn stop(&mut self) {
+        if self.child.is_some() {
+            self.signal("-TERM");
+        }
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "{status:?}; log:\n{}", self.log());
+        }
+    }
+
+    async fn put_case(&self, id: &str) -> serde_json::Value {
+        let body: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo("examples/case-en-newyork.json")).expect("case"),
+        )
+        .expect("json");
+        let r = self
+            .client
+            .put(self.url(&format!("/v1/cases/{id}")))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json().await.expect("json")
+    }
+
+    async fn get_case(&self, id: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/v1/cases/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    async fn metrics(&self) -> String {
+        let r = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("text")
+    }
+
+    /// Polls `/metrics` until the series (name with labels, as rendered)
+    /// reaches `at_least`, and returns its value.
+    async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.metrics().await;
+            let value = metric(&text, series);
+            if value.is_some_and(|v| v >= at_least) {
+                return value.unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached {at_least}; scrape:\n{text}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn emails(&self) -> usize {
+        std::fs::read_dir(self.dir.join("data/mail"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn config(port: u16) -> String {
+    format!(
+        r#"listen: 127.0.0.1:{port}
+data_dir: ./data
+rules: ./rules
+templates: {templates}
+api:
+  tokens:
+    - source: helpdesk
+      token_sha256: {api}
+admin:
+  token_sha256: {admin}
+email:
+  transport: file
+  from: "Example Support <support@example.com>"
+"#,
+        templates = repo("templates").display(),
+        api = sha(TOKEN),
+        admin = sha(ADMIN_TOKEN),
+    )
+}
+
+/// The value of one series in a Prometheus text scrape.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn next_update_at(case: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    case["next_update_at"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no next_update_at in {case}"))
+}
+
+fn hours_between(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> f64 {
+    (b - a).num_seconds() as f64 / 3600.0
+}
+
+#[tokio::test]
+async fn a_broken_rules_file_on_sighup_is_rejected_and_the_old_rules_keep_serving() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
+    let before = daemon.put_case("CASE-1").await;
+    let promised = next_update_at(&before);
+
+    std::fs::write(tmp.path().join("rules/rules.yaml"), BROKEN).expect("rules");
+    daemon.signal("-HUP");
+    let failures = daemon
+        .wait_metric(r#"tidings_reload_total{result="failure"}"#, 1.0)
+        .await;
+    assert!((failures - 1.0).abs() < f64::EPSILON, "{failures}");
+    let scrape = daemon.metrics().await;
+    assert_eq!(
+        metric(&scrape, r#"tidings_reload_total{result="success"}"#),
+        Some(0.0)
+    );
+
+    // Every problem `tidings check` finds is logged, with file:line:column.
+    let check = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["check", "--config"])
+        .arg(tmp.path().join("tidings.yaml"))
+        .output()
+        .expect("tidings check");
+    assert_eq!(check.status.code(), Some(1));
+    let diagnostics = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(diagnostics.contains("rules.yaml:6:"), "{diagnostics}");
+    let log = daemon.log();
+    for line in diagnostics.lines() {
+        assert!(log.contains(line), "`{line}` is not in the log:\n{log}");
+    }
+    assert!(log.contains("pigeon"), "{log}");
+
+    // Still serving, still planning under the hourly rule, still sending.
+    let r = daemon.get_case("CASE-1").await;
+    assert_eq!(r.status(), 200);
+    let after: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(next_update_at(&after), promised);
+    let fresh = daemon.put_case("CASE-2").await;
+    let gap = hours_between(chrono::Utc::now(), next_update_at(&fresh));
+    assert!((0.9..=1.01).contains(&gap), "{gap} h");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.emails() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledgements were not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!log.contains("maria.hernandez@example.com"), "{log}");
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn a_valid_change_on_sighup_reschedules_open_cases() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
+    let case = daemon.put_case("CASE-1").await;
+    let hourly = next_update_at(&case);
+
+    std::fs::write(
+        tmp.path().join("rules/rules.yaml"),
+        HOURLY.replace("every: 1h", "every: 5h"),
+    )
+    .expect("rules");
+    daemon.signal("-HUP");
+    daemon
+        .wait_metric(r#"tidings_reload_total{result="success"}"#, 1.0)
+        .await;
+    let after: serde_json::Value = daemon.get_case("CASE-1").await.json().await.expect("json");
+    let five_hourly = next_update_at(&after);
+    let moved = hours_between(hourly, five_hourly);
+    assert!((3.99..=4.01).contains(&moved), "moved by {moved} h");
+    assert!(
+        daemon.log().contains("configuration reloaded"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn reload_over_http_needs_the_admin_token_and_reports_problems() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
+    let url = daemon.url("/-/reload");
+    let r = daemon.client.post(&url).send().await.expect("POST");
+    assert_eq!(r.status(), 401);
+    // A ticket system's token is not an admin token.
+    let r = daemon
+        .client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 401);
+
+    let r = daemon
+        .client
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["rescheduled"], 0, "{body}");
+
+    std::fs::write(tmp.path().join("rules/rules.yaml"), BROKEN).expect("rules");
+    let r = daemon
+        .client
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await.expect("json");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("rules.yaml:6:23"), "{body}");
+    let scrape = daemon.metrics().await;
+    assert_eq!(
+        metric(&scrape, r#"tidings_reload_total{result="failure"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&scrape, r#"tidings_reload_total{result="success"}"#),
+        Some(1.0)
+    );
+    daemon.stop();
+}
