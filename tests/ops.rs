@@ -395,3 +395,82 @@ async fn reload_over_http_needs_the_admin_token_and_reports_problems() {
     );
     daemon.stop();
 }
+
+#[tokio::test]
+async fn metrics_expose_the_operations_series_after_a_case_is_sent() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rules = HOURLY.replace("every: 1h", "every: 1s");
+    let mut daemon = Daemon::start(tmp.path(), &rules).await;
+    daemon.put_case("CASE-1").await;
+    // The acknowledgement, then at least one scheduled progress update.
+    daemon
+        .wait_metric(
+            r#"tidings_messages_total{channel="email",rule="hourly",result="sent"}"#,
+            1.0,
+        )
+        .await;
+    let text = daemon.metrics().await;
+    println!("{text}");
+    let sent = metric(
+        &text,
+        r#"tidings_messages_total{channel="email",rule="created",result="sent"}"#,
+    );
+    assert!(sent.is_some_and(|n| n >= 1.0), "{text}");
+    for name in [
+        "tidings_cases_open",
+        "tidings_messages_total",
+        "tidings_outbox_depth",
+        "tidings_outbox_oldest_age_seconds",
+        "tidings_due_lateness_seconds",
+        "tidings_reload_total",
+        "tidings_http_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} is missing:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric(&text, r#"tidings_cases_open{status="open"}"#),
+        Some(1.0)
+    );
+    assert!(
+        metric(&text, r#"tidings_http_requests_total{status="201"}"#).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tidings_due_lateness_seconds_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    // /metrics needs no token, and names no customer.
+    assert!(!text.contains("example.com"), "{text}");
+
+    // The open-case gauge follows status changes and survives a restart.
+    let r = daemon
+        .client
+        .post(daemon.url("/v1/cases/CASE-1/events"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"type": "status", "status": "on_hold"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 200);
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, r#"tidings_cases_open{status="open"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, r#"tidings_cases_open{status="on_hold"}"#),
+        Some(1.0)
+    );
+    daemon.stop();
+    daemon.spawn().await;
+    let text = daemon.metrics().await;
+    assert_eq!(
+        metric(&text, r#"tidings_cases_open{status="on_hold"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    daemon.stop();
+}
