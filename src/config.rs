@@ -114,6 +114,7 @@ struct RawConfig {
     delivery: Option<RawDelivery>,
     log: Option<LogConfig>,
     admin: Option<RawAdmin>,
+    shutdown: Option<RawShutdown>,
 }
 
 /// How the company signs its messages; exposed to templates as `company`.
@@ -187,6 +188,12 @@ struct RawAdmin {
     token_sha256: Option<String>,
     token_env: Option<String>,
     token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +306,8 @@ pub struct Config {
     pub sms_configured: bool,
     /// SHA-256 of the admin token; the admin endpoints are off without it.
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// How long sends in flight may take to finish once shutdown starts.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -376,6 +385,13 @@ impl Config {
 
         let email = resolve_email(path, base, &data_dir, raw.email, &mut errors);
         let admin_token_sha256 = resolve_admin(path, base, raw.admin, &mut errors);
+        let shutdown_grace = spanned_duration(
+            path,
+            "shutdown.grace",
+            raw.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
+            Duration::from_secs(10),
+            &mut errors,
+        );
         let delivery = resolve_delivery(path, raw.delivery, &mut errors);
 
         if !errors.is_empty() {
@@ -407,6 +423,7 @@ impl Config {
             log: raw.log.unwrap_or_default(),
             sms_configured: raw.sms.is_some_and(|s| s.transport.is_some()),
             admin_token_sha256,
+            shutdown_grace,
         })
     }
 }

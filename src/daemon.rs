@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use chrono::Utc;
 use tokio::net::TcpListener;
@@ -168,7 +167,7 @@ pub async fn run(
             mailer,
             delivery: config.delivery.clone(),
         }
-        .run(cancel.clone(), Duration::from_secs(10)),
+        .run(cancel.clone(), config.shutdown_grace),
     );
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -154,6 +154,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if !same(&old.log, &new.log) {
         changed.push("log");
     }
+    if old.shutdown_grace != new.shutdown_grace {
+        changed.push("shutdown.grace");
+    }
     if old.default_timezone != new.default_timezone || old.default_locale != new.default_locale {
         changed.push("default_timezone/default_locale");
     }

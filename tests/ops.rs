@@ -35,6 +35,11 @@ on:
   created: { template: acknowledgement, channels: [email] }
 "#;
 
+const FILE_EMAIL: &str = r#"email:
+  transport: file
+  from: "Example Support <support@example.com>"
+"#;
+
 fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
@@ -68,10 +73,19 @@ impl Daemon {
     /// Writes `tidings.yaml` and `rules/rules.yaml` into `dir` (kept if
     /// present) and starts `tidings serve`, waiting until it is ready.
     async fn start(dir: &Path, rules: &str) -> Self {
+        Self::start_with(dir, rules, FILE_EMAIL).await
+    }
+
+    /// As `start`, with this `email:` section and any further config.
+    async fn start_with(dir: &Path, rules: &str, more_config: &str) -> Self {
         let port = free_port();
         std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
         std::fs::write(dir.join("rules/rules.yaml"), rules).expect("rules");
-        std::fs::write(dir.join("tidings.yaml"), config(port)).expect("config");
+        std::fs::write(
+            dir.join("tidings.yaml"),
+            format!("{}{more_config}", config(port)),
+        )
+        .expect("config");
         let mut d = Self {
             child: None,
             dir: dir.to_owned(),
@@ -230,9 +244,6 @@ api:
       token_sha256: {api}
 admin:
   token_sha256: {admin}
-email:
-  transport: file
-  from: "Example Support <support@example.com>"
 "#,
         templates = repo("templates").display(),
         api = sha(TOKEN),
@@ -472,5 +483,66 @@ async fn metrics_expose_the_operations_series_after_a_case_is_sent() {
         Some(1.0),
         "{text}"
     );
+    daemon.stop();
+}
+
+#[test]
+fn shutdown_grace_is_a_duration_with_a_ten_second_default() {
+    use tidings::config::Config;
+    let path = Path::new("t.yaml");
+    let cfg = Config::parse(path, "{}").expect("valid");
+    assert_eq!(cfg.shutdown_grace, Duration::from_secs(10));
+    let cfg = Config::parse(path, "shutdown: { grace: 2500ms }\n").expect("valid");
+    assert_eq!(cfg.shutdown_grace, Duration::from_millis(2500));
+    let err = Config::parse(path, "shutdown:\n  grace: soon\n").expect_err("invalid");
+    assert!(
+        err.to_string().starts_with("t.yaml:2:10: shutdown.grace"),
+        "{err}"
+    );
+}
+
+/// An SMTP peer that accepts connections and never says a word: a send to
+/// it stays in flight until the client's timeout.
+fn silent_smtp_peer() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn sigterm_waits_for_sends_in_flight_no_longer_than_the_configured_grace() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let smtp = silent_smtp_peer();
+    let more = format!(
+        "email:\n  transport: smtp\n  smtp_url: smtp://127.0.0.1:{smtp}\n  from: \"Example Support <support@example.com>\"\n  timeout: 60s\nshutdown:\n  grace: 1s\n"
+    );
+    let mut daemon = Daemon::start_with(tmp.path(), HOURLY, &more).await;
+    daemon.put_case("CASE-1").await;
+    // Let the dispatcher pick the acknowledgement up and hang on the peer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    daemon.stop();
+    let took = started.elapsed();
+    println!("stopped {took:?} after SIGTERM with shutdown.grace = 1s and a send in flight");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("they stay in the outbox"),
+        "{}",
+        daemon.log()
+    );
+    // The unsent acknowledgement is still there after a restart.
+    daemon.spawn().await;
+    let outbox = metric(&daemon.metrics().await, "tidings_outbox_depth");
+    assert_eq!(outbox, Some(1.0));
     daemon.stop();
 }
