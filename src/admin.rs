@@ -85,11 +85,32 @@ async fn reload(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// A consistent copy of the store, in the format `tidings restore` reads.
+async fn backup(State(state): State<AdminState>) -> Response {
+    let mut bytes = Vec::new();
+    match state.svc.store.backup(&mut bytes).await {
+        Ok(summary) => {
+            tracing::info!(
+                entries = summary.entries,
+                sha256 = %summary.sha256,
+                "backup taken"
+            );
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backup_failed",
+            e.to_string(),
+        ),
+    }
+}
+
 /// The operator routes, merged into the API's router; every response of
 /// the whole app is counted by status.
 pub fn app(api: Router, state: AdminState) -> Router {
     let guarded = Router::new()
         .route("/-/reload", post(reload))
+        .route("/-/backup", post(backup))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
     let ops = Router::new()
         .route("/metrics", get(metrics))

@@ -428,6 +428,38 @@ impl Config {
     }
 }
 
+/// Where the daemon listens and keeps its data: all that `backup` and
+/// `restore` need. Secrets are not read, so these commands work where the
+/// daemon's credentials (systemd `LoadCredential=`) are not available.
+#[derive(Debug, Clone)]
+pub struct Locations {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Locations {
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::new(path, 1, 1, format!("cannot read config: {e}")))?;
+        let raw: RawConfig =
+            serde_saphyr::from_str(&text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let listen = match &raw.listen {
+            Some(s) => s.value.parse().map_err(|_| {
+                Diagnostic::at(path, s, format!("listen: `{}` is not an address", s.value))
+            })?,
+            None => default_listen(),
+        };
+        Ok(Self {
+            listen,
+            data_dir: resolve_path(base, raw.data_dir.as_deref().unwrap_or("./data")),
+        })
+    }
+}
+
 impl Locale {
     fn from_str_default() -> Self {
         "en".parse()

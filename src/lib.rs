@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backup;
 pub mod channels;
 pub mod config;
 pub mod daemon;

@@ -26,6 +26,7 @@ use crate::domain::{Case, CaseId, Channel};
 use crate::render::EmailContent;
 
 mod ops;
+pub use ops::{BackupError, BackupSummary, verify_backup};
 
 pub const RECORD_VERSION: u32 = 1;
 

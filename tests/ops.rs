@@ -546,3 +546,82 @@ async fn sigterm_waits_for_sends_in_flight_no_longer_than_the_configured_grace()
     assert_eq!(outbox, Some(1.0));
     daemon.stop();
 }
+
+fn tidings(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tidings");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn backup_of_a_running_daemon_restores_the_case_after_the_store_is_wiped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
+    let stored = daemon.put_case("CASE-1").await;
+    let cfg = tmp.path().join("tidings.yaml");
+    let cfg = cfg.to_str().expect("utf-8");
+    let online = tmp.path().join("backup-online");
+    let online = online.to_str().expect("utf-8");
+
+    // Online: the store is locked by the daemon, which makes the copy.
+    let (code, _, err) = tidings(&["backup", "--config", cfg, "--to", online], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("TIDINGS_ADMIN_TOKEN"), "{err}");
+    let (code, out, err) = tidings(
+        &["backup", "--config", cfg, "--to", online],
+        &[("TIDINGS_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    assert_eq!(code, 0, "{err}");
+    println!("{out}");
+    assert!(out.contains("copied by the running daemon"), "{out}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(online).join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest["via"], "daemon");
+    assert_eq!(manifest["trees"]["cases"], 1, "{manifest}");
+
+    // A restore over a store that is there is refused without --force.
+    daemon.stop();
+    let (code, _, err) = tidings(&["restore", "--config", cfg, "--from", online], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--force"), "{err}");
+
+    // Offline: the daemon is stopped, the command reads the store itself.
+    let offline = tmp.path().join("backup-offline");
+    let offline = offline.to_str().expect("utf-8");
+    let (code, out, err) = tidings(&["backup", "--config", cfg, "--to", offline], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("read from the stopped store"), "{out}");
+
+    // Wipe, restore, and the case is back as it was.
+    std::fs::remove_dir_all(tmp.path().join("data/db")).expect("wipe");
+    let (code, out, err) = tidings(&["restore", "--config", cfg, "--from", online], &[]);
+    assert_eq!(code, 0, "{err}");
+    println!("{out}");
+    daemon.spawn().await;
+    let r = daemon.get_case("CASE-1").await;
+    assert_eq!(r.status(), 200);
+    let restored: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(restored["next_update_at"], stored["next_update_at"]);
+    assert_eq!(restored["subject"], stored["subject"]);
+    assert_eq!(restored["messages"][0]["kind"], "created");
+    daemon.stop();
+
+    // --force replaces the store, from the offline copy this time.
+    let (code, _, err) = tidings(
+        &["restore", "--config", cfg, "--from", offline, "--force"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    daemon.spawn().await;
+    assert_eq!(daemon.get_case("CASE-1").await.status(), 200);
+    daemon.stop();
+}
