@@ -78,7 +78,13 @@ fn unit_keeps_what_the_daemon_relies_on() {
         "the unit lacks WatchdogSec="
     );
     // Every credential the unit can load is one the config can name.
-    for name in ["api-token", "smtp-user", "smtp-password", "twilio-token"] {
+    for name in [
+        "api-token",
+        "admin-token",
+        "smtp-user",
+        "smtp-password",
+        "twilio-token",
+    ] {
         assert!(
             unit.contains(&format!("LoadCredential={name}:")),
             "the unit does not document the `{name}` credential"
