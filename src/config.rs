@@ -116,6 +116,8 @@ struct RawConfig {
     digest: Option<RawDigest>,
     delivery: Option<RawDelivery>,
     log: Option<LogConfig>,
+    admin: Option<RawAdmin>,
+    shutdown: Option<RawShutdown>,
 }
 
 /// How the company signs its messages; exposed to templates as `company`.
@@ -216,6 +218,21 @@ struct RawConsent {
 #[serde(deny_unknown_fields)]
 struct RawDigest {
     window: Option<Spanned<String>>,
+}
+
+/// The local operator's token for `/-/reload` and `/-/backup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token_sha256: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -391,6 +408,10 @@ pub struct Config {
     pub digest_window: Duration,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
+    /// SHA-256 of the admin token; the admin endpoints are off without it.
+    pub admin_token_sha256: Option<[u8; 32]>,
+    /// How long sends in flight may take to finish once shutdown starts.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -504,6 +525,14 @@ impl Config {
             Duration::from_secs(600),
             &mut errors,
         );
+        let admin_token_sha256 = resolve_admin(path, base, raw.admin, &mut errors);
+        let shutdown_grace = spanned_duration(
+            path,
+            "shutdown.grace",
+            raw.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
+            Duration::from_secs(10),
+            &mut errors,
+        );
         let delivery = resolve_delivery(path, raw.delivery, &mut errors);
 
         if !errors.is_empty() {
@@ -536,6 +565,40 @@ impl Config {
             digest_window,
             delivery,
             log: raw.log.unwrap_or_default(),
+            admin_token_sha256,
+            shutdown_grace,
+        })
+    }
+}
+
+/// Where the daemon listens and keeps its data: all that `backup` and
+/// `restore` need. Secrets are not read, so these commands work where the
+/// daemon's credentials (systemd `LoadCredential=`) are not available.
+#[derive(Debug, Clone)]
+pub struct Locations {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Locations {
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::new(path, 1, 1, format!("cannot read config: {e}")))?;
+        let raw: RawConfig =
+            serde_saphyr::from_str(&text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let listen = match &raw.listen {
+            Some(s) => s.value.parse().map_err(|_| {
+                Diagnostic::at(path, s, format!("listen: `{}` is not an address", s.value))
+            })?,
+            None => default_listen(),
+        };
+        Ok(Self {
+            listen,
+            data_dir: resolve_path(base, raw.data_dir.as_deref().unwrap_or("./data")),
         })
     }
 }
@@ -656,6 +719,35 @@ fn resolve_token(base: &Path, raw: &RawToken) -> Result<ApiToken, String> {
         source: raw.source.trim().to_owned(),
         sha256,
     })
+}
+
+/// `admin:` takes a token the way `api.tokens` entries do, without a source.
+fn resolve_admin(
+    file: &Path,
+    base: &Path,
+    raw: Option<RawAdmin>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<[u8; 32]> {
+    let raw = raw?;
+    let as_token = RawToken {
+        source: "admin".into(),
+        token_sha256: raw.token_sha256,
+        token_env: raw.token_env,
+        token_file: raw.token_file,
+    };
+    match resolve_token(base, &as_token) {
+        Ok(t) => Some(t.sha256),
+        Err(m) => {
+            errors.push(Diagnostic::new(
+                file,
+                1,
+                1,
+                m.replace("api.tokens: source `admin`", "admin")
+                    .replace("api.tokens", "admin"),
+            ));
+            None
+        }
+    }
 }
 
 fn resolve_email(

@@ -280,7 +280,14 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
 
 /// `GET` and `POST /unsubscribe/{token}` (RFC 8058 one-click for POST).
 pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String>) -> Response {
-    let key: Arc<[u8]> = state.svc.engine.consent.unsubscribe_key.clone().into();
+    let key: Arc<[u8]> = state
+        .svc
+        .engine
+        .load()
+        .consent
+        .unsubscribe_key
+        .clone()
+        .into();
     let Some(hash) = crate::signature::open_unsubscribe_token(&key, &token) else {
         return page(
             StatusCode::NOT_FOUND,

@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use chrono::Utc;
 use tokio::net::TcpListener;
@@ -85,6 +84,15 @@ pub fn build_engine(config: &Config) -> Result<Engine, Diagnostics> {
             unsubscribe_key: config.consent.secret.clone().unwrap_or_default(),
         },
     })
+}
+
+/// Contacts are keyed under the store's own salt; unsubscribe links are
+/// signed with the configured secret, else with the store's own key.
+pub fn with_store_keys(engine: &mut Engine, store: &Store) {
+    engine.consent.salt = store.contact_salt();
+    if engine.consent.unsubscribe_key.is_empty() {
+        engine.consent.unsubscribe_key = store.generated_unsubscribe_key().to_vec();
+    }
 }
 
 /// A realistic case with every field filled, for template checks.
@@ -168,21 +176,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let engine = build_engine(&config).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let mut engine = engine;
+    let mut engine = build_engine(&config).map_err(|d| anyhow::anyhow!("{d}"))?;
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::open(&config.data_dir.join("db"))?;
-    // Contacts are keyed under the store's own salt; unsubscribe links are
-    // signed with the configured secret, else with the store's own key.
-    engine.consent.salt = store.contact_salt();
-    if engine.consent.unsubscribe_key.is_empty() {
-        engine.consent.unsubscribe_key = store.generated_unsubscribe_key().to_vec();
-    }
+    with_store_keys(&mut engine, &store);
     let texter = Texter::new(&config.sms, &config.public_url).map_err(|e| anyhow::anyhow!(e))?;
     let pruned = store.prune_idempotency(Utc::now() - chrono::Duration::days(1))?;
     let mailer = Mailer::new(&config.email).map_err(|e| anyhow::anyhow!(e))?;
     let mut svc = Service::new(store.clone(), Arc::new(engine), config.defaults());
     svc.digest_window = config.digest_window;
+    crate::metrics::install();
+    crate::metrics::count_cases(&store)?;
+    let reloader = Arc::new(crate::reload::Reloader::new(config.clone(), svc.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         svc: svc.clone(),
@@ -195,6 +200,7 @@ pub async fn run(
         })),
     };
     let cancel = CancellationToken::new();
+    crate::reload::on_sighup(reloader.clone(), cancel.clone())?;
     let scheduler = tokio::spawn(crate::scheduler::run(svc.clone(), cancel.clone()));
     let dispatcher = tokio::spawn(
         Dispatcher {
@@ -205,7 +211,7 @@ pub async fn run(
             email_gap: config.email.min_gap,
             sms_gap: config.sms.min_gap,
         }
-        .run(cancel.clone(), Duration::from_secs(10)),
+        .run(cancel.clone(), config.shutdown_grace),
     );
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -232,7 +238,12 @@ pub async fn run(
     }
     let stop = cancel.clone();
     let ready_flag = ready.clone();
-    axum::serve(listener, router(state))
+    let admin = crate::admin::AdminState {
+        svc: svc.clone(),
+        reloader,
+        token_sha256: config.admin_token_sha256,
+    };
+    axum::serve(listener, crate::admin::app(router(state), admin))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 () = shutdown => {}

@@ -149,8 +149,10 @@ impl Dispatcher {
             return Ok(Gate::OptedOut(o.via));
         }
         let now = Utc::now();
-        if let (Some(q), Some(tz)) = (self.svc.engine.channel_quiet(entry.channel), entry.tz)
-            && q.contains(now, tz)
+        if let (Some(q), Some(tz)) = (
+            self.svc.engine.load().channel_quiet(entry.channel).copied(),
+            entry.tz,
+        ) && q.contains(now, tz)
         {
             return Ok(Gate::Later(q.first_allowed(now, tz), "quiet hours"));
         }
@@ -255,6 +257,9 @@ impl Dispatcher {
                 }
             }
         }
+        if let Some(r) = records.iter().find(|r| r.key() == entry.case) {
+            crate::metrics::delivery(r, entry);
+        }
         let mut outbox_put: Vec<OutboxEntry> = next
             .map(|at| OutboxEntry {
                 attempts,
@@ -352,10 +357,10 @@ impl Dispatcher {
             }
             tried.push(m.channel);
         }
-        let channel = self.svc.engine.next_channel(&primary.case, &tried)?;
+        let channel = self.svc.engine.load().next_channel(&primary.case, &tried)?;
         let mut refs: Vec<&CaseRecord> = vec![primary];
         refs.extend(records.iter().filter(|r| r.key() != entry.case));
-        let (msg, out) = self.svc.engine.fallback(&refs, entry, channel, now);
+        let (msg, out) = self.svc.engine.load().fallback(&refs, entry, channel, now);
         Some((channel, msg, out))
     }
 }

@@ -5,15 +5,19 @@
 //! `store`) → `scheduler` → outbox → `dispatch` → `channels`.
 //! See ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod api;
+pub mod backup;
 pub mod channels;
 pub mod config;
 pub mod consent;
 pub mod daemon;
 pub mod dispatch;
 pub mod domain;
+pub mod metrics;
 pub mod plan;
 pub mod redact;
+pub mod reload;
 pub mod render;
 pub mod rules;
 pub mod schedule;

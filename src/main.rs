@@ -58,6 +58,24 @@ enum Command {
         #[arg(long)]
         start: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Copy the store into a folder; while the daemon runs, it makes the
+    /// copy (needs the admin token in TIDINGS_ADMIN_TOKEN).
+    Backup {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Make the store again from a backup folder (the daemon stopped).
+    Restore {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace a store that is already there.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Loads config, rules and templates for the offline tools.
@@ -180,6 +198,37 @@ fn main() -> ExitCode {
                     .and_then(|c| tidings::tools::simulate(&engine, c, events, start, days)),
             )
         }
+        Command::Backup { config, to } => ops_command(&config, |loc| {
+            let rt = tokio::runtime::Runtime::new()?;
+            let (summary, via) = rt.block_on(tidings::backup::backup(&loc, &to))?;
+            println!(
+                "{}: {} entries in {} trees, sha256 {} ({})",
+                to.join(tidings::backup::BACKUP_FILE).display(),
+                summary.entries,
+                summary.trees.len(),
+                summary.sha256,
+                match via {
+                    tidings::backup::Via::Offline => "read from the stopped store",
+                    tidings::backup::Via::Daemon => "copied by the running daemon",
+                }
+            );
+            Ok(())
+        }),
+        Command::Restore {
+            config,
+            from,
+            force,
+        } => ops_command(&config, |loc| {
+            let summary = tidings::backup::restore(&loc, &from, force)?;
+            println!(
+                "{}: restored {} entries in {} trees (sha256 {})",
+                loc.data_dir.join("db").display(),
+                summary.entries,
+                summary.trees.len(),
+                summary.sha256
+            );
+            Ok(())
+        }),
         Command::Serve { config } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -226,4 +275,29 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
             _ = int.recv() => {}
         }
     })
+}
+
+/// Runs `backup` or `restore`: 1 for a bad config or a refused restore,
+/// 3 for a failure on the way.
+fn ops_command(
+    path: &std::path::Path,
+    run: impl FnOnce(tidings::config::Locations) -> anyhow::Result<()>,
+) -> ExitCode {
+    let loc = match tidings::config::Locations::load(path) {
+        Ok(l) => l,
+        Err(d) => {
+            eprintln!("{d}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(loc) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidings: {e:#}");
+            let refused = e
+                .downcast_ref::<tidings::backup::RestoreError>()
+                .is_some_and(|r| matches!(r, tidings::backup::RestoreError::NotEmpty(_)));
+            ExitCode::from(if refused { 1 } else { 3 })
+        }
+    }
 }

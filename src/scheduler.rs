@@ -64,6 +64,7 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
         return Ok(None);
     };
     let now = Utc::now();
+    crate::metrics::due_lateness(at, now);
     let primary_due = record.schedule.next_update_at.is_some_and(|t| t <= now);
     let mut records = vec![record];
     if primary_due {
@@ -77,9 +78,10 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
     }
     let old_due: Vec<_> = records.iter().map(|r| r.schedule.due_at).collect();
     let keys: Vec<CaseKey> = records.iter().map(CaseRecord::key).collect();
-    let mut planned = svc
-        .engine
-        .due_group(records, now, if primary_due { horizon } else { now });
+    let mut planned =
+        svc.engine
+            .load()
+            .due_group(records, now, if primary_due { horizon } else { now });
     let mut messages = 0;
     for (record, outbox) in &mut planned {
         messages += outbox.len();

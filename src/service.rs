@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
@@ -45,7 +46,8 @@ pub enum Reply<T> {
 #[derive(Debug, Clone)]
 pub struct Service {
     pub store: Store,
-    pub engine: Arc<Engine>,
+    /// Swapped whole on reload; each operation plans with one snapshot.
+    pub engine: Arc<ArcSwap<Engine>>,
     pub defaults: Defaults,
     pub wake_scheduler: Arc<Notify>,
     pub wake_dispatcher: Arc<Notify>,
@@ -60,7 +62,7 @@ impl Service {
     pub fn new(store: Store, engine: Arc<Engine>, defaults: Defaults) -> Self {
         Self {
             store,
-            engine,
+            engine: Arc::new(ArcSwap::new(engine)),
             defaults,
             wake_scheduler: Arc::new(Notify::new()),
             wake_dispatcher: Arc::new(Notify::new()),
@@ -144,10 +146,12 @@ impl Service {
         let case = input.into_case(id, source, &self.defaults, created_at, note)?;
         let created = existing.is_none();
         let old_due = existing.as_ref().and_then(|r| r.schedule.due_at);
-        let planned = self.engine.upsert(existing, case, now);
+        let before = existing.as_ref().map(|r| r.case.status);
+        let planned = self.engine.load().upsert(existing, case, now);
         let record = self
             .apply(&key, old_due, planned, created, idem, respond)
             .await?;
+        crate::metrics::case_status(before, Some(record.case.status));
         tracing::info!(case = %key, created, status = record.case.status.as_str(), "case stored");
         Ok(Reply::Done((record, created)))
     }
@@ -171,10 +175,12 @@ impl Service {
         let now = Utc::now();
         let old_due = record.schedule.due_at;
         let kind = event.kind();
-        let planned = self.engine.event(record, event, now);
+        let before = Some(record.case.status);
+        let planned = self.engine.load().event(record, event, now);
         let record = self
             .apply(&key, old_due, planned, false, idem, respond)
             .await?;
+        crate::metrics::case_status(before, Some(record.case.status));
         tracing::info!(case = %key, event = kind, "event applied");
         Ok(Reply::Done(record))
     }
@@ -262,6 +268,7 @@ impl Service {
         changes.extend(others.iter().map(|(k, c)| (k, c)));
         self.store.commit_many(&changes)?;
         self.store.flush().await?;
+        crate::metrics::case_status(Some(record.case.status), None);
         tracing::info!(case = %key, cancelled, "case erased");
         Ok(())
     }

@@ -35,6 +35,9 @@ use hmac::{Hmac, Mac};
 use crate::domain::{Case, CaseId, Channel};
 use crate::render::EmailContent;
 
+mod ops;
+pub use ops::{BackupError, BackupSummary, verify_backup};
+
 pub const RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]

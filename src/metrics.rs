@@ -1,0 +1,203 @@
+//! Prometheus metrics: the recorder, one helper per series, the scrape.
+//!
+//! Call sites elsewhere are one line each (`metrics::reload(ok)`,
+//! `metrics::delivery(..)`, …), so the pipeline modules stay about their
+//! own work. Series names and labels live here and nowhere else. Labels
+//! never carry personal data: channel, rule name, status, result.
+//!
+//! The recorder is process-wide (the `metrics` facade has one global
+//! recorder); the exporter has no listener of its own: `GET /metrics` on
+//! the API renders it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::Status;
+use crate::store::{CaseRecord, DeliveryStatus, OutboxEntry, Store, StoreError};
+
+pub const CASES_OPEN: &str = "tidings_cases_open";
+pub const MESSAGES: &str = "tidings_messages_total";
+pub const OUTBOX_DEPTH: &str = "tidings_outbox_depth";
+pub const OUTBOX_OLDEST_AGE: &str = "tidings_outbox_oldest_age_seconds";
+pub const DUE_LATENESS: &str = "tidings_due_lateness_seconds";
+pub const RELOADS: &str = "tidings_reload_total";
+pub const HTTP_REQUESTS: &str = "tidings_http_requests_total";
+
+/// Lateness buckets: a scheduler in good health is within a second.
+const LATENESS_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0,
+];
+
+const STATUSES: [Status; 5] = [
+    Status::Open,
+    Status::PendingCustomer,
+    Status::OnHold,
+    Status::Resolved,
+    Status::Closed,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle. Should
+/// another recorder already be installed (a host program's), the series
+/// still render, from a recorder of our own that the facade does not feed.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DUE_LATENESS.into()), LATENESS_BUCKETS)
+            .unwrap_or_else(|_| unreachable!("the bucket list is not empty"));
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics shows no series");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_gauge!(CASES_OPEN, "Cases held, by status");
+    metrics::describe_counter!(
+        MESSAGES,
+        "Delivery attempts by channel, rule and result (sent, failed, retried)"
+    );
+    metrics::describe_gauge!(OUTBOX_DEPTH, "Messages waiting in the outbox");
+    metrics::describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        "Seconds since the earliest outbox entry fell due (0 when none is overdue)"
+    );
+    metrics::describe_histogram!(
+        DUE_LATENESS,
+        metrics::Unit::Seconds,
+        "How late the scheduler planned a due case"
+    );
+    metrics::describe_counter!(RELOADS, "Configuration reloads by result");
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by response status");
+    for result in ["success", "failure"] {
+        counter!(RELOADS, "result" => result).absolute(0);
+    }
+}
+
+/// The scrape: gauges read from the store cheaply, then the text format.
+pub fn render(store: &Store) -> String {
+    let handle = install();
+    gauge!(OUTBOX_DEPTH).set(store.outbox_len() as f64);
+    let age = match store.outbox_head() {
+        Ok(Some(at)) => seconds_since(at, Utc::now()),
+        Ok(None) => 0.0,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the outbox head for /metrics failed");
+            0.0
+        }
+    };
+    gauge!(OUTBOX_OLDEST_AGE).set(age);
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub fn response(store: &Store) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(store),
+    )
+        .into_response()
+}
+
+fn seconds_since(at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    (now - at)
+        .to_std()
+        .map_or(0.0, |d: Duration| d.as_secs_f64())
+}
+
+/// Sets `tidings_cases_open` from one walk of the cases; after this,
+/// `case_status` keeps it current on every write.
+pub fn count_cases(store: &Store) -> Result<(), StoreError> {
+    let mut counts = [0u64; STATUSES.len()];
+    for status in store.scan_case_statuses() {
+        let status = status?;
+        if let Some(i) = STATUSES.iter().position(|s| *s == status) {
+            counts[i] += 1;
+        }
+    }
+    for (status, n) in STATUSES.iter().zip(counts) {
+        gauge!(CASES_OPEN, "status" => status.as_str()).set(n as f64);
+    }
+    Ok(())
+}
+
+/// A case changed status, appeared (`before` is `None`) or was erased
+/// (`after` is `None`).
+pub fn case_status(before: Option<Status>, after: Option<Status>) {
+    if before == after {
+        return;
+    }
+    if let Some(s) = before {
+        gauge!(CASES_OPEN, "status" => s.as_str()).decrement(1.0);
+    }
+    if let Some(s) = after {
+        gauge!(CASES_OPEN, "status" => s.as_str()).increment(1.0);
+    }
+}
+
+/// A delivery attempt's outcome, read from the message as recorded: sent,
+/// failed (for good), or retried (still pending).
+pub fn delivery(record: &CaseRecord, entry: &OutboxEntry) {
+    let Some(msg) = record.messages.iter().find(|m| m.id == entry.id) else {
+        return;
+    };
+    let result = match msg.status {
+        DeliveryStatus::Sent => "sent",
+        DeliveryStatus::Failed => "failed",
+        DeliveryStatus::Pending => "retried",
+        DeliveryStatus::Cancelled => return,
+    };
+    counter!(
+        MESSAGES,
+        "channel" => entry.channel.as_str(),
+        "rule" => msg.rule.clone().unwrap_or_else(|| msg.kind.clone()),
+        "result" => result,
+    )
+    .increment(1);
+}
+
+/// The scheduler planned a case that fell due at `due`, at `now`.
+pub fn due_lateness(due: DateTime<Utc>, now: DateTime<Utc>) {
+    histogram!(DUE_LATENESS).record(seconds_since(due, now));
+}
+
+/// A reload finished.
+pub fn reload(ok: bool) {
+    counter!(RELOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+}
+
+/// Middleware: counts every response by status code.
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    counter!(HTTP_REQUESTS, "status" => resp.status().as_str().to_owned()).increment(1);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lateness_is_never_negative() {
+        let now = Utc::now();
+        assert!(seconds_since(now + chrono::Duration::seconds(5), now).abs() < f64::EPSILON);
+        assert!((seconds_since(now - chrono::Duration::seconds(2), now) - 2.0).abs() < 1e-9);
+    }
+}

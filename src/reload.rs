@@ -1,0 +1,200 @@
+//! Reload: SIGHUP or `POST /-/reload` re-reads the config file, rules and
+//! templates, validates them as a whole (the checks `tidings check` makes),
+//! swaps the planning engine atomically and recomputes every case's
+//! schedule under the new rules.
+//!
+//! A set that does not validate changes nothing: each diagnostic is logged
+//! with `file:line:column`, the failure is counted, and the old set keeps
+//! serving. Settings bound at start-up (listen address, data_dir, the
+//! email transport, delivery, logging, defaults, API tokens) are compared
+//! and, when changed, logged as needing a restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Diagnostics};
+use crate::service::Service;
+use crate::store::{Commit, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new configuration is invalid; the running one stays:\n{0}")]
+    Invalid(Diagnostics),
+    #[error("rescheduling cases under the new rules failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// Cases whose schedule moved under the new rules.
+    pub rescheduled: usize,
+    /// Changed settings that take effect only after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Reloads the daemon's configuration; one reload at a time.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    running: Mutex<Config>,
+    svc: Service,
+}
+
+impl Reloader {
+    pub fn new(config: Config, svc: Service) -> Self {
+        Self {
+            path: config.path.clone(),
+            running: Mutex::new(config),
+            svc,
+        }
+    }
+
+    /// Reloads, logs the outcome and counts it in `tidings_reload_total`.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let mut running = self.running.lock().await;
+        let result = self.try_reload(&mut running).await;
+        crate::metrics::reload(result.is_ok());
+        match &result {
+            Ok(r) => tracing::info!(
+                config = %self.path.display(),
+                rescheduled = r.rescheduled,
+                "configuration reloaded"
+            ),
+            Err(ReloadError::Invalid(d)) => {
+                for diagnostic in &d.0 {
+                    tracing::error!(%diagnostic, "reload rejected");
+                }
+                tracing::error!(
+                    config = %self.path.display(),
+                    problems = d.0.len(),
+                    "reload rejected; the running configuration stays"
+                );
+            }
+            Err(e @ ReloadError::Store(_)) => tracing::error!(error = %e, "reload failed"),
+        }
+        result
+    }
+
+    async fn try_reload(&self, running: &mut Config) -> Result<Reloaded, ReloadError> {
+        let config = Config::load(&self.path).map_err(ReloadError::Invalid)?;
+        // The same validation as `tidings check`, then the engine it built.
+        crate::daemon::check(&config).map_err(ReloadError::Invalid)?;
+        let mut engine = crate::daemon::build_engine(&config).map_err(ReloadError::Invalid)?;
+        crate::daemon::with_store_keys(&mut engine, &self.svc.store);
+        let needs_restart = restart_only_changes(running, &config);
+        for setting in &needs_restart {
+            tracing::warn!(setting, "changed setting ignored until restart");
+        }
+        self.svc.engine.store(Arc::new(engine));
+        *running = config;
+        let rescheduled = self.reschedule_all().await?;
+        Ok(Reloaded {
+            rescheduled,
+            needs_restart,
+        })
+    }
+
+    /// One walk of the cases: each is re-planned under the engine now in
+    /// force, under its lock, and committed only when its schedule moved.
+    async fn reschedule_all(&self) -> Result<usize, StoreError> {
+        let store = &self.svc.store;
+        let mut moved = 0;
+        for item in store.scan_cases() {
+            let key = item?.key();
+            let _guard = store.lock(&key).await;
+            // Re-read under the lock: the walk's copy may be stale.
+            let Some(mut record) = store.get(&key)? else {
+                continue;
+            };
+            let before = record.schedule.clone();
+            self.svc.engine.load().reschedule(&mut record, Utc::now());
+            if record.schedule == before {
+                continue;
+            }
+            store.commit(
+                &key,
+                &Commit {
+                    old_due: before.due_at,
+                    record: Some(record),
+                    ..Commit::default()
+                },
+            )?;
+            moved += 1;
+        }
+        store.flush().await?;
+        self.svc.wake_scheduler.notify_one();
+        Ok(moved)
+    }
+}
+
+/// Names the settings that differ and are bound at start-up.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    // Debug output compares values without needing PartialEq on every
+    // config type; secrets print redacted, so a changed password is not
+    // noticed here (it is read again at restart like everything else).
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push("listen");
+    }
+    if old.data_dir != new.data_dir {
+        changed.push("data_dir");
+    }
+    if !same(&old.email, &new.email) {
+        changed.push("email");
+    }
+    if !same(&old.delivery, &new.delivery) {
+        changed.push("delivery");
+    }
+    if !same(&old.log, &new.log) {
+        changed.push("log");
+    }
+    if old.shutdown_grace != new.shutdown_grace {
+        changed.push("shutdown.grace");
+    }
+    if old.default_timezone != new.default_timezone || old.default_locale != new.default_locale {
+        changed.push("default_timezone/default_locale");
+    }
+    if old.tokens.len() != new.tokens.len()
+        || old
+            .tokens
+            .iter()
+            .zip(&new.tokens)
+            .any(|(a, b)| a.source != b.source || a.sha256 != b.sha256)
+    {
+        changed.push("api.tokens");
+    }
+    if old.admin_token_sha256 != new.admin_token_sha256 {
+        changed.push("admin");
+    }
+    changed
+}
+
+/// Reloads on every SIGHUP until `cancel` fires. The handler is installed
+/// before this returns, so a SIGHUP after start-up never kills the daemon.
+pub fn on_sighup(reloader: Arc<Reloader>, cancel: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged and counted inside.
+                    let _ = reloader.reload().await;
+                }
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Operator-facing reads of the store: walking every case (reload,
+//! counting at start-up) and the head of the outbox (metrics).
+//!
+//! These live beside `store` (they read its trees) but are not part of the
+//! request path: nothing here is called per request.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::Status;
+
+use super::{CaseRecord, Result, Store, decode, ms_of};
+
+impl Store {
+    /// Every stored case, in key order: one pass over the cases tree.
+    pub fn scan_cases(&self) -> impl Iterator<Item = Result<CaseRecord>> + '_ {
+        self.cases.iter().map(|item| {
+            let (k, v) = item?;
+            decode(&k, &v)
+        })
+    }
+
+    /// The status of every stored case: one pass over the cases tree that
+    /// reads only the status field of each record.
+    pub fn scan_case_statuses(&self) -> impl Iterator<Item = Result<Status>> + '_ {
+        #[derive(serde::Deserialize)]
+        struct Only {
+            case: OnlyCase,
+        }
+        #[derive(serde::Deserialize)]
+        struct OnlyCase {
+            status: Status,
+        }
+        self.cases.iter().map(|item| {
+            let (k, v) = item?;
+            decode::<Only>(&k, &v).map(|o| o.case.status)
+        })
+    }
+
+    /// When the earliest outbox entry is (or was) due, if any.
+    pub fn outbox_head(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.outbox_due.first()?.and_then(|(k, _)| ms_of(&k)))
+    }
+}
+
+/// The backup file's first bytes; the format version follows.
+const MAGIC: &[u8] = b"TIDINGS-BACKUP\n";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("backup I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a tidings backup, or a damaged one: {0}")]
+    Format(String),
+}
+
+/// What a backup holds: entries per tree, and the file's checksum.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackupSummary {
+    pub format: u32,
+    pub trees: std::collections::BTreeMap<String, u64>,
+    pub entries: u64,
+    pub sha256: String,
+}
+
+/// Writes through to `inner` and hashes what passes.
+struct Hashing<W> {
+    inner: W,
+    hash: sha2::Sha256,
+}
+
+impl<W: std::io::Write> Hashing<W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use sha2::Digest;
+        self.hash.update(bytes);
+        self.inner.write_all(bytes)
+    }
+
+    fn put_chunk(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| std::io::Error::other("a stored value is over 4 GiB"))?;
+        self.put(&len.to_be_bytes())?;
+        self.put(bytes)
+    }
+}
+
+impl Store {
+    /// Writes a consistent copy of every tree to `out`. Writers take a
+    /// case's lock before each commit, so holding every lock stripe makes
+    /// the copy a single point in time; intake, scheduling and delivery
+    /// records wait for the duration of the copy.
+    pub async fn backup(
+        &self,
+        out: impl std::io::Write,
+    ) -> std::result::Result<BackupSummary, BackupError> {
+        let mut guards = Vec::with_capacity(self.locks.len());
+        for stripe in self.locks.iter() {
+            guards.push(stripe.lock().await);
+        }
+        self.db.flush_async().await?;
+        let summary = self.write_backup(out);
+        drop(guards);
+        summary
+    }
+
+    fn write_backup(
+        &self,
+        out: impl std::io::Write,
+    ) -> std::result::Result<BackupSummary, BackupError> {
+        use sha2::Digest;
+        let mut w = Hashing {
+            inner: out,
+            hash: sha2::Sha256::new(),
+        };
+        w.put(MAGIC)?;
+        w.put(&FORMAT.to_be_bytes())?;
+        let mut summary = BackupSummary {
+            format: FORMAT,
+            ..BackupSummary::default()
+        };
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            w.put(b"T")?;
+            w.put_chunk(&name)?;
+            let mut n = 0u64;
+            for item in tree.iter() {
+                let (k, v) = item?;
+                w.put(b"E")?;
+                w.put_chunk(&k)?;
+                w.put_chunk(&v)?;
+                n += 1;
+            }
+            summary
+                .trees
+                .insert(String::from_utf8_lossy(&name).into_owned(), n);
+            summary.entries += n;
+        }
+        w.put(b"Z")?;
+        w.put(&summary.entries.to_be_bytes())?;
+        let digest = w.hash.finalize();
+        w.inner.write_all(&digest)?;
+        w.inner.flush()?;
+        summary.sha256 = hex::encode(digest);
+        Ok(summary)
+    }
+
+    /// Creates a database in `dir` (which must not hold one) from a backup.
+    /// The whole file is read and its checksum verified before anything is
+    /// written.
+    pub fn restore(
+        dir: &std::path::Path,
+        bytes: &[u8],
+    ) -> std::result::Result<BackupSummary, BackupError> {
+        let parsed = parse_backup(bytes)?;
+        let db = sled::Config::new().path(dir).open()?;
+        for (name, entries) in &parsed.trees {
+            let tree = db.open_tree(name)?;
+            let mut batch = sled::Batch::default();
+            for (k, v) in entries {
+                batch.insert(*k, *v);
+            }
+            tree.apply_batch(batch)?;
+        }
+        db.flush()?;
+        Ok(parsed.summary)
+    }
+}
+
+/// Takes one length-prefixed chunk off the front of `rest`.
+fn chunk<'a>(rest: &mut &'a [u8]) -> std::result::Result<&'a [u8], BackupError> {
+    let bad = || BackupError::Format("truncated".into());
+    let (len, tail) = rest.split_at_checked(4).ok_or_else(bad)?;
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| bad())?) as usize;
+    let (value, tail) = tail.split_at_checked(len).ok_or_else(bad)?;
+    *rest = tail;
+    Ok(value)
+}
+
+/// Checks a backup file whole (header, structure, checksum) and says
+/// what it holds, without writing anything.
+pub fn verify_backup(bytes: &[u8]) -> std::result::Result<BackupSummary, BackupError> {
+    parse_backup(bytes).map(|p| p.summary)
+}
+
+type TreeDump<'a> = (&'a [u8], Vec<(&'a [u8], &'a [u8])>);
+
+struct ParsedBackup<'a> {
+    trees: Vec<TreeDump<'a>>,
+    summary: BackupSummary,
+}
+
+fn parse_backup(bytes: &[u8]) -> std::result::Result<ParsedBackup<'_>, BackupError> {
+    use sha2::Digest;
+    let bad = |m: &str| BackupError::Format(m.to_owned());
+    let body_len = bytes
+        .len()
+        .checked_sub(32)
+        .ok_or_else(|| bad("too short"))?;
+    let (body, digest) = bytes.split_at(body_len);
+    if sha2::Sha256::digest(body).as_slice() != digest {
+        return Err(bad("checksum mismatch"));
+    }
+    let rest = body.strip_prefix(MAGIC).ok_or_else(|| bad("no header"))?;
+    let (version, mut rest) = rest.split_at_checked(4).ok_or_else(|| bad("no version"))?;
+    let version = u32::from_be_bytes(version.try_into().map_err(|_| bad("no version"))?);
+    if version != FORMAT {
+        return Err(bad(&format!("format {version} is not {FORMAT}")));
+    }
+    let mut trees: Vec<TreeDump<'_>> = Vec::new();
+    let mut summary = BackupSummary {
+        format: FORMAT,
+        sha256: hex::encode(digest),
+        ..BackupSummary::default()
+    };
+    loop {
+        let (&tag, tail) = rest.split_first().ok_or_else(|| bad("truncated"))?;
+        rest = tail;
+        match tag {
+            b'T' => {
+                let name = chunk(&mut rest)?;
+                trees.push((name, Vec::new()));
+            }
+            b'E' => {
+                let k = chunk(&mut rest)?;
+                let v = chunk(&mut rest)?;
+                let (_, entries) = trees.last_mut().ok_or_else(|| bad("entry before tree"))?;
+                entries.push((k, v));
+            }
+            b'Z' => {
+                let count: [u8; 8] = rest.try_into().map_err(|_| bad("bad trailer"))?;
+                summary.entries = u64::from_be_bytes(count);
+                break;
+            }
+            _ => return Err(bad("unknown record")),
+        }
+    }
+    let total: usize = trees.iter().map(|(_, e)| e.len()).sum();
+    if total as u64 != summary.entries {
+        return Err(bad("entry count mismatch"));
+    }
+    for (name, entries) in &trees {
+        summary.trees.insert(
+            String::from_utf8_lossy(name).into_owned(),
+            entries.len() as u64,
+        );
+    }
+    Ok(ParsedBackup { trees, summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_backup_restores_every_tree_and_a_damaged_one_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&tmp.path().join("a")).expect("open");
+        store
+            .cases
+            .insert(b"helpdesk\0C-1", b"{}".as_slice())
+            .expect("insert");
+        store
+            .outbox
+            .insert(b"id", b"entry".as_slice())
+            .expect("insert");
+        let mut bytes = Vec::new();
+        let made = store.backup(&mut bytes).await.expect("backup");
+        // Two records, and the two keys the store generated for itself
+        // (the contact salt and the unsubscribe key), which must travel too.
+        assert_eq!(made.entries, 4);
+
+        let summary = Store::restore(&tmp.path().join("b"), &bytes).expect("restore");
+        assert_eq!(summary.sha256, made.sha256);
+        assert_eq!(summary.trees.get("cases"), Some(&1));
+        let restored = Store::open(&tmp.path().join("b")).expect("open");
+        assert_eq!(
+            restored.outbox.get(b"id").expect("get").as_deref(),
+            Some(b"entry".as_slice())
+        );
+
+        let mut damaged = bytes.clone();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 1;
+        assert!(matches!(
+            Store::restore(&tmp.path().join("c"), &damaged),
+            Err(BackupError::Format(_))
+        ));
+    }
+}
