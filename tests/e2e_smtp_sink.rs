@@ -456,3 +456,69 @@ async fn log_holds_no_address_phone_or_body() {
         log.lines().count()
     );
 }
+
+#[tokio::test]
+async fn sigterm_during_a_burst_exits_in_time_and_loses_or_repeats_nothing() {
+    let Some(bin) = sink_binary() else { return };
+    // A slow peer (a second per DATA), so sends are in flight at SIGTERM.
+    let sink = Sink::start_with(&bin, &["-w", "1"]).await;
+    let mut daemon = Daemon::start_with(
+        sink.port,
+        &rules("1h"),
+        "shutdown:\n  grace: 5s\ndigest:\n  window: 0s\n",
+    )
+    .await;
+    let ids: Vec<String> = (1..=40).map(|i| format!("BURST-{i}")).collect();
+    for id in &ids {
+        daemon.put_case(id, &case_body()).await;
+    }
+    let (first, ok) = sink
+        .wait_for(Instant::now() + Duration::from_secs(10), |m| m.len() >= 4)
+        .await;
+    assert!(ok, "the burst did not start: {} messages", first.len());
+    let (took, status) = daemon.terminate();
+    let at_stop = sink.mails().len();
+    println!(
+        "burst: SIGTERM with {} of 40 acknowledgements delivered; exited in {:.2}s ({status})",
+        first.len(),
+        took.as_secs_f64()
+    );
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?}, over the 5 s grace"
+    );
+    assert!(
+        at_stop < 40,
+        "the burst was over before SIGTERM; the test proves little"
+    );
+
+    daemon.spawn().await;
+    let (mails, ok) = sink
+        .wait_for(Instant::now() + Duration::from_secs(30), |m| m.len() >= 40)
+        .await;
+    assert!(ok, "after restart only {} of 40 arrived", mails.len());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = sink.mails();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in &mails {
+        *seen.entry(m.message_id.clone()).or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    println!(
+        "burst: after restart {} messages, {} distinct Message-IDs, {duplicates} duplicates",
+        mails.len(),
+        seen.len()
+    );
+    assert_eq!(seen.len(), 40, "every acknowledgement arrived");
+    assert_eq!(duplicates, 0, "nothing was sent twice");
+    for id in &ids {
+        let h = history(&daemon.get_case(id).await);
+        assert_eq!(kinds(&h), ["created"], "{id}: {h:?}");
+        assert_eq!(h[0].status, "sent", "{id}: {h:?}");
+    }
+}

@@ -300,6 +300,20 @@ delivery:
         }
     }
 
+    /// SIGTERM, as systemd stops a service; returns how long the process
+    /// took to exit and its exit status.
+    pub fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
+        let mut child = self.child.take().expect("the daemon is running");
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM failed");
+        let status = child.wait().expect("reap the daemon");
+        (started.elapsed(), status)
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("the daemon is running");
