@@ -117,12 +117,41 @@ impl Dispatcher {
     }
 
     async fn attempt(&self, entry: OutboxEntry) {
+        // A run that stopped right after the provider accepted this message
+        // left a mark: finish its record, never send it again.
+        match self.svc.store.delivered_mark(entry.id) {
+            Ok(Some(mark)) => {
+                let outcome = Outcome::Sent {
+                    provider_id: mark.provider_id,
+                };
+                if let Err(e) = self.record(&entry, &outcome, false).await {
+                    tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
+                }
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, msg_id = %entry.id, "reading the delivery marks failed");
+                return;
+            }
+        }
         let result = match self.gate(&entry) {
             Ok(Gate::Open) => {
                 let outcome = match entry.channel {
                     Channel::Email => self.mailer.send(&entry).await,
                     Channel::Sms => self.texter.send(&entry).await,
                 };
+                // The provider has it: say so on disk first (one small
+                // write), then update the histories.
+                if let Outcome::Sent { provider_id } = &outcome
+                    && let Err(e) = self
+                        .svc
+                        .store
+                        .mark_delivered(entry.id, provider_id.clone(), Utc::now())
+                        .await
+                {
+                    tracing::error!(error = %e, msg_id = %entry.id, "marking a message delivered failed");
+                }
                 self.record(&entry, &outcome, false).await
             }
             Ok(Gate::Later(at, why)) => self.defer(&entry, at, why).await,

@@ -15,6 +15,10 @@
 //! - `recipients`: `contact ++ case key` → `()`, the cases of one recipient
 //! - `optouts`: `contact` → `OptOut`; kept when cases are erased
 //! - `contacts`: `contact` → when we last sent to it (ms, BE)
+//! - `delivered`: message id → `DeliveredMark`, written and flushed the
+//!   moment a provider accepts a message, before the (slower) history
+//!   update; a restart that finds one finishes the record instead of
+//!   sending again
 //! - `meta`: generated keys (the contact salt, the unsubscribe key)
 //!
 //! A `contact` is an HMAC of the channel and the normalised address under a
@@ -220,6 +224,13 @@ impl OutboxEntry {
     }
 }
 
+/// A provider accepted the message (see the `delivered` tree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredMark {
+    pub at: DateTime<Utc>,
+    pub provider_id: Option<String>,
+}
+
 /// A recipient who asked not to hear from us on one channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OptOut {
@@ -301,6 +312,7 @@ pub struct Store {
     outbox_due: sled::Tree,
     idempotency: sled::Tree,
     recipients: sled::Tree,
+    delivered: sled::Tree,
     optouts: sled::Tree,
     contacts: sled::Tree,
     salt: [u8; 32],
@@ -368,6 +380,7 @@ impl Store {
         let unsubscribe_key = generated_key(&meta, "unsubscribe_key")?;
         Ok(Self {
             recipients: db.open_tree("recipients")?,
+            delivered: db.open_tree("delivered")?,
             optouts: db.open_tree("optouts")?,
             contacts: db.open_tree("contacts")?,
             salt,
@@ -417,6 +430,26 @@ impl Store {
         self.optouts
             .get(contact.0)?
             .map(|v| decode(&contact.0, &v))
+            .transpose()
+    }
+
+    /// Records, durably, that a provider accepted message `id`. The mark
+    /// goes when the outbox entry does.
+    pub async fn mark_delivered(
+        &self,
+        id: Uuid,
+        provider_id: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.delivered
+            .insert(id.as_bytes(), encode(&DeliveredMark { at, provider_id }))?;
+        self.flush().await
+    }
+
+    pub fn delivered_mark(&self, id: Uuid) -> Result<Option<DeliveredMark>> {
+        self.delivered
+            .get(id.as_bytes())?
+            .map(|v| decode(id.as_bytes(), &v))
             .transpose()
     }
 
@@ -540,9 +573,10 @@ impl Store {
             &self.outbox_due,
             &self.idempotency,
             &self.recipients,
+            &self.delivered,
         )
             .transaction(
-                |(cases, schedule, outbox_t, outbox_due, idempotency, recipients)| {
+                |(cases, schedule, outbox_t, outbox_due, idempotency, recipients, delivered)| {
                     for (p, (_, commit)) in prepared.iter().zip(changes) {
                         let case_key = &p.case_key;
                         if let Some(old) = commit.old_due {
@@ -571,6 +605,7 @@ impl Store {
                         for (id, at) in &commit.outbox_remove {
                             outbox_t.remove(id.as_bytes().as_slice())?;
                             outbox_due.remove(ms_key(*at, id.as_bytes()))?;
+                            delivered.remove(id.as_bytes().as_slice())?;
                         }
                         for (id, bytes, due_key) in &p.outbox {
                             outbox_t.insert(id.as_slice(), bytes.as_slice())?;
