@@ -221,7 +221,10 @@ impl TestApp {
         Self {
             addr,
             base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            client: {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::new()
+            },
             mails,
             smtp_attempts,
             dir,
