@@ -299,15 +299,15 @@ pub struct Config {
     pub public_url: String,
     pub company: Company,
     pub tokens: Vec<ApiToken>,
-    /// SHA-256 of the admin token; the admin endpoints are off without it.
-    pub admin_token_sha256: Option<[u8; 32]>,
-    /// How long sends in flight may take to finish once shutdown starts.
-    pub shutdown_grace: Duration,
     pub email: EmailConfig,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
     /// Set when the file configures SMS, which this version does not send.
     pub sms_configured: bool,
+    /// SHA-256 of the admin token; the admin endpoints are off without it.
+    pub admin_token_sha256: Option<[u8; 32]>,
+    /// How long sends in flight may take to finish once shutdown starts.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -367,14 +367,6 @@ impl Config {
         };
 
         let data_dir = rel(raw.data_dir.as_deref().unwrap_or("./data"));
-        let admin_token_sha256 = resolve_admin(path, base, raw.admin, &mut errors);
-        let shutdown_grace = spanned_duration(
-            path,
-            "shutdown.grace",
-            raw.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
-            Duration::from_secs(10),
-            &mut errors,
-        );
         let tokens = raw
             .api
             .map(|api| {
@@ -392,6 +384,14 @@ impl Config {
             .unwrap_or_default();
 
         let email = resolve_email(path, base, &data_dir, raw.email, &mut errors);
+        let admin_token_sha256 = resolve_admin(path, base, raw.admin, &mut errors);
+        let shutdown_grace = spanned_duration(
+            path,
+            "shutdown.grace",
+            raw.shutdown.as_ref().and_then(|s| s.grace.as_ref()),
+            Duration::from_secs(10),
+            &mut errors,
+        );
         let delivery = resolve_delivery(path, raw.delivery, &mut errors);
 
         if !errors.is_empty() {
@@ -418,12 +418,12 @@ impl Config {
                 support_url: None,
             }),
             tokens,
-            admin_token_sha256,
-            shutdown_grace,
             email,
             delivery,
             log: raw.log.unwrap_or_default(),
             sms_configured: raw.sms.is_some_and(|s| s.transport.is_some()),
+            admin_token_sha256,
+            shutdown_grace,
         })
     }
 }

@@ -149,6 +149,9 @@ pub async fn run(
     let pruned = store.prune_idempotency(Utc::now() - chrono::Duration::days(1))?;
     let mailer = Mailer::new(&config.email).map_err(|e| anyhow::anyhow!(e))?;
     let svc = Service::new(store.clone(), Arc::new(engine), config.defaults());
+    crate::metrics::install();
+    crate::metrics::count_cases(&store)?;
+    let reloader = Arc::new(crate::reload::Reloader::new(config.clone(), svc.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         svc: svc.clone(),
@@ -156,9 +159,6 @@ pub async fn run(
         ready: ready.clone(),
     };
     let cancel = CancellationToken::new();
-    crate::metrics::install();
-    crate::metrics::count_cases(&store)?;
-    let reloader = Arc::new(crate::reload::Reloader::new(config.clone(), svc.clone()));
     crate::reload::on_sighup(reloader.clone(), cancel.clone())?;
     let scheduler = tokio::spawn(crate::scheduler::run(svc.clone(), cancel.clone()));
     let dispatcher = tokio::spawn(

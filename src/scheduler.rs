@@ -52,6 +52,7 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
         return Ok(None);
     };
     let now = Utc::now();
+    crate::metrics::due_lateness(at, now);
     let mut planned = svc.engine.load().due(record, now);
     if let Some(r) = planned.record.as_mut()
         && r.schedule.due_at.is_some_and(|d| d <= now)
@@ -71,7 +72,6 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
         },
     )?;
     svc.store.flush().await?;
-    crate::metrics::due_lateness(at, now);
     if messages > 0 {
         let late_ms = (now - at).num_milliseconds();
         tracing::info!(case = %key, messages, late_ms, "due messages queued");
