@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -56,10 +56,8 @@ async fn admin_auth(State(state): State<AdminState>, req: Request, next: Next) -
             "unauthorized",
             "the admin token is required",
         );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            "Bearer".parse().unwrap_or_else(|_| unreachable!()),
-        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     }
     next.run(req).await

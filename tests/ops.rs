@@ -2,6 +2,8 @@
 //! backup and restore. Each test runs the real binary, as systemd would,
 //! with a temp config, the shipped templates and the file email transport.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -624,4 +626,55 @@ async fn backup_of_a_running_daemon_restores_the_case_after_the_store_is_wiped()
     daemon.spawn().await;
     assert_eq!(daemon.get_case("CASE-1").await.status(), 200);
     daemon.stop();
+}
+
+/// Sums every sample of `name` whose labels include all of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_retried_and_failed_deliveries() {
+    use common::SmtpMode;
+    for (mode, result) in [
+        (SmtpMode::DeferRcpt(1), r#"result="retried""#),
+        (SmtpMode::RejectRcpt, r#"result="failed""#),
+    ] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (smtp, _, _) = common::smtp_server(mode);
+        let more = format!(
+            "email:\n  transport: smtp\n  smtp_url: smtp://{smtp}\n  from: \"Example Support <support@example.com>\"\n  timeout: 5s\ndelivery:\n  max_attempts: 3\n  backoff: {{ initial: 100ms, max: 400ms }}\n"
+        );
+        let mut daemon = Daemon::start_with(tmp.path(), HOURLY, &more).await;
+        daemon.put_case("CASE-1").await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let text = daemon.metrics().await;
+            if metric_sum(&text, "tidings_messages_total", &[result]) >= 1.0 {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "no {result}:\n{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let labels = [r#"channel="email""#, r#"rule="created""#, result];
+        assert_eq!(
+            metric_sum(&text, "tidings_messages_total", &labels),
+            1.0,
+            "{text}"
+        );
+        if mode == SmtpMode::DeferRcpt(1) {
+            // The retry goes through.
+            daemon
+                .wait_metric(
+                    r#"tidings_messages_total{channel="email",rule="created",result="sent"}"#,
+                    1.0,
+                )
+                .await;
+        }
+        daemon.stop();
+    }
 }
