@@ -85,7 +85,9 @@ impl Reloader {
         // The same validation as `tidings check`, then the engine it built.
         crate::daemon::check(&config).map_err(ReloadError::Invalid)?;
         let mut engine = crate::daemon::build_engine(&config).map_err(ReloadError::Invalid)?;
-        crate::daemon::with_store_keys(&mut engine, &self.svc.store);
+        // The keys behind contacts and unsubscribe links stay those the
+        // daemon started with: links already sent must keep working.
+        engine.consent = self.svc.engine.load().consent.clone();
         let needs_restart = restart_only_changes(running, &config);
         for setting in &needs_restart {
             tracing::warn!(setting, "changed setting ignored until restart");
@@ -172,6 +174,22 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.admin_token_sha256 != new.admin_token_sha256 {
         changed.push("admin");
+    }
+    // SMS quiet hours and the segment budget take effect at once (they live
+    // in the planning engine); the provider, its credentials and the gaps
+    // do not.
+    if !same(&old.sms.transport, &new.sms.transport)
+        || old.sms.min_gap != new.sms.min_gap
+        || old.sms.twilio.as_ref().map(|t| &t.account_sid)
+            != new.sms.twilio.as_ref().map(|t| &t.account_sid)
+    {
+        changed.push("sms");
+    }
+    if old.consent.secret != new.consent.secret {
+        changed.push("consent");
+    }
+    if old.digest_window != new.digest_window {
+        changed.push("digest");
     }
     changed
 }
