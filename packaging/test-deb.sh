@@ -35,6 +35,8 @@ want_file /usr/share/tidings/templates/progress.email.j2
 want_file /usr/share/tidings/templates/id/progress.email.j2
 want_file /usr/share/tidings/templates/pl/progress.email.j2
 want_file /usr/share/tidings/templates/tl/progress.email.j2
+want_file /usr/share/tidings/templates/progress.sms.j2
+want_file /usr/share/tidings/templates/digest.email.j2
 want_file /usr/share/doc/tidings/README.md
 grep -qx /etc/tidings/tidings.yaml "$root/var/lib/dpkg/info/tidings.conffiles" \
   || fail "/etc/tidings/tidings.yaml is not a conffile"
