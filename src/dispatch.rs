@@ -189,11 +189,9 @@ impl Dispatcher {
             Channel::Email => self.email_gap,
             Channel::Sms => self.sms_gap,
         };
-        if !gap.is_zero()
-            && let Some(last) = store.last_sent(contact)?
-        {
-            let next = last + chrono::Duration::from_std(gap).unwrap_or_default();
-            if next > now {
+        if !gap.is_zero() {
+            let gap = chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX);
+            if let Err(next) = store.claim_send(contact, gap, now)? {
                 return Ok(Gate::Later(next, "minimum gap"));
             }
         }

@@ -259,6 +259,7 @@ impl Service {
         }
         let erase = Commit {
             record: None,
+            erase: true,
             old_due: record.schedule.due_at,
             outbox_remove,
             idempotency_remove: record.idempotency_keys.clone(),

@@ -255,8 +255,11 @@ pub struct IdempotentResponse {
 /// One atomic change around a case.
 #[derive(Debug, Default)]
 pub struct Commit {
-    /// The case as it should be after the change; `None` erases it.
+    /// The case as it should be after the change; `None` leaves it as it
+    /// is (unless `erase`).
     pub record: Option<CaseRecord>,
+    /// Erase the case (with its index entries).
+    pub erase: bool,
     /// The schedule instant the stored record had, to remove its index key.
     pub old_due: Option<DateTime<Utc>>,
     pub outbox_put: Vec<OutboxEntry>,
@@ -453,9 +456,30 @@ impl Store {
             .transpose()
     }
 
-    /// When we last sent anything to `contact`.
-    pub fn last_sent(&self, contact: Contact) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.contacts.get(contact.0)?.and_then(|v| ms_of(&v)))
+    /// Claims the next send to `contact` when the last one is at least
+    /// `gap` old (the claim counts as the last send, so messages racing for
+    /// one recipient go one per gap); otherwise when it may go.
+    pub fn claim_send(
+        &self,
+        contact: Contact,
+        gap: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), DateTime<Utc>>> {
+        loop {
+            let current = self.contacts.get(contact.0)?;
+            if let Some(last) = current.as_deref().and_then(ms_of) {
+                let next = last + gap;
+                if next > now {
+                    return Ok(Err(next));
+                }
+            }
+            let claimed =
+                self.contacts
+                    .compare_and_swap(contact.0, current, Some(ms_key(now, &[])))?;
+            if claimed.is_ok() {
+                return Ok(Ok(()));
+            }
+        }
     }
 
     pub fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
@@ -533,6 +557,7 @@ impl Store {
         struct Prepared {
             case_key: Vec<u8>,
             record: Option<Vec<u8>>,
+            erase: bool,
             new_due: Option<DateTime<Utc>>,
             contacts: Vec<Contact>,
             outbox: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
@@ -543,6 +568,7 @@ impl Store {
             .map(|(key, commit)| Prepared {
                 case_key: key.bytes(),
                 record: commit.record.as_ref().map(encode),
+                erase: commit.erase,
                 new_due: commit.record.as_ref().and_then(|r| r.schedule.due_at),
                 contacts: commit
                     .record
@@ -583,12 +609,15 @@ impl Store {
                             schedule.remove(ms_key(old, case_key))?;
                         }
                         // The recipient index follows the customer's addresses.
-                        if let Some(old) = cases.get(case_key.as_slice())? {
+                        if (p.record.is_some() || p.erase)
+                            && let Some(old) = cases.get(case_key.as_slice())?
+                        {
                             for c in self.stored_contacts(&old) {
                                 recipients.remove([&c.0[..], case_key].concat())?;
                             }
                         }
                         match &p.record {
+                            None if !p.erase => {}
                             Some(bytes) => {
                                 cases.insert(case_key.as_slice(), bytes.as_slice())?;
                                 if let Some(due) = p.new_due {
@@ -761,5 +790,29 @@ mod tests {
     fn case_keys_round_trip() {
         let k = CaseKey::new("helpdesk", "C-1".parse().expect("valid"));
         assert_eq!(CaseKey::from_bytes(&k.bytes()), Some(k));
+    }
+
+    #[test]
+    fn a_commit_without_a_record_leaves_the_case_unless_it_erases() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let key = CaseKey::new("helpdesk", "C-1".parse().expect("valid"));
+        store
+            .cases
+            .insert(key.bytes(), b"{}".as_slice())
+            .expect("insert");
+        // An outbox-only change (a held-back message) keeps the case.
+        store.commit(&key, &Commit::default()).expect("commit");
+        assert!(store.cases.get(key.bytes()).expect("get").is_some());
+        store
+            .commit(
+                &key,
+                &Commit {
+                    erase: true,
+                    ..Commit::default()
+                },
+            )
+            .expect("commit");
+        assert!(store.cases.get(key.bytes()).expect("get").is_none());
     }
 }

@@ -34,9 +34,13 @@ fn sms_config(prism: &Prism, dir: &std::path::Path, extra: &str) -> String {
   account_sid: {ACCOUNT}
   auth_token_file: {token:?}
   from: \"+15005550006\"
-  min_gap: 0s
-{extra}",
+{gap}{extra}",
         base = prism.base_url(),
+        gap = if extra.contains("min_gap") {
+            ""
+        } else {
+            "  min_gap: 0s\n"
+        },
     )
 }
 
@@ -609,5 +613,40 @@ async fn three_cases_of_one_customer_due_together_yield_one_digest() {
         assert_eq!(m["status"], "sent");
     }
     println!("digest: 3 cases due within the window, 1 message covering all three");
+    assert_log_clean(&d, &[]);
+}
+
+#[tokio::test]
+async fn min_gap_spaces_sms_to_one_number() {
+    let Some((bin, prism)) = peers() else { return };
+    let sink = Sink::start(&bin).await;
+    let (d, _s) = daemon(
+        &sink,
+        prism,
+        &rules("1s", "sms", "sms"),
+        "  quiet_hours: off\n  min_gap: 3s\ndigest:\n  window: 0s\n",
+    )
+    .await;
+    d.put_case("GAP-1", &case_with(&["sms"])).await;
+    let h = wait_messages(&d, "GAP-1", Duration::from_secs(15), "three SMS", |m| {
+        m.iter().filter(|m| is(m, "sms", "sent")).count() >= 3
+    })
+    .await;
+    let mut times: Vec<DateTime<Utc>> = h
+        .iter()
+        .filter(|m| is(m, "sms", "sent"))
+        .filter_map(sent_at)
+        .collect();
+    times.sort();
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds() as f64 / 1000.0)
+        .collect();
+    println!("min_gap: rule every 1s, sms.min_gap 3s; gaps between SMS {gaps:?} s");
+    assert!(
+        gaps.iter().all(|g| *g >= 2.99),
+        "SMS closer than the minimum gap: {gaps:?}"
+    );
+    assert_prism_happy(prism, 3);
     assert_log_clean(&d, &[]);
 }
