@@ -97,6 +97,12 @@ impl Sink {
 
     /// Started with extra flags, such as `-f RCPT` (a hard 5xx on RCPT).
     pub async fn start_with(bin: &Path, flags: &[&str]) -> Self {
+        Self::start_on(bin, flags, free_port()).await
+    }
+
+    /// Started on `port` (a sink that comes back where the daemon expects
+    /// it, after a fault).
+    pub async fn start_on(bin: &Path, flags: &[&str], port: u16) -> Self {
         // smtp-sink drops to `nobody` before it writes; the dump dir sits
         // directly in the temp folder so `nobody` can reach it.
         let dir = tempfile::Builder::new()
@@ -106,7 +112,6 @@ impl Sink {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
             .expect("open the dump dir to nobody");
         let errors = tempfile::NamedTempFile::new().expect("sink stderr file");
-        let port = free_port();
         let mut cmd = Command::new(bin);
         if is_root() {
             cmd.args(["-u", "nobody"]);
