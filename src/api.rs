@@ -112,6 +112,14 @@ impl From<ServiceError> for AppError {
                 "this Idempotency-Key was already used for a different request",
             )
             .field("Idempotency-Key"),
+            ServiceError::Store(err @ crate::store::StoreError::Full { .. }) => {
+                crate::store::warn_full(&err);
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_full",
+                    format!("{err}; retry later"),
+                )
+            }
             ServiceError::Store(err) => {
                 tracing::error!(error = %err, "storage failure");
                 Self::new(

@@ -114,6 +114,7 @@ struct RawConfig {
     sms: Option<RawSms>,
     consent: Option<RawConsent>,
     digest: Option<RawDigest>,
+    storage: Option<RawStorage>,
     delivery: Option<RawDelivery>,
     log: Option<LogConfig>,
     admin: Option<RawAdmin>,
@@ -212,6 +213,12 @@ enum RawQuiet {
 struct RawConsent {
     secret_env: Option<String>,
     secret_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    reserve_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -406,6 +413,8 @@ pub struct Config {
     /// Updates of one customer's cases due within this window go out as one
     /// digest; zero turns digests off.
     pub digest_window: Duration,
+    /// Free space kept on the store's disk; intake stops below it.
+    pub storage_reserve: u64,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
     /// SHA-256 of the admin token; the admin endpoints are off without it.
@@ -563,6 +572,12 @@ impl Config {
             sms,
             consent,
             digest_window,
+            storage_reserve: raw
+                .storage
+                .and_then(|s| s.reserve_mib)
+                .map_or(crate::store::DEFAULT_RESERVE, |m| {
+                    m.saturating_mul(1024 * 1024)
+                }),
             delivery,
             log: raw.log.unwrap_or_default(),
             admin_token_sha256,

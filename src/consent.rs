@@ -160,6 +160,9 @@ pub async fn sms_inbound(
         return (StatusCode::UNPROCESSABLE_ENTITY, "From is required\n").into_response();
     };
     let store = &state.svc.store;
+    if let Err(e) = store.room(crate::store::Writer::Internal) {
+        return unavailable(e);
+    }
     let contact = store.contact(Channel::Sms, from);
     let kw = keyword(field(&params, "Body").unwrap_or_default());
     let result = match kw {
@@ -296,6 +299,9 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String
         );
     };
     let store = &state.svc.store;
+    if let Err(e) = store.room(crate::store::Writer::Internal) {
+        return unavailable(e);
+    }
     if let Err(e) = store.opt_out(Contact(hash), "unsubscribe_link", Utc::now()) {
         return unavailable(e);
     }

@@ -179,6 +179,7 @@ pub async fn run(
     let mut engine = build_engine(&config).map_err(|d| anyhow::anyhow!("{d}"))?;
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::open(&config.data_dir.join("db"))?;
+    store.set_reserve(config.storage_reserve);
     with_store_keys(&mut engine, &store);
     let texter = Texter::new(&config.sms, &config.public_url).map_err(|e| anyhow::anyhow!(e))?;
     let pruned = store.prune_idempotency(Utc::now() - chrono::Duration::days(1))?;

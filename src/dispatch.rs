@@ -70,6 +70,11 @@ impl Dispatcher {
                 let in_flight = busy.lock().unwrap_or_else(PoisonError::into_inner);
                 self.svc.store.due_outbox(now, free, &in_flight)
             };
+            // Without room to record an outcome, nothing is sent.
+            let due = match self.svc.store.room(crate::store::Writer::Internal) {
+                Ok(()) => due,
+                Err(e) => Err(e),
+            };
             let wait = match due {
                 Ok((batch, next)) => {
                     for entry in batch {
@@ -96,6 +101,10 @@ impl Dispatcher {
                     next.map_or(Duration::from_secs(3600), |at| {
                         (at - Utc::now()).to_std().unwrap_or_default()
                     })
+                }
+                Err(e @ StoreError::Full { .. }) => {
+                    crate::store::warn_full(&e);
+                    Duration::from_secs(5)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox failed; retrying in 1s");

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::Channel;
 use crate::service::Service;
-use crate::store::{CaseKey, CaseRecord, Commit, StoreError};
+use crate::store::{CaseKey, CaseRecord, Commit, StoreError, Writer};
 
 /// Runs until `cancel` fires.
 pub async fn run(svc: Service, cancel: CancellationToken) {
@@ -18,6 +18,10 @@ pub async fn run(svc: Service, cancel: CancellationToken) {
         let wait = match step(&svc).await {
             Ok(Some(wait)) => wait,
             Ok(None) => continue,
+            Err(e @ StoreError::Full { .. }) => {
+                crate::store::warn_full(&e);
+                std::time::Duration::from_secs(5)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "scheduler step failed; retrying in 1s");
                 std::time::Duration::from_secs(1)
@@ -34,6 +38,7 @@ pub async fn run(svc: Service, cancel: CancellationToken) {
 /// Handles the earliest due case, if it is due. Returns how long to sleep,
 /// or `None` to look again at once.
 async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> {
+    svc.store.room(Writer::Internal)?;
     let now = Utc::now();
     let Some((at, key)) = svc.store.next_due_case()? else {
         return Ok(Some(std::time::Duration::from_secs(3600)));

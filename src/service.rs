@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use crate::domain::{CaseId, CaseInput, Defaults, EventInput, FieldError};
 use crate::plan::{Engine, Planned};
 use crate::store::{
-    CaseKey, CaseRecord, Commit, DeliveryStatus, IdempotentResponse, Store, StoreError,
+    CaseKey, CaseRecord, Commit, DeliveryStatus, IdempotentResponse, Store, StoreError, Writer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +133,7 @@ impl Service {
         idem: Option<&Idempotency>,
         respond: Respond<'_>,
     ) -> Result<Reply<(CaseRecord, bool)>, ServiceError> {
+        self.store.room(Writer::Intake)?;
         let key = CaseKey::new(source, id.clone());
         let _guard = self.store.lock(&key).await;
         if let Some(r) = self.replay(idem)? {
@@ -165,6 +166,7 @@ impl Service {
         idem: Option<&Idempotency>,
         respond: Respond<'_>,
     ) -> Result<Reply<CaseRecord>, ServiceError> {
+        self.store.room(Writer::Intake)?;
         let key = CaseKey::new(source, id);
         let _guard = self.store.lock(&key).await;
         if let Some(r) = self.replay(idem)? {

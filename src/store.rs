@@ -52,6 +52,10 @@ pub enum StoreError {
     Corrupt { key: String, err: serde_json::Error },
     #[error("storage: record version {found} is newer than this binary understands")]
     Version { found: u32 },
+    #[error(
+        "storage: the disk holding the store is nearly full ({free_mib} MiB free, {reserve_mib} MiB kept in reserve)"
+    )]
+    Full { free_mib: u64, reserve_mib: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -321,7 +325,42 @@ pub struct Store {
     salt: [u8; 32],
     unsubscribe_key: [u8; 32],
     locks: std::sync::Arc<[tokio::sync::Mutex<()>]>,
+    dir: std::path::PathBuf,
+    /// Free space kept on the store's disk (see `Store::room`).
+    reserve: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Who asks for room on the disk: intake stops first, so the writes that
+/// record sends and opt-outs always find some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// New cases and events from ticket systems: the whole reserve.
+    Intake,
+    /// Planning and delivery records, opt-outs: a quarter of it.
+    Internal,
+}
+
+/// Logs a full-disk refusal, at most once a minute.
+pub fn warn_full(err: &StoreError) {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = Utc::now().timestamp();
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now - last >= 60
+        && LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::warn!(error = %err, "refusing writes until space is freed on the store's disk");
+    }
+}
+
+/// 64 MiB: sled must never meet a full disk (it cannot recover from one).
+pub const DEFAULT_RESERVE: u64 = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -396,7 +435,37 @@ impl Store {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            dir: dir.to_owned(),
+            reserve: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_RESERVE)),
             db,
+        })
+    }
+
+    /// Sets the free space to keep on the store's disk.
+    pub fn set_reserve(&self, bytes: u64) {
+        self.reserve
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `writer` may write: sled cannot recover from a full disk (a
+    /// write that meets one can lose earlier data), so writes stop while
+    /// free space is below the reserve: intake at the reserve, planning and
+    /// delivery records at a quarter of it.
+    pub fn room(&self, writer: Writer) -> Result<()> {
+        let reserve = self.reserve.load(std::sync::atomic::Ordering::Relaxed);
+        let need = match writer {
+            Writer::Intake => reserve,
+            Writer::Internal => reserve / 4,
+        };
+        let Ok(free) = fs4::available_space(&self.dir) else {
+            return Ok(()); // cannot tell: let the write try
+        };
+        if free >= need {
+            return Ok(());
+        }
+        Err(StoreError::Full {
+            free_mib: free / (1024 * 1024),
+            reserve_mib: reserve / (1024 * 1024),
         })
     }
 
