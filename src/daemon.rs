@@ -244,8 +244,10 @@ pub async fn run(
         reloader,
         token_sha256: config.admin_token_sha256,
     };
-    axum::serve(listener, crate::admin::app(router(state), admin))
-        .with_graceful_shutdown(async move {
+    crate::serve::serve(
+        listener,
+        crate::admin::app(router(state), admin),
+        async move {
             tokio::select! {
                 () = shutdown => {}
                 () = stop.cancelled() => {}
@@ -253,8 +255,9 @@ pub async fn run(
             ready_flag.store(false, Ordering::Relaxed);
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             tracing::info!("shutting down: intake stopped");
-        })
-        .await?;
+        },
+    )
+    .await?;
     cancel.cancel();
     let _ = scheduler.await;
     let _ = dispatcher.await;

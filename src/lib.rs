@@ -23,6 +23,7 @@ pub mod rules;
 pub mod schedule;
 pub mod scheduler;
 pub mod segments;
+pub mod serve;
 pub mod service;
 pub mod signature;
 pub mod store;
