@@ -184,7 +184,10 @@ async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_messag
         let mut all = BTreeMap::new();
         let mut pending = 0;
         for id in &acked.cases {
-            let c = daemon.get_case(id).await;
+            let c = daemon
+                .try_get_case(id)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             pending += c["messages"]
                 .as_array()
                 .map_or(0, |m| m.iter().filter(|m| m["status"] != "sent").count());
@@ -269,10 +272,33 @@ async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_messag
         recorded.len(),
         mails.len()
     );
-    assert!(
-        arrived.keys().all(|k| recorded.contains(k)),
-        "the sink holds a message no case records"
-    );
+    // A message no acknowledged case records belongs to a case whose PUT
+    // was committed but whose answer the kill cut off: that case must
+    // exist and record it.
+    let mut unacked = 0;
+    for m in mails.iter().filter(|m| !recorded.contains(m.id())) {
+        let id = m
+            .subject
+            .rsplit('[')
+            .next()
+            .map(|s| s.trim_end_matches(']'))
+            .unwrap_or_default()
+            .to_owned();
+        let c = daemon
+            .try_get_case(&id)
+            .await
+            .unwrap_or_else(|e| panic!("the sink holds {} for {id}, unknown: {e}", m.id()));
+        let has = c["messages"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|x| x["id"] == m.id()));
+        assert!(has, "{id} does not record {}", m.id());
+        unacked += 1;
+    }
+    if unacked > 0 {
+        println!(
+            "crash: {unacked} messages belong to writes committed before a kill cut off their answer"
+        );
+    }
     assert!(
         ratio < max_dup_pct,
         "duplicates {ratio:.3} % ≥ {max_dup_pct} %"

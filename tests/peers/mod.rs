@@ -358,6 +358,36 @@ delivery:
         self.call(req, 200, &format!("event {body} on {id}")).await
     }
 
+    /// The case, or what went wrong (with the daemon's state and log tail).
+    pub async fn try_get_case(&mut self, id: &str) -> Result<Value, String> {
+        let started = Instant::now();
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/cases/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        let took = started.elapsed();
+        if took > Duration::from_secs(1) {
+            println!("slow answer: GET {id} took {:.1}s", took.as_secs_f64());
+        }
+        match r {
+            Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string()),
+            other => {
+                let exited = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                Err(format!(
+                    "GET {id}: {other:?}; daemon exited: {exited:?}; log tail (newest first):\n{}",
+                    tail.join("\n")
+                ))
+            }
+        }
+    }
+
     pub async fn get_case(&self, id: &str) -> Value {
         let req = self.http.get(self.url(&format!("/v1/cases/{id}")));
         self.call(req, 200, &format!("GET {id}")).await
