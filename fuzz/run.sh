@@ -97,7 +97,7 @@ for t in "${targets[@]}"; do
   else
     failed=1
     found="FOUND: $(grep -m1 -oE 'panicked at .*|ERROR: libFuzzer: .*|Test unit written to .*' "$log" | head -1)"
-    sed -n '/panicked at/,/^$/p' "$log" | head -40
+    sed -n '/panicked at/,/stack backtrace/p' "$log" | head -20
     grep -E 'Test unit written to' "$log"
   fi
   line=$(printf '%-15s %12s executions  %6s exec/s  cov %-6s %s' \

@@ -98,8 +98,11 @@ impl Piece {
             Self::Fragment(i) => out.push_str(FRAGMENTS[usize::from(*i) % FRAGMENTS.len()]),
             Self::Repeat(n, piece) => {
                 for _ in 0..=(usize::from(*n) * 8) {
+                    let before = out.len();
                     piece.write(out, budget);
-                    if out.len() >= budget {
+                    // A piece that writes nothing (an empty text, nested)
+                    // would otherwise spin here.
+                    if out.len() == before || out.len() >= budget {
                         break;
                     }
                 }
