@@ -3,7 +3,7 @@
 # target, the executions and whether it found anything. Exits non-zero when
 # a target crashed (a panic, an assertion, a timeout or running out of
 # memory); the input that did it is kept in fuzz/artifacts/TARGET/ and can
-# be replayed with `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/FILE`.
+# be replayed with `cargo fuzz run -s none TARGET artifacts/TARGET/FILE` in fuzz/.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #
@@ -18,23 +18,18 @@ all=(rules_parse config_parse render_hostile segments intake_json)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
-# cargo-fuzz drives rustc's coverage instrumentation, which takes a nightly
-# compiler; where only the pinned stable one is installed, stable is told
-# to accept the nightly flags.
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  cargo=(cargo +nightly)
-else
-  export RUSTC_BOOTSTRAP=1
-  cargo=(cargo)
-fi
+# The project's pinned (stable) toolchain builds the targets: without a
+# sanitizer, cargo-fuzz passes rustc only stable flags (-C passes=sancov-module
+# and LLVM options). FUZZ_TOOLCHAIN=nightly picks another toolchain.
+cargo=(cargo ${FUZZ_TOOLCHAIN:+"+$FUZZ_TOOLCHAIN"})
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"
   cargo install cargo-fuzz --locked --quiet || exit 1
 fi
 
-# No sanitizer: tidings forbids unsafe code, and without ASan the two
-# cores get about twice the executions. Debug assertions stay on so that
-# arithmetic overflow panics.
+# No sanitizer: tidings forbids unsafe code, so AddressSanitizer would
+# mostly slow the runs down (and it needs nightly). Debug assertions stay
+# on, so arithmetic overflow panics.
 build=(fuzz build --sanitizer none --debug-assertions)
 echo "== building the fuzz targets"
 log=$(mktemp)
@@ -81,13 +76,11 @@ failed=0
 summary=()
 for t in "${targets[@]}"; do
   seed "$t"
-  mkdir -p "artifacts/$t"
   log=$(mktemp)
   echo "== $t for ${seconds}s"
   "${cargo[@]}" fuzz run "${build[@]:2}" "$t" "corpus/$t" -- \
     -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 \
-    -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="artifacts/$t/" >"$log" 2>&1
+    -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1
   rc=$?
   execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)
   rate=$(grep -oE 'exec/s: *[0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$')
