@@ -1,5 +1,6 @@
-//! Hostile case fields through the shipped templates, in every locale and
-//! template, for email and SMS, and the email on through lettre.
+//! Hostile case fields through every shipped template, for email and for
+//! SMS with budgets of 1 to 3 segments, in the locale the input picks (en,
+//! id, pl or tl), and one email on through planning and lettre.
 //!
 //! What must hold whatever a ticket system sends (within the API's limits):
 //! - rendering succeeds and never panics;
