@@ -147,7 +147,7 @@ impl From<BytesRejection> for AppError {
 }
 
 /// Parses JSON: broken syntax is a 400, a wrong shape a 422 naming the field.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -41,12 +41,28 @@ impl fmt::Display for Diagnostic {
 }
 
 impl Diagnostic {
+    /// A diagnostic is one line of `check`'s output, however the message
+    /// came about: line breaks and other control characters in it (a value
+    /// quoted from the file, a library's multi-line error) are escaped.
     pub fn new(file: &Path, line: u64, column: u64, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.contains(char::is_control) {
+            message = message
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+        }
         Self {
             file: file.to_owned(),
             line: line.max(1),
             column: column.max(1),
-            message: message.into(),
+            message,
         }
     }
 
@@ -1116,6 +1132,17 @@ mod tests {
         let line = err.to_string();
         assert!(line.starts_with("t.yaml:2:"), "{line}");
         assert!(line.contains("delivery.backoff.initial"), "{line}");
+    }
+
+    #[test]
+    fn a_diagnostic_is_one_line_whatever_the_value_holds() {
+        let err = Config::parse(Path::new("t.yaml"), "listen: \"127.0.0.1\\n:80\"\n")
+            .expect_err("bad listen");
+        let line = err.to_string();
+        assert_eq!(
+            line,
+            "t.yaml:1:9: listen: `127.0.0.1\\n:80` is not an address such as 127.0.0.1:8080"
+        );
     }
 
     #[test]

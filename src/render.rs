@@ -289,10 +289,23 @@ impl Templates {
                     name: html_name.clone(),
                     message: describe(&e),
                 })?;
-            Some(t.render(Serde(ctx)).map_err(|e| RenderError::Template {
-                name: html_name.clone(),
-                message: describe(&e),
-            })?)
+            match t.render(Serde(ctx)) {
+                Ok(html) => Some(html),
+                // The HTML part writes notes line by line, so customer text
+                // sets its cost: when long notes (a digest of several)
+                // exhaust the fuel, the message goes as text alone rather
+                // than not at all.
+                Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                    tracing::warn!(template = %html_name, "HTML part out of fuel; sending text only");
+                    None
+                }
+                Err(e) => {
+                    return Err(RenderError::Template {
+                        name: html_name.clone(),
+                        message: describe(&e),
+                    });
+                }
+            }
         } else {
             None
         };
@@ -602,6 +615,31 @@ mod tests {
                     proptest::prop_assert!(n <= max, "{template}/{locale}: {n} segments > {max}: {text}");
                 }
             }
+        }
+    }
+
+    /// Found by the `render_hostile` fuzz target: the HTML part writes a
+    /// note line by line, and a digest of notes of many short lines (each
+    /// within the API's 10,000 characters) ran the engine out of fuel, so
+    /// the whole message failed and the customer heard nothing. Now the
+    /// text part carries it.
+    #[test]
+    fn a_digest_of_long_many_line_notes_still_renders() {
+        let t = shipped();
+        let note = format!("first{}last", "\n".repeat(9_990));
+        for locale in ["en", "id", "pl", "tl"] {
+            let mut ctx = sample("Maria", "Router", &note, locale);
+            ctx.cases = vec![ctx.case.clone(); 4];
+            let email = t
+                .render_email("digest", &locale.parse().expect("locale"), &ctx)
+                .unwrap_or_else(|e| panic!("{locale}: {e}"));
+            assert_eq!(email.text.matches("last").count(), 4, "{locale}");
+            // One such note alone keeps its HTML part.
+            ctx.cases.clear();
+            let email = t
+                .render_email("progress", &locale.parse().expect("locale"), &ctx)
+                .unwrap_or_else(|e| panic!("{locale}: {e}"));
+            assert!(email.html.is_some_and(|h| h.contains("last")), "{locale}");
         }
     }
 

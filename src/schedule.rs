@@ -43,8 +43,19 @@ impl CronSpec {
             "{seconds} {} {} {} {} {dow}",
             rest[0], rest[1], rest[2], rest[3]
         );
-        let schedule = cron::Schedule::from_str(&translated)
-            .map_err(|e| format!("cron `{expr}` is not valid: {e}"))?;
+        // The cron crate's error shows the translated expression with a
+        // caret under it on lines of their own, which would only confuse;
+        // its last line says what is wrong.
+        let schedule = cron::Schedule::from_str(&translated).map_err(|e| {
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("invalid expression");
+            format!("cron `{expr}` is not valid: {why}")
+        })?;
         Ok(Self {
             source: expr.to_owned(),
             schedule,
@@ -274,6 +285,16 @@ mod tests {
         DateTime::parse_from_rfc3339(s)
             .expect("valid instant")
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_bad_cron_field_is_explained_on_one_line() {
+        let err = CronSpec::parse("R 9 * * 1-5").expect_err("names in minutes");
+        assert!(!err.contains('\n'), "{err}");
+        assert!(
+            err.starts_with("cron `R 9 * * 1-5` is not valid: The 'Minutes' field"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 
+use email_encoding::headers::writer::EmailWriter;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
@@ -71,8 +72,13 @@ impl Mailer {
         let builder = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(entry.content.subject.clone())
             .message_id(Some(entry.message_id.clone()));
+        let subject = &entry.content.subject;
+        let builder = if subject.contains("=?") {
+            builder.raw_header(encoded_subject(subject)?)
+        } else {
+            builder.subject(subject.clone())
+        };
         // RFC 2369 and RFC 8058: mail clients offer a one-click unsubscribe.
         let builder = match &entry.unsubscribe_url {
             Some(url) => builder
@@ -122,6 +128,26 @@ impl Mailer {
     }
 }
 
+/// The `Subject` header with the whole text as RFC 2047 encoded words.
+/// lettre encodes only words with characters outside printable ASCII, so a
+/// subject holding text that merely looks like an encoded word (a
+/// customer's `=?utf-8?q?=0D=0ABcc:_x@y.z?=`) would reach mail clients as
+/// one and be shown decoded: not what we wrote, line breaks included.
+fn encoded_subject(subject: &str) -> Result<HeaderValue, String> {
+    const NAME: &str = "Subject";
+    let mut encoded = String::new();
+    {
+        let mut writer = EmailWriter::new(&mut encoded, NAME.len() + ": ".len(), 0, false);
+        email_encoding::headers::rfc2047::encode(subject, &mut writer)
+            .map_err(|_| "building message: cannot encode the subject".to_owned())?;
+    }
+    Ok(HeaderValue::dangerous_new_pre_encoded(
+        HeaderName::new_from_ascii_str(NAME),
+        subject.to_owned(),
+        encoded,
+    ))
+}
+
 /// The server's reply (code and text) without addresses: lettre's error
 /// text carries the server's words, which may echo the recipient.
 fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
@@ -130,5 +156,84 @@ fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
         Some(code) => format!("SMTP {code}: {text}"),
         None if e.is_timeout() => format!("timeout: {text}"),
         None => format!("connection: {text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EmailTransport;
+    use crate::domain::Channel;
+    use crate::render::EmailContent;
+    use crate::store::CaseKey;
+
+    fn entry(subject: &str) -> OutboxEntry {
+        OutboxEntry {
+            v: 1,
+            id: uuid::Uuid::now_v7(),
+            case: CaseKey::new("helpdesk", "CASE-1".parse().expect("valid id")),
+            channel: Channel::Email,
+            to_name: "Maria Hernandez".into(),
+            to: "maria@example.com".into(),
+            content: EmailContent {
+                subject: subject.into(),
+                text: "Hello\n".into(),
+                html: None,
+            },
+            message_id: "<1@example.com>".into(),
+            attempts: 0,
+            next_attempt_at: chrono::Utc::now(),
+            also: Vec::new(),
+            tz: None,
+            update: None,
+            kind: "progress".into(),
+            template: "progress".into(),
+            rule: None,
+            promised: None,
+            internal: false,
+            unsubscribe_url: None,
+        }
+    }
+
+    fn mailer() -> Mailer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Mailer::new(&EmailConfig {
+            transport: EmailTransport::File {
+                dir: dir.path().to_owned(),
+            },
+            from: "Support <support@example.com>".parse().expect("mailbox"),
+            quiet_hours: None,
+            min_gap: std::time::Duration::ZERO,
+        })
+        .expect("file mailer")
+    }
+
+    /// Found by the `render_hostile` fuzz target: a subject that looked
+    /// like an encoded word was sent as is, and mail clients showed it
+    /// decoded, with a line break and a `Bcc:` in it.
+    #[test]
+    fn a_subject_that_looks_encoded_reads_back_as_written() {
+        let mailer = mailer();
+        for subject in [
+            "We have received your case: =?utf-8?q?=0D=0ABcc:_x@y.z?= [CASE-1]",
+            "=?utf-8?b?QmNjOiB4QHkueg==?=",
+            &format!("{}=?x?q?y?= ł", "long words ".repeat(30)),
+        ] {
+            let raw = mailer.build(&entry(subject)).expect("builds").formatted();
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&raw)
+                .expect("parses");
+            assert_eq!(parsed.subject(), Some(subject));
+            let text = String::from_utf8_lossy(&raw);
+            let head = text.split("\r\n\r\n").next().unwrap_or_default();
+            assert_eq!(head.matches("\r\nSubject: ").count(), 1, "{head}");
+            assert!(!head.contains("Bcc"), "{head}");
+            assert!(head.lines().all(|l| l.len() <= 78), "{head}");
+        }
+        let raw = mailer
+            .build(&entry("Plain subject"))
+            .expect("builds")
+            .formatted();
+        assert!(String::from_utf8_lossy(&raw).contains("\r\nSubject: Plain subject\r\n"));
     }
 }
