@@ -366,7 +366,8 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<St
     if required && trimmed.is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
     }
-    if trimmed.chars().count() > max {
+    // The limit counts what was sent, as the OpenAPI document's maxLength does.
+    if value.chars().count() > max {
         return Err(FieldError::new(
             field,
             format!("must be at most {max} characters"),

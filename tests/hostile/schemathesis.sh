@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Hostile HTTP input: schemathesis against the real release binary.
+#
+# Starts `tidings serve` on a free loopback port with a temp data dir, the
+# repo's rules and templates, file transports for email and SMS (no peer
+# needed) and a random API token (also the admin token, so one header opens
+# every operation), then runs `st run` on /openapi.json with every check.
+# Exits non-zero on any failure: a server error, a response the document
+# does not describe, data the schema allows being refused, or data it
+# forbids being accepted, ... — or when fewer than MIN_REQUESTS requests
+# went out.
+#
+# Usage: tests/hostile/schemathesis.sh [EXAMPLES_PER_OPERATION]
+#   ST_MAX_TIME=SECONDS   cap the run (the short CI version sets it)
+#   ST_SEED=N             reproduce a run (default: a fixed seed)
+#   MIN_REQUESTS=N        the floor on requests sent (default 1000)
+#   TIDINGS_BIN=PATH      use this binary instead of building one
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+examples=${1:-${ST_MAX_EXAMPLES:-100}}
+seed=${ST_SEED:-20261125}
+min_requests=${MIN_REQUESTS:-1000}
+
+if ! command -v "${ST:-st}" >/dev/null 2>&1; then
+  echo "schemathesis is not installed: pip install schemathesis" >&2
+  exit 1
+fi
+
+if [ -n "${TIDINGS_BIN:-}" ]; then
+  bin=$TIDINGS_BIN
+else
+  cargo build --release --quiet --bin tidings
+  bin="${CARGO_TARGET_DIR:-$root/target}/release/tidings"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/tidings-st-XXXXXX")
+daemon_pid=
+cleanup() {
+  if [ -n "$daemon_pid" ]; then
+    kill "$daemon_pid" 2>/dev/null || true
+    wait "$daemon_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+
+cat >"$work/tidings.yaml" <<EOF
+listen: 127.0.0.1:$port
+data_dir: $work/data
+rules: $root/rules
+templates: $root/templates
+default_timezone: UTC
+default_locale: en
+public_url: http://127.0.0.1:$port
+company:
+  name: Example Support
+api:
+  tokens:
+    - source: schemathesis
+      token_sha256: $sha
+admin:
+  token_sha256: $sha
+email:
+  transport: file
+  file_dir: $work/outbox/email
+  from: "Example Support <support@example.com>"
+sms:
+  transport: file
+  file_dir: $work/outbox/sms
+delivery:
+  max_attempts: 3
+  backoff: { initial: 1s, max: 5s }
+EOF
+
+"$bin" serve --config "$work/tidings.yaml" >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 1 150); do
+  if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
+    break
+  fi
+  if ! kill -0 "$daemon_pid" 2>/dev/null; then
+    echo "tidings exited before it was ready:" >&2
+    cat "$work/daemon.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+
+args=(
+  run "http://127.0.0.1:$port/openapi.json"
+  --checks all
+  --header "Authorization: Bearer $token"
+  --max-examples "$examples"
+  --seed "$seed"
+  --workers 2
+  --generation-database none
+  --report junit,ndjson
+  --report-dir "$work/report"
+  --no-color
+)
+if [ -n "${ST_MAX_TIME:-}" ]; then
+  args+=(--max-time "$ST_MAX_TIME")
+fi
+
+export PYTHONPATH="$root/tests/hostile${PYTHONPATH:+:$PYTHONPATH}"
+export SCHEMATHESIS_HOOKS=st_hooks
+started=$(date +%s)
+set +e
+# From the temp dir, so schemathesis' own files stay out of the repo.
+(cd "$work" && "${ST:-st}" --config-file "$root/tests/hostile/schemathesis.toml" "${args[@]}")
+status=$?
+set -e
+elapsed=$(( $(date +%s) - started ))
+
+# The request count from schemathesis' own event stream: every interaction
+# it recorded.
+requests=$(python3 - "$work/report" <<'PY'
+import json, pathlib, sys
+n = 0
+for path in pathlib.Path(sys.argv[1]).glob("*.ndjson"):
+    for line in path.open():
+        event = json.loads(line)
+        for kind, body in event.items():
+            if kind == "ScenarioFinished":
+                n += len(body.get("recorder", {}).get("interactions", {}))
+print(n)
+PY
+)
+
+if grep -q 'panicked' "$work/daemon.log"; then
+  echo "the daemon panicked:" >&2
+  grep -n 'panicked' "$work/daemon.log" >&2
+  status=1
+fi
+if ! kill -0 "$daemon_pid" 2>/dev/null; then
+  echo "the daemon died during the run:" >&2
+  tail -n 20 "$work/daemon.log" >&2
+  status=1
+fi
+
+echo "schemathesis: requests=$requests examples_per_operation=$examples seed=$seed runtime=${elapsed}s exit=$status"
+if [ "$requests" -lt "$min_requests" ]; then
+  echo "schemathesis: only $requests requests, fewer than $min_requests" >&2
+  status=1
+fi
+exit "$status"
