@@ -115,5 +115,6 @@ pub fn app(api: Router, state: AdminState) -> Router {
         .merge(guarded)
         .with_state(state);
     api.merge(ops)
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
         .layer(middleware::from_fn(crate::metrics::track_http))
 }

@@ -574,6 +574,16 @@ async fn not_found() -> AppError {
     AppError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+/// A route that exists, asked with a method it does not take (axum adds
+/// the `Allow` header).
+pub async fn method_not_allowed() -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {

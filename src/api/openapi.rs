@@ -36,6 +36,20 @@ const LOCALE: &str = "^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$";
 /// valid in its country's numbering plan (`format: e164`).
 const E164: &str = "^\\+[0-9]{1,15}$";
 
+/// The delivery states Twilio reports (`consent::sms_status` knows them).
+const DELIVERY_STATUSES: [&str; 10] = [
+    "accepted",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "read",
+    "canceled",
+];
+
 /// The document served at `/openapi.json`.
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi())
@@ -337,7 +351,7 @@ fn other_operations(doc: &mut Value) {
         "tags": ["sms"], "operationId": "sms_inbound",
         "summary": "Twilio's inbound-message webhook: STOP, START and HELP keywords.",
         "parameters": [signature.clone()],
-        "requestBody": form(&["From"], json!({"From": {"type": "string"}, "Body": {"type": "string"}})),
+        "requestBody": form(&["From"], json!({"From": {"type": "string", "minLength": 1}, "Body": {"type": "string"}})),
         "responses": {
             "200": {"description": "TwiML: empty, or the HELP reply",
                 "content": {"text/xml": {"schema": {"type": "string"}}}},
@@ -354,14 +368,26 @@ fn other_operations(doc: &mut Value) {
             "summary": "Twilio's delivery-report callback for a message tidings sent.",
             "parameters": [
                 signature,
-                {"name": "source", "in": "query", "required": false, "schema": {"type": "string"}},
-                {"name": "case", "in": "query", "required": false, "schema": {"type": "string"}},
-                {"name": "msg", "in": "query", "required": false, "schema": {"type": "string"}},
+                {"name": "source", "in": "query", "required": true, "schema": {"type": "string"},
+                 "description": "The case's source, as tidings put it in the callback URL"},
+                {"name": "case", "in": "query", "required": true,
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}},
+                {"name": "msg", "in": "query", "required": true,
+                 "schema": {"type": "string", "format": "uuid"}},
             ],
-            "requestBody": form(&[], json!({
-                "MessageStatus": {"type": "string"}, "SmsStatus": {"type": "string"},
-                "ErrorCode": {"type": "string"}
-            })),
+            "requestBody": {
+                "required": true,
+                "content": {"application/x-www-form-urlencoded": {"schema": {
+                    "type": "object",
+                    "properties": {
+                        "MessageStatus": {"enum": DELIVERY_STATUSES},
+                        "SmsStatus": {"enum": DELIVERY_STATUSES},
+                        "ErrorCode": {"type": "string"}
+                    },
+                    "anyOf": [{"required": ["MessageStatus"]}, {"required": ["SmsStatus"]}],
+                    "additionalProperties": {"type": "string"}
+                }}}
+            },
             "responses": {
                 "204": {"description": "Filed, or nothing to file"},
                 "403": refused,

@@ -4,7 +4,8 @@
 # Starts `tidings serve` on a free loopback port with a temp data dir, the
 # repo's rules and templates, file transports for email and SMS (no peer
 # needed) and a random API token (also the admin token, so one header opens
-# every operation), then runs `st run` on /openapi.json with every check.
+# every operation) and Twilio auth token (tests/hostile/st_hooks.py signs
+# the webhook requests with it), then runs `st run` on /openapi.json with every check.
 # Exits non-zero on any failure: a server error, a response the document
 # does not describe, data the schema allows being refused, or data it
 # forbids being accepted, ... — or when fewer than MIN_REQUESTS requests
@@ -42,12 +43,17 @@ cleanup() {
     kill "$daemon_pid" 2>/dev/null || true
     wait "$daemon_pid" 2>/dev/null || true
   fi
-  rm -rf "$work"
+  if [ -z "${ST_KEEP:-}" ]; then rm -rf "$work"; else echo "kept $work" >&2; fi
 }
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+# Twilio's auth token: the daemon checks webhook signatures with it, and the
+# hooks sign schemathesis' webhook requests with it (SMS still go to files).
+TIDINGS_ST_TWILIO_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export TIDINGS_ST_TWILIO_TOKEN
+export TIDINGS_ST_PUBLIC_URL="http://127.0.0.1:$port"
 sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
 
 cat >"$work/tidings.yaml" <<EOF
@@ -73,6 +79,9 @@ email:
 sms:
   transport: file
   file_dir: $work/outbox/sms
+  account_sid: AC00000000000000000000000000000000
+  auth_token_env: TIDINGS_ST_TWILIO_TOKEN
+  help_text: "Example Support: reply STOP to opt out."
 delivery:
   max_attempts: 3
   backoff: { initial: 1s, max: 5s }
@@ -118,17 +127,25 @@ status=$?
 set -e
 elapsed=$(( $(date +%s) - started ))
 
-# The request count from schemathesis' own event stream: every interaction
-# it recorded.
+# The figures from schemathesis' own event stream: every request it
+# recorded, and the statuses each operation answered.
 requests=$(python3 - "$work/report" <<'PY'
-import json, pathlib, sys
+import collections, json, pathlib, sys
 n = 0
+per_op = collections.defaultdict(collections.Counter)
 for path in pathlib.Path(sys.argv[1]).glob("*.ndjson"):
     for line in path.open():
-        event = json.loads(line)
-        for kind, body in event.items():
-            if kind == "ScenarioFinished":
-                n += len(body.get("recorder", {}).get("interactions", {}))
+        scenario = json.loads(line).get("ScenarioFinished")
+        if not scenario:
+            continue
+        label = scenario["recorder"].get("label", "?")
+        for interaction in scenario["recorder"].get("interactions", {}).values():
+            n += 1
+            status = (interaction.get("response") or {}).get("status_code", "no answer")
+            per_op[label][status] += 1
+for label in sorted(per_op):
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(per_op[label].items(), key=str))
+    print(f"  {label:32} {sum(per_op[label].values()):5}  ({statuses})", file=sys.stderr)
 print(n)
 PY
 )
