@@ -381,10 +381,17 @@ fn other_operations(doc: &mut Value) {
                     "type": "object",
                     "properties": {
                         "MessageStatus": {"enum": DELIVERY_STATUSES},
-                        "SmsStatus": {"enum": DELIVERY_STATUSES},
+                        "SmsStatus": {"type": "string", "description": "Read only when MessageStatus is absent"},
                         "ErrorCode": {"type": "string"}
                     },
-                    "anyOf": [{"required": ["MessageStatus"]}, {"required": ["SmsStatus"]}],
+                    "anyOf": [
+                        {"required": ["MessageStatus"]},
+                        {
+                            "not": {"required": ["MessageStatus"]},
+                            "required": ["SmsStatus"],
+                            "properties": {"SmsStatus": {"enum": DELIVERY_STATUSES}}
+                        }
+                    ],
                     "additionalProperties": {"type": "string"}
                 }}}
             },
