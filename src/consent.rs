@@ -42,6 +42,20 @@ impl std::fmt::Debug for Webhooks {
     }
 }
 
+/// The delivery states Twilio reports in its status callbacks.
+pub const DELIVERY_STATUSES: [&str; 10] = [
+    "accepted",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "read",
+    "canceled",
+];
+
 const STOP_WORDS: &[&str] = &["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
 const START_WORDS: &[&str] = &["START", "YES", "UNSTOP"];
 
@@ -215,19 +229,7 @@ pub async fn sms_status(
         .or_else(|| field(&params, "SmsStatus"))
         .unwrap_or_default()
         .to_ascii_lowercase();
-    const KNOWN: &[&str] = &[
-        "accepted",
-        "scheduled",
-        "queued",
-        "sending",
-        "sent",
-        "delivered",
-        "undelivered",
-        "failed",
-        "read",
-        "canceled",
-    ];
-    if !KNOWN.contains(&status.as_str()) {
+    if !DELIVERY_STATUSES.contains(&status.as_str()) {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             "MessageStatus is not one Twilio sends\n",
