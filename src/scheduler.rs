@@ -8,7 +8,6 @@
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Channel;
 use crate::service::Service;
 use crate::store::{CaseKey, CaseRecord, Commit, StoreError, Writer};
 
@@ -134,16 +133,7 @@ fn siblings_due(
     let Some(record) = svc.store.get(key)? else {
         return Ok(Vec::new());
     };
-    let c = &record.case.customer;
-    let contacts = c
-        .email
-        .iter()
-        .map(|e| svc.store.contact(Channel::Email, e.as_ref()))
-        .chain(
-            c.phone
-                .iter()
-                .map(|p| svc.store.contact(Channel::Sms, p.as_ref())),
-        );
+    let contacts = svc.store.contacts_of(&record.case);
     let mut out: Vec<CaseKey> = Vec::new();
     for contact in contacts {
         for k in svc.store.cases_of(contact)? {

@@ -569,7 +569,7 @@ impl Store {
     }
 
     /// The recipients a case record is indexed under.
-    fn contacts_of(&self, case: &Case) -> Vec<Contact> {
+    pub fn contacts_of(&self, case: &Case) -> Vec<Contact> {
         let c = &case.customer;
         c.email
             .iter()
