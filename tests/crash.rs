@@ -165,9 +165,11 @@ async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_messag
 
     let mut rng = Rng(seed);
     let mut restart_ms = Vec::new();
+    let mut kill_at = Vec::new();
     let started = Instant::now();
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.between(gap.0, gap.1))).await;
+        kill_at.push(std::time::SystemTime::now());
         daemon.kill();
         let t = Instant::now();
         daemon.spawn().await;
@@ -264,6 +266,27 @@ async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_messag
         }
     }
     let duplicates: usize = arrived.values().map(|n| n - 1).sum();
+    // Where each duplicate came from: how close its first copy arrived to
+    // a kill (the sink's file times are coarse, a few ms).
+    for (mid, n) in arrived.iter().filter(|(_, n)| **n > 1) {
+        let first = mails
+            .iter()
+            .find(|m| m.id() == mid)
+            .map_or(std::time::UNIX_EPOCH, |m| m.arrived);
+        let nearest = kill_at
+            .iter()
+            .map(|k| {
+                first
+                    .duration_since(*k)
+                    .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
+            })
+            .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+            .unwrap_or_default();
+        println!(
+            "crash: duplicate {mid} ({n} copies), first copy {:+.1} ms from the nearest kill",
+            nearest * 1000.0
+        );
+    }
     let ratio = 100.0 * duplicates as f64 / recorded.len().max(1) as f64;
     let max_restart = restart_ms.iter().max().copied().unwrap_or_default();
     println!(

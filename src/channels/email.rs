@@ -1,23 +1,22 @@
-//! Email over SMTP (lettre, pooled, STARTTLS/TLS) or into `.eml` files.
+//! Email over SMTP (lettre over our own pooled connections, STARTTLS/TLS)
+//! or into `.eml` files.
 
 use std::str::FromStr;
 
 use email_encoding::headers::writer::EmailWriter;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::{
-    Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-};
+use lettre::{Address, AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::Outcome;
+use super::smtp::{Relay, SendError};
 use crate::config::{EmailConfig, EmailTransport};
 use crate::store::OutboxEntry;
 
 #[derive(Clone)]
 enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(std::sync::Arc<Relay>),
     File(AsyncFileTransport<Tokio1Executor>),
 }
 
@@ -48,14 +47,12 @@ impl Mailer {
                 pool_size,
                 timeout,
             } => {
-                let mut b = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| format!("email.smtp_url: {e}"))?
-                    .pool_config(PoolConfig::new().max_size(*pool_size))
-                    .timeout(Some(*timeout));
-                if let Some(c) = credentials {
-                    b = b.credentials(Credentials::new(c.username.clone(), c.password.clone()));
-                }
-                Transport::Smtp(b.build())
+                let credentials = credentials
+                    .as_ref()
+                    .map(|c| Credentials::new(c.username.clone(), c.password.clone()));
+                let relay = Relay::new(url, credentials, *pool_size as usize, *timeout)
+                    .map_err(|e| format!("email.smtp_url: {e}"))?;
+                Transport::Smtp(std::sync::Arc::new(relay))
             }
         };
         Ok(Self {
@@ -119,10 +116,17 @@ impl Mailer {
                 Ok(_) => Outcome::sent(),
                 Err(e) => Outcome::transient(format!("file transport: {e}")),
             },
-            Transport::Smtp(t) => match t.send(msg).await {
-                Ok(_) => Outcome::sent(),
-                Err(e) if e.is_permanent() => Outcome::permanent(smtp_reason(&e)),
-                Err(e) => Outcome::transient(smtp_reason(&e)),
+            Transport::Smtp(relay) => match relay.send(msg.envelope(), &msg.formatted()).await {
+                Ok(()) => Outcome::sent(),
+                Err(SendError::Smtp(e)) if e.is_permanent() => Outcome::permanent(smtp_reason(&e)),
+                Err(SendError::Smtp(e)) => Outcome::transient(smtp_reason(&e)),
+                Err(SendError::Connect(e)) => {
+                    Outcome::transient(format!("connection: {}", crate::redact::redact(&e)))
+                }
+                Err(SendError::Timeout(t)) => Outcome::transient(format!(
+                    "timeout: no answer within {}",
+                    humantime::format_duration(t)
+                )),
             },
         }
     }

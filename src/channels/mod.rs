@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub mod email;
 pub mod sms;
+pub mod smtp;
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
