@@ -24,6 +24,10 @@
 //! A `contact` is an HMAC of the channel and the normalised address under a
 //! salt generated once per store: opt-outs and indexes never hold an email
 //! address or phone number in clear.
+//!
+//! The values of `cases`, `outbox` and `idempotency` are sealed under their
+//! case's key, kept outside sled (`seal`): erasing a case destroys its key,
+//! so the copies sled's log keeps are unreadable.
 
 use std::hash::{Hash, Hasher};
 
@@ -40,7 +44,10 @@ use crate::domain::{Case, CaseId, Channel};
 use crate::render::EmailContent;
 
 mod ops;
+mod seal;
 pub use ops::{BackupError, BackupSummary, verify_backup};
+pub use seal::SealError;
+use seal::{KEY_LEN, KeyId, Keyring};
 
 pub const RECORD_VERSION: u32 = 1;
 
@@ -56,6 +63,8 @@ pub enum StoreError {
         "storage: the disk holding the store is nearly full ({free_mib} MiB free, {reserve_mib} MiB kept in reserve)"
     )]
     Full { free_mib: u64, reserve_mib: u64 },
+    #[error("storage: {0}")]
+    Seal(#[from] SealError),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -328,6 +337,7 @@ pub struct Store {
     dir: std::path::PathBuf,
     /// Free space kept on the store's disk (see `Store::room`).
     reserve: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    keyring: std::sync::Arc<Keyring>,
 }
 
 /// Who asks for room on the disk: intake stops first, so the writes that
@@ -420,7 +430,22 @@ impl Store {
         let meta = db.open_tree("meta")?;
         let salt = generated_key(&meta, "contact_salt")?;
         let unsubscribe_key = generated_key(&meta, "unsubscribe_key")?;
+        let keyring = Keyring::open(dir)?;
+        // Keys a crash left behind (made for a case whose first write never
+        // landed, or retired by an erasure whose flush did not finish) go now.
+        let mut live = std::collections::HashSet::new();
+        for name in seal::SEALED_TREES {
+            for item in db.open_tree(name)?.iter() {
+                let (_, v) = item?;
+                live.extend(seal::key_id(&v));
+            }
+        }
+        let orphans = keyring.keep_only(&live)?;
+        if orphans > 0 {
+            tracing::info!(orphans, "keyring: destroyed keys no stored value names");
+        }
         Ok(Self {
+            keyring: std::sync::Arc::new(keyring),
             recipients: db.open_tree("recipients")?,
             delivered: db.open_tree("delivered")?,
             optouts: db.open_tree("optouts")?,
@@ -606,13 +631,26 @@ impl Store {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        // Keys retired before this flush belong to cases whose erasure it
+        // makes durable: only then may they go.
+        let retired = self.keyring.take_retired();
+        if let Err(e) = self.db.flush_async().await {
+            self.keyring.untake(retired);
+            return Err(e.into());
+        }
+        self.keyring.destroy(&retired)?;
         Ok(())
+    }
+
+    /// Decodes a stored value of any tree, opening it if it is sealed.
+    fn read<T: for<'de> Deserialize<'de>>(&self, key: &[u8], stored: &[u8]) -> Result<T> {
+        let plain = self.keyring.open_value(stored)?;
+        decode(key, &plain)
     }
 
     pub fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>> {
         let k = key.bytes();
-        self.cases.get(&k)?.map(|v| decode(&k, &v)).transpose()
+        self.cases.get(&k)?.map(|v| self.read(&k, &v)).transpose()
     }
 
     /// Applies a change atomically: the case, its schedule index entry, the
@@ -661,6 +699,60 @@ impl Store {
                     .map(|(k, v)| (idempotency_key_bytes(k), encode(v))),
             })
             .collect();
+        // Seal every value under its case's key; a case stored for the
+        // first time gets one (synced before sled sees a value using it).
+        // Callers hold the cases' locks, so the stored headers are current.
+        let mut keys: Vec<Option<(KeyId, [u8; KEY_LEN])>> = Vec::with_capacity(changes.len());
+        let mut retire = Vec::new();
+        for (p, (_, commit)) in prepared.iter().zip(changes) {
+            let current = self
+                .cases
+                .get(&p.case_key)?
+                .as_deref()
+                .and_then(seal::key_id);
+            if p.erase {
+                retire.extend(current);
+            }
+            let writes = p.record.is_some() || !p.outbox.is_empty() || p.idem.is_some();
+            keys.push(match current {
+                Some(id) if writes && !commit.erase => {
+                    Some((id, self.keyring.key(&id).ok_or(SealError::MissingKey)?))
+                }
+                _ => None,
+            });
+        }
+        let wanted = prepared
+            .iter()
+            .zip(&keys)
+            .filter(|(p, k)| {
+                k.is_none() && (p.record.is_some() || !p.outbox.is_empty() || p.idem.is_some())
+            })
+            .count();
+        let mut fresh = self.keyring.create(wanted)?.into_iter();
+        let fresh_ids: Vec<KeyId> = fresh.as_slice().iter().map(|(id, _)| *id).collect();
+        // Each change's case key, as the transaction leaves it.
+        let mut case_ids: Vec<Option<KeyId>> = Vec::with_capacity(changes.len());
+        let prepared: Vec<Prepared> = prepared
+            .into_iter()
+            .zip(keys)
+            .map(|(mut p, key)| {
+                let writes = p.record.is_some() || !p.outbox.is_empty() || p.idem.is_some();
+                let key = key.or_else(|| writes.then(|| fresh.next()).flatten());
+                case_ids.push(key.map(|(id, _)| id));
+                let Some(key) = key else {
+                    return p;
+                };
+                p.record = p.record.map(|v| Keyring::seal(&key, &v));
+                for o in &mut p.outbox {
+                    o.1 = Keyring::seal(&key, &o.1);
+                }
+                if let Some(i) = p.idem.as_mut() {
+                    i.1 = Keyring::seal(&key, &i.1);
+                }
+                p
+            })
+            .collect();
+        let own_keys: std::cell::RefCell<Vec<KeyId>> = std::cell::RefCell::default();
         let result = (
             &self.cases,
             &self.schedule,
@@ -672,7 +764,8 @@ impl Store {
         )
             .transaction(
                 |(cases, schedule, outbox_t, outbox_due, idempotency, recipients, delivered)| {
-                    for (p, (_, commit)) in prepared.iter().zip(changes) {
+                    own_keys.borrow_mut().clear();
+                    for ((p, (_, commit)), case_id) in prepared.iter().zip(changes).zip(&case_ids) {
                         let case_key = &p.case_key;
                         if let Some(old) = commit.old_due {
                             schedule.remove(ms_key(old, case_key))?;
@@ -713,15 +806,29 @@ impl Store {
                             idempotency.insert(k.as_slice(), v.as_slice())?;
                         }
                         for k in &commit.idempotency_remove {
-                            idempotency.remove(idempotency_key_bytes(k))?;
+                            // A restored answer has a key of its own.
+                            let old = idempotency.remove(idempotency_key_bytes(k))?;
+                            if let Some(id) = old.as_deref().and_then(seal::key_id)
+                                && Some(id) != *case_id
+                                && !retire.contains(&id)
+                            {
+                                own_keys.borrow_mut().push(id);
+                            }
                         }
                     }
                     Ok::<(), ConflictableTransactionError<()>>(())
                 },
             );
         match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Ok(()) => {
+                self.keyring.retire(retire);
+                self.keyring.retire(own_keys.take());
+                Ok(())
+            }
+            Err(TransactionError::Storage(e)) => {
+                self.keyring.retire(fresh_ids);
+                Err(e.into())
+            }
             Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         }
     }
@@ -741,7 +848,10 @@ impl Store {
             email: Option<String>,
             phone: Option<String>,
         }
-        let Ok(slim) = serde_json::from_slice::<Slim>(bytes) else {
+        let Ok(plain) = self.keyring.open_value(bytes) else {
+            return Vec::new();
+        };
+        let Ok(slim) = serde_json::from_slice::<Slim>(&plain) else {
             return Vec::new();
         };
         let c = slim.case.customer;
@@ -793,7 +903,16 @@ impl Store {
                 return Ok((out, Some(at)));
             }
             match self.outbox.get(id.as_bytes())? {
-                Some(bytes) => out.push(decode(id.as_bytes(), &bytes)?),
+                Some(bytes) => match self.read(id.as_bytes(), &bytes) {
+                    Ok(entry) => out.push(entry),
+                    // Its case was erased (and the key with it) while the
+                    // entry was on its way out: nothing is left to send.
+                    Err(StoreError::Seal(SealError::MissingKey)) => {
+                        self.outbox.remove(id.as_bytes())?;
+                        self.outbox_due.remove(&k)?;
+                    }
+                    Err(e) => return Err(e),
+                },
                 None => {
                     self.outbox_due.remove(&k)?;
                 }
@@ -805,7 +924,7 @@ impl Store {
     pub fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>> {
         self.outbox
             .get(id.as_bytes())?
-            .map(|b| decode(id.as_bytes(), &b))
+            .map(|b| self.read(id.as_bytes(), &b))
             .transpose()
     }
 
@@ -817,10 +936,15 @@ impl Store {
 
     pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
         let k = idempotency_key_bytes(key);
-        self.idempotency
-            .get(&k)?
-            .map(|v| decode(&k, &v))
-            .transpose()
+        match self.idempotency.get(&k)? {
+            None => Ok(None),
+            Some(v) => match self.read(&k, &v) {
+                Ok(r) => Ok(Some(r)),
+                // Its case was erased: the answer went with it.
+                Err(StoreError::Seal(SealError::MissingKey)) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
     }
 
     /// Drops idempotency records older than `before` that no case refers
@@ -829,7 +953,12 @@ impl Store {
         let mut n = 0;
         for item in self.idempotency.iter() {
             let (k, v) = item?;
-            if decode::<IdempotentResponse>(&k, &v).is_ok_and(|r| r.at < before) {
+            let old = match self.read::<IdempotentResponse>(&k, &v) {
+                Ok(r) => r.at < before,
+                Err(StoreError::Seal(SealError::MissingKey)) => true,
+                Err(_) => false,
+            };
+            if old {
                 self.idempotency.remove(&k)?;
                 n += 1;
             }
@@ -883,5 +1012,59 @@ mod tests {
             )
             .expect("commit");
         assert!(store.cases.get(key.bytes()).expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_case_is_sealed_under_its_own_key_and_erasure_destroys_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let answer = |body: &str| IdempotentResponse {
+            request_sha256: String::new(),
+            status: 201,
+            body: serde_json::json!({ "email": body }),
+            at: Utc::now(),
+        };
+        let keys: Vec<CaseKey> = ["C-1", "C-2"]
+            .iter()
+            .map(|id| CaseKey::new("helpdesk", id.parse().expect("valid")))
+            .collect();
+        for (n, key) in keys.iter().enumerate() {
+            let commit = Commit {
+                idempotency: Some((format!("k{n}"), answer("canary@example.org"))),
+                ..Commit::default()
+            };
+            store.commit(key, &commit).expect("commit");
+        }
+        let raw = store
+            .idempotency
+            .get(idempotency_key_bytes("k0"))
+            .expect("get")
+            .expect("stored");
+        assert!(!raw.windows(7).any(|w| w == b"canary@"), "sealed");
+        assert!(store.idempotent_response("k0").expect("read").is_some());
+
+        // Erasing C-1 (its answer goes with it) destroys only its key, and
+        // only once the erasure is flushed. A stand-in record under the
+        // key makes it C-1's.
+        let id0 = seal::key_id(&raw).expect("sealed value names its key");
+        store
+            .cases
+            .insert(keys[0].bytes(), raw.clone())
+            .expect("insert");
+        let erase = Commit {
+            erase: true,
+            idempotency_remove: vec!["k0".into()],
+            ..Commit::default()
+        };
+        store.commit(&keys[0], &erase).expect("erase");
+        assert!(store.keyring.key(&id0).is_some(), "kept until the flush");
+        store.flush().await.expect("flush");
+        assert!(store.keyring.key(&id0).is_none(), "destroyed");
+        assert!(matches!(
+            store.keyring.open_value(&raw),
+            Err(SealError::MissingKey)
+        ));
+        assert!(store.idempotent_response("k0").expect("read").is_none());
+        assert!(store.idempotent_response("k1").expect("read").is_some());
     }
 }

@@ -8,14 +8,14 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::Status;
 
-use super::{CaseRecord, Result, Store, decode, ms_of};
+use super::{CaseRecord, Result, Store, ms_of, seal};
 
 impl Store {
     /// Every stored case, in key order: one pass over the cases tree.
     pub fn scan_cases(&self) -> impl Iterator<Item = Result<CaseRecord>> + '_ {
         self.cases.iter().map(|item| {
             let (k, v) = item?;
-            decode(&k, &v)
+            self.read(&k, &v)
         })
     }
 
@@ -32,7 +32,7 @@ impl Store {
         }
         self.cases.iter().map(|item| {
             let (k, v) = item?;
-            decode::<Only>(&k, &v).map(|o| o.case.status)
+            self.read::<Only>(&k, &v).map(|o| o.case.status)
         })
     }
 
@@ -54,6 +54,8 @@ pub enum BackupError {
     Io(#[from] std::io::Error),
     #[error("not a tidings backup, or a damaged one: {0}")]
     Format(String),
+    #[error("storage: {0}")]
+    Seal(#[from] super::SealError),
 }
 
 /// What a backup holds: entries per tree, and the file's checksum.
@@ -127,9 +129,15 @@ impl Store {
             let mut n = 0u64;
             for item in tree.iter() {
                 let (k, v) = item?;
+                // The backup holds values in the clear (it is a file of its
+                // own, not tied to this store's keyring); restore seals
+                // them again under keys of the new store.
+                let plain = self.keyring.open_value(&v).map_err(|e| {
+                    BackupError::Format(format!("a stored value does not open: {e}"))
+                })?;
                 w.put(b"E")?;
                 w.put_chunk(&k)?;
-                w.put_chunk(&v)?;
+                w.put_chunk(&plain)?;
                 n += 1;
             }
             summary
@@ -155,11 +163,45 @@ impl Store {
     ) -> std::result::Result<BackupSummary, BackupError> {
         let parsed = parse_backup(bytes)?;
         let db = sled::Config::new().path(dir).open()?;
+        let keyring = seal::Keyring::open(dir)?;
+        // Values come back sealed under their case's new key, as if written
+        // now: a case's key for its record and its outbox entries, a key of
+        // its own for a stored API answer (the store retires it when the
+        // case's erasure removes the answer).
+        let tree = |name: &str| parsed.trees.iter().find(|(n, _)| *n == name.as_bytes());
+        let cases = tree("cases").map_or(&[][..], |(_, e)| e.as_slice());
+        let mut case_keys = std::collections::HashMap::new();
+        for ((k, _), key) in cases.iter().zip(keyring.create(cases.len())?) {
+            case_keys.insert(k.to_vec(), key);
+        }
+        let outbox = tree("outbox").map_or(&[][..], |(_, e)| e.as_slice());
+        let case_of = |v: &[u8]| {
+            super::decode::<super::OutboxEntry>(b"outbox", v)
+                .ok()
+                .map(|e| e.case.bytes())
+        };
+        let homeless = outbox
+            .iter()
+            .filter(|(_, v)| case_of(v).is_none_or(|c| !case_keys.contains_key(&c)))
+            .count();
+        let idem = tree("idempotency").map_or(0, |(_, e)| e.len());
+        let mut own = keyring.create(homeless + idem)?.into_iter();
         for (name, entries) in &parsed.trees {
             let tree = db.open_tree(name)?;
             let mut batch = sled::Batch::default();
             for (k, v) in entries {
-                batch.insert(*k, *v);
+                let key = match *name {
+                    b"cases" => case_keys.get(*k).cloned(),
+                    b"outbox" => case_of(v)
+                        .and_then(|c| case_keys.get(&c).cloned())
+                        .or_else(|| own.next()),
+                    b"idempotency" => own.next(),
+                    _ => None,
+                };
+                match key {
+                    Some(key) => batch.insert(*k, seal::Keyring::seal(&key, v)),
+                    None => batch.insert(*k, *v),
+                }
             }
             tree.apply_batch(batch)?;
         }
@@ -275,10 +317,18 @@ mod tests {
         assert_eq!(summary.sha256, made.sha256);
         assert_eq!(summary.trees.get("cases"), Some(&1));
         let restored = Store::open(&tmp.path().join("b")).expect("open");
-        assert_eq!(
-            restored.outbox.get(b"id").expect("get").as_deref(),
-            Some(b"entry".as_slice())
-        );
+        // Restored values are sealed again, under the new store's keys.
+        for (tree, key, plain) in [
+            (&restored.outbox, &b"id"[..], &b"entry"[..]),
+            (&restored.cases, &b"helpdesk\0C-1"[..], &b"{}"[..]),
+        ] {
+            let raw = tree.get(key).expect("get").expect("present");
+            assert_ne!(raw.as_ref(), plain);
+            assert_eq!(
+                restored.keyring.open_value(&raw).expect("opens").as_ref(),
+                plain
+            );
+        }
 
         let mut damaged = bytes.clone();
         let mid = damaged.len() / 2;

@@ -1,0 +1,331 @@
+//! Crypto-shredding: what makes `DELETE` erase for real in a log-structured
+//! store.
+//!
+//! sled never overwrites in place: a removed or replaced value stays in old
+//! log segments until sled happens to reuse them, so removing a case from
+//! the `cases` tree leaves its email address, phone number and notes on
+//! disk. Instead, every value of the trees that hold personal data
+//! (`cases`, `outbox`, `idempotency`) is sealed (ChaCha20-Poly1305) under
+//! the key of the case it belongs to, made when the case is first stored.
+//! The keys live outside sled, in a small file of fixed 64-byte slots
+//! (`tidings.keys` beside sled's own files) that *is* overwritten in place.
+//! When a case is erased, its key is zeroed and synced once sled has
+//! flushed the erasure: every copy of the case, of its messages and of its
+//! stored API answers left in sled's log, including earlier versions (an
+//! address replaced long ago), is then ciphertext nobody can open.
+//!
+//! Order matters for crash safety: a key is on disk (synced) before any
+//! sled write that uses it, and is destroyed only after the sled change
+//! that stopped using it is durable. A key left behind by a crash between
+//! the two is an orphan; `Store::open` zeroes every key no stored value
+//! names.
+//!
+//! Values written before sealing existed (plain JSON, starting with `{`)
+//! are still read, and sealed on their next write.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+
+/// The keyring file, inside sled's directory so it moves with the store.
+pub const KEYRING_FILE: &str = "tidings.keys";
+
+/// The trees whose values are sealed.
+pub const SEALED_TREES: [&str; 3] = ["cases", "outbox", "idempotency"];
+
+const VERSION: u8 = 1;
+const ID_LEN: usize = 16;
+pub const KEY_LEN: usize = 32;
+/// A slot: the key's id, the key, zero padding. All zeros is a free slot.
+const SLOT: usize = 64;
+const HEADER: usize = 1 + ID_LEN + NONCE_LEN;
+
+pub type KeyId = [u8; ID_LEN];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("keyring I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "a sealed value names a key that is not in the keyring (erased, or the keyring was lost)"
+    )]
+    MissingKey,
+    #[error("a sealed value does not open with its key (damaged)")]
+    Damaged,
+}
+
+struct Slots {
+    file: File,
+    keys: HashMap<KeyId, (u64, [u8; KEY_LEN])>,
+    free: Vec<u64>,
+    next: u64,
+    /// Keys whose values are gone from sled's view; zeroed after the next
+    /// flush makes that durable.
+    retired: Vec<KeyId>,
+}
+
+/// The per-case keys, in a file of fixed slots overwritten in place.
+pub struct Keyring {
+    slots: Mutex<Slots>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// Opens (or creates) the keyring in sled's directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, SealError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(KEYRING_FILE))?;
+        let len = file.metadata()?.len();
+        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        file.read_exact_at(&mut bytes, 0)?;
+        let mut keys = HashMap::new();
+        let mut free = Vec::new();
+        let mut next = 0;
+        for (i, slot) in bytes.chunks_exact(SLOT).enumerate() {
+            let at = i as u64;
+            next = at + 1;
+            let mut id = [0u8; ID_LEN];
+            id.copy_from_slice(&slot[..ID_LEN]);
+            if id == [0; ID_LEN] {
+                free.push(at);
+            } else {
+                let mut key = [0u8; KEY_LEN];
+                key.copy_from_slice(&slot[ID_LEN..ID_LEN + KEY_LEN]);
+                keys.insert(id, (at, key));
+            }
+        }
+        Ok(Self {
+            slots: Mutex::new(Slots {
+                file,
+                keys,
+                free,
+                next,
+                retired: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // A panic while holding the lock leaves the slots consistent (each
+        // write is one slot), so a poisoned lock is still usable.
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes `n` fresh keys and syncs them to disk before returning.
+    pub fn create(&self, n: usize) -> Result<Vec<(KeyId, [u8; KEY_LEN])>, SealError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut s = self.lock();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut id: KeyId = rand::random();
+            while id == [0; ID_LEN] || s.keys.contains_key(&id) {
+                id = rand::random();
+            }
+            let key: [u8; KEY_LEN] = rand::random();
+            let at = match s.free.pop() {
+                Some(at) => at,
+                None => {
+                    s.next += 1;
+                    s.next - 1
+                }
+            };
+            let mut slot = [0u8; SLOT];
+            slot[..ID_LEN].copy_from_slice(&id);
+            slot[ID_LEN..ID_LEN + KEY_LEN].copy_from_slice(&key);
+            s.file.write_all_at(&slot, at * SLOT as u64)?;
+            s.keys.insert(id, (at, key));
+            out.push((id, key));
+        }
+        s.file.sync_data()?;
+        Ok(out)
+    }
+
+    pub fn key(&self, id: &KeyId) -> Option<[u8; KEY_LEN]> {
+        self.lock().keys.get(id).map(|(_, k)| *k)
+    }
+
+    /// Marks keys for destruction after the next flush.
+    pub fn retire(&self, ids: impl IntoIterator<Item = KeyId>) {
+        self.lock().retired.extend(ids);
+    }
+
+    /// The keys retired so far, to destroy once a flush that started after
+    /// this call has completed.
+    pub fn take_retired(&self) -> Vec<KeyId> {
+        std::mem::take(&mut self.lock().retired)
+    }
+
+    /// Gives back keys taken for a flush that failed.
+    pub fn untake(&self, ids: Vec<KeyId>) {
+        self.lock().retired.extend(ids);
+    }
+
+    /// Zeroes the slots of `ids` and syncs.
+    pub fn destroy(&self, ids: &[KeyId]) -> Result<(), SealError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut s = self.lock();
+        let zero = [0u8; SLOT];
+        for id in ids {
+            if let Some((at, _)) = s.keys.remove(id) {
+                s.file.write_all_at(&zero, at * SLOT as u64)?;
+                s.free.push(at);
+            }
+        }
+        s.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Destroys every key not in `live`; returns how many went.
+    pub fn keep_only(&self, live: &HashSet<KeyId>) -> Result<usize, SealError> {
+        let orphans: Vec<KeyId> = self
+            .lock()
+            .keys
+            .keys()
+            .filter(|id| !live.contains(*id))
+            .copied()
+            .collect();
+        self.destroy(&orphans)?;
+        Ok(orphans.len())
+    }
+
+    /// How many keys the ring holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().keys.len()
+    }
+
+    /// Seals `plain` under the key `(id, key)`.
+    pub fn seal((id, key): &(KeyId, [u8; KEY_LEN]), plain: &[u8]) -> Vec<u8> {
+        let nonce_bytes: [u8; NONCE_LEN] = rand::random();
+        let sealing = LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, key)
+                .unwrap_or_else(|_| unreachable!("a 32-byte key is a ChaCha20 key")),
+        );
+        let mut out = Vec::with_capacity(HEADER + plain.len() + CHACHA20_POLY1305.tag_len());
+        out.push(VERSION);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&nonce_bytes);
+        let mut body = plain.to_vec();
+        sealing
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(id),
+                &mut body,
+            )
+            .unwrap_or_else(|_| unreachable!("sealing fails only past 256 GiB"));
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The plaintext of a stored value: sealed values are opened, plain
+    /// JSON (written before sealing) passes through.
+    pub fn open_value<'a>(
+        &self,
+        stored: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, SealError> {
+        let Some(id) = key_id(stored) else {
+            return Ok(std::borrow::Cow::Borrowed(stored));
+        };
+        let key = self.key(&id).ok_or(SealError::MissingKey)?;
+        let opening = LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &key)
+                .unwrap_or_else(|_| unreachable!("a 32-byte key is a ChaCha20 key")),
+        );
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&stored[1 + ID_LEN..HEADER]);
+        let mut body = stored[HEADER..].to_vec();
+        let plain_len = opening
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&id),
+                &mut body,
+            )
+            .map_err(|_| SealError::Damaged)?
+            .len();
+        body.truncate(plain_len);
+        Ok(std::borrow::Cow::Owned(body))
+    }
+}
+
+/// The key a stored value is sealed under; `None` for a plain value.
+pub fn key_id(stored: &[u8]) -> Option<KeyId> {
+    if stored.len() < HEADER || stored[0] != VERSION {
+        return None;
+    }
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(&stored[1..=ID_LEN]);
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_until_their_key_is_destroyed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = Keyring::open(dir.path()).expect("open");
+        let keys = ring.create(2).expect("create");
+        let plain = br#"{"email":"canary@example.org"}"#;
+        let sealed = Keyring::seal(&keys[0], plain);
+        assert!(!sealed.windows(7).any(|w| w == b"canary@"));
+        assert_eq!(ring.open_value(&sealed).expect("open").as_ref(), plain);
+        // Plain JSON passes through.
+        assert_eq!(ring.open_value(plain).expect("plain").as_ref(), plain);
+
+        // The ring survives a reopen; a destroyed key is gone from the file.
+        drop(ring);
+        let ring = Keyring::open(dir.path()).expect("reopen");
+        assert_eq!(ring.len(), 2);
+        ring.destroy(&[keys[0].0]).expect("destroy");
+        assert!(matches!(
+            ring.open_value(&sealed),
+            Err(SealError::MissingKey)
+        ));
+        let file = std::fs::read(dir.path().join(KEYRING_FILE)).expect("read");
+        assert!(!file.windows(KEY_LEN).any(|w| w == keys[0].1));
+        assert!(file.windows(KEY_LEN).any(|w| w == keys[1].1));
+
+        // Slots are reused; orphans go.
+        let again = ring.create(1).expect("create");
+        assert_eq!(
+            file.len(),
+            std::fs::read(dir.path().join(KEYRING_FILE))
+                .expect("read")
+                .len()
+        );
+        let live: HashSet<KeyId> = [again[0].0].into();
+        assert_eq!(ring.keep_only(&live).expect("gc"), 1);
+        assert_eq!(ring.len(), 1);
+    }
+
+    #[test]
+    fn a_tampered_value_does_not_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = Keyring::open(dir.path()).expect("open");
+        let keys = ring.create(1).expect("create");
+        let mut sealed = Keyring::seal(&keys[0], b"{}");
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert!(matches!(ring.open_value(&sealed), Err(SealError::Damaged)));
+    }
+}
