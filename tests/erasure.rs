@@ -10,7 +10,6 @@
 mod peers;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use peers::{Daemon, POLL, TOKEN, free_port};
@@ -81,39 +80,13 @@ delivery:
         mail = dir.path().join("outbox/email").display().to_string(),
         sms = dir.path().join("outbox/sms").display().to_string(),
     );
-    std::fs::write(dir.path().join("tidings.yaml"), config).expect("write config");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client");
-    let mut d = Daemon {
-        child: None,
-        dir,
-        port,
-        http,
-    };
-    d.spawn().await;
-    d
+    Daemon::start_in(dir, port, &config).await
 }
 
 /// SIGTERM, then wait: the daemon flushes the store on its way out.
 fn stop_gracefully(d: &mut Daemon) {
-    let mut child = d.child.take().expect("running");
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "send SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(status.success(), "tidings exited with {status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "tidings did not stop on SIGTERM");
-        std::thread::sleep(POLL);
-    }
+    let (_, status) = d.terminate();
+    assert!(status.success(), "tidings exited with {status}");
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -236,6 +236,12 @@ delivery:
             data = dir.path().join("data").display().to_string(),
             rules = rules_dir.display().to_string(),
         ) + extra;
+        Self::start_in(dir, port, &config).await
+    }
+
+    /// Writes `config` as the daemon's config file in `dir` and starts it;
+    /// `config` listens on `port`.
+    pub async fn start_in(dir: tempfile::TempDir, port: u16, config: &str) -> Self {
         std::fs::write(dir.path().join("tidings.yaml"), config).expect("write config");
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
