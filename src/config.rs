@@ -173,6 +173,7 @@ struct RawEmail {
     password_file: Option<String>,
     from: Option<Spanned<String>>,
     pool_size: Option<u32>,
+    tls_ca_file: Option<Spanned<String>>,
     file_dir: Option<String>,
     timeout: Option<Spanned<String>>,
     quiet_hours: Option<Spanned<RawQuiet>>,
@@ -328,6 +329,9 @@ pub enum EmailTransport {
         credentials: Option<Credentials>,
         pool_size: u32,
         timeout: Duration,
+        /// PEM certificates trusted besides the public roots (a relay
+        /// with a private certificate authority).
+        tls_roots: Option<Vec<u8>>,
     },
     File {
         dir: PathBuf,
@@ -863,9 +867,24 @@ fn resolve_email(
                     None
                 }
             };
+            let tls_roots = raw.tls_ca_file.as_ref().and_then(|f| {
+                let path = resolve_path(base, &f.value);
+                match std::fs::read(&path) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        errors.push(Diagnostic::at(
+                            file,
+                            f,
+                            format!("email.tls_ca_file: cannot read {}: {e}", path.display()),
+                        ));
+                        None
+                    }
+                }
+            });
             EmailTransport::Smtp {
                 url: url.value.clone(),
                 credentials,
+                tls_roots,
                 pool_size: raw.pool_size.unwrap_or(8).clamp(1, 64),
                 timeout: spanned_duration(
                     file,
@@ -1142,6 +1161,21 @@ mod tests {
         assert_eq!(
             line,
             "t.yaml:1:9: listen: `127.0.0.1\\n:80` is not an address such as 127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_tls_ca_file_is_named_with_its_position() {
+        let err = Config::parse(
+            Path::new("/nonexistent/t.yaml"),
+            "email:\n  transport: smtp\n  smtp_url: smtp://relay.example.com?tls=required\n  tls_ca_file: ca.pem\n",
+        )
+        .expect_err("missing CA file");
+        let line = err.to_string();
+        assert!(line.starts_with("/nonexistent/t.yaml:4:16:"), "{line}");
+        assert!(
+            line.contains("email.tls_ca_file: cannot read /nonexistent/ca.pem"),
+            "{line}"
         );
     }
 

@@ -19,6 +19,8 @@ use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::net::{TcpSocket, TcpStream};
 
 /// How long an idle connection is kept before it is closed rather than
@@ -72,10 +74,12 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// Reads `smtp://host[:port][/helo]`, `?tls=required|opportunistic`,
     /// `smtps://`, and user and password in the URL (as lettre does);
-    /// `credentials`, when given, win over the URL's.
+    /// `credentials`, when given, win over the URL's. `extra_roots` (PEM)
+    /// are trusted besides the Mozilla roots.
     pub fn new(
         url: &str,
         credentials: Option<Credentials>,
+        extra_roots: Option<&[u8]>,
         max_idle: usize,
         timeout: Duration,
     ) -> Result<Self, String> {
@@ -91,12 +95,24 @@ impl Relay {
             .query_pairs()
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
-        let params = || TlsParameters::new(host.clone()).map_err(|e| e.to_string());
+        let roots = match extra_roots {
+            Some(pem) => certificates(pem)?,
+            None => Vec::new(),
+        };
+        let params = || {
+            let mut b = TlsParameters::builder(host.clone());
+            for der in &roots {
+                let cert = lettre::transport::smtp::client::Certificate::from_der(der.to_vec())
+                    .map_err(|e| format!("email.tls_ca_file: {e}"))?;
+                b = b.add_root_certificate(cert);
+            }
+            b.build_rustls().map_err(|e| e.to_string())
+        };
         let (security, default_port) = match (url.scheme(), tls.as_deref()) {
             ("smtp", None) => (Security::None, 25),
             ("smtp", Some("required")) => (Security::Required(params()?), 587),
             ("smtp", Some("opportunistic")) => (Security::Opportunistic(params()?), 587),
-            ("smtps", None) => (Security::Wrapper(tls_config()?), 465),
+            ("smtps", None) => (Security::Wrapper(tls_config(&roots)?), 465),
             (scheme, tls) => {
                 return Err(format!(
                     "unknown scheme `{scheme}` or tls `{}` (smtp://, smtp://…?tls=required, smtp://…?tls=opportunistic or smtps://)",
@@ -259,12 +275,28 @@ fn quit(mut conn: AsyncSmtpConnection, timeout: Duration) {
     });
 }
 
-/// Certificates checked against the Mozilla roots (webpki-roots), as lettre
-/// does for STARTTLS.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = rustls::RootCertStore {
+/// The certificates of a PEM file (a private certificate authority).
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("email.tls_ca_file: {e}"))?;
+    if certs.is_empty() {
+        return Err("email.tls_ca_file: no certificate in the file".into());
+    }
+    Ok(certs)
+}
+
+/// Certificates checked against the Mozilla roots (webpki-roots) and
+/// `extra`, as lettre does for STARTTLS.
+fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("email.tls_ca_file: {e}"))?;
+    }
     let config = rustls::ClientConfig::builder_with_provider(
         rustls::crypto::ring::default_provider().into(),
     )
@@ -324,7 +356,7 @@ mod tests {
     use super::*;
 
     fn relay(url: &str) -> Result<Relay, String> {
-        Relay::new(url, None, 4, Duration::from_secs(5))
+        Relay::new(url, None, None, 4, Duration::from_secs(5))
     }
 
     #[test]
