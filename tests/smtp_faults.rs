@@ -4,6 +4,8 @@
 //! slow server. For each, the transient ones are retried with backoff and
 //! the message arrives exactly once when the server recovers (a normal
 //! smtp-sink on the same port); the permanent one fails without a retry.
+//! A relay refusing every message gets exactly `max_attempts` tries of each
+//! and the daemon's memory stays flat.
 
 mod peers;
 
@@ -154,4 +156,115 @@ async fn a_slow_server_gets_the_message_once() {
         "smtp slow (3 s DATA): delivered once after {:.1}s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A relay that answers 451 to every DATA (mailin-embedded, counting the
+/// transactions it sees; smtp-sink keeps no trace of a refused one): each
+/// message is tried exactly `max_attempts` times, then failed, and the
+/// daemon's memory does not grow with the failing retries.
+#[tokio::test]
+async fn a_refusing_relay_gets_bounded_retries_and_memory_stays_flat() {
+    const CASES: usize = 200;
+    const MAX_ATTEMPTS: usize = 10; // Daemon::start's delivery.max_attempts
+    let (port, transactions) = refusing_relay();
+    let d = Daemon::start(port, RULES).await;
+    let pid = d.child.as_ref().expect("running").id();
+    for n in 0..CASES {
+        let mut body = case();
+        body["customer"]["email"] = json!(format!("storm{n}@example.com"));
+        d.put_case(&format!("STORM-{n}"), &body).await;
+    }
+    let started = Instant::now();
+    let mut rss = vec![rss_kib(pid)];
+    let deadline = started + Duration::from_secs(60);
+    let failed = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss.push(rss_kib(pid));
+        let mut failed = 0;
+        for n in 0..CASES {
+            let c = d.get_case(&format!("STORM-{n}")).await;
+            if c["messages"][0]["status"] == "failed" {
+                failed += 1;
+            }
+        }
+        if failed == CASES || Instant::now() > deadline {
+            break failed;
+        }
+    };
+    assert_eq!(failed, CASES, "every message failed after its attempts");
+    // Nothing more is tried once they failed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rss.push(rss_kib(pid));
+    let seen = *transactions.lock().expect("count");
+    let (first, peak, last) = (
+        rss[0],
+        rss.iter().copied().max().unwrap_or(0),
+        rss.last().copied().unwrap_or(0),
+    );
+    println!(
+        "smtp refusing relay: {CASES} messages, {seen} transactions at the relay ({:.1} per message), all failed in {:.1}s; daemon RSS {:.1} MiB at the start, {:.1} MiB peak, {:.1} MiB at the end",
+        seen as f64 / CASES as f64,
+        started.elapsed().as_secs_f64(),
+        first as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        last as f64 / 1024.0
+    );
+    assert_eq!(
+        seen,
+        CASES * MAX_ATTEMPTS,
+        "each message tried exactly max_attempts times"
+    );
+    assert!(
+        last <= first + 32 * 1024,
+        "memory grew with failing retries: {first} KiB -> {last} KiB"
+    );
+}
+
+/// mailin-embedded on a free port, answering 451 to every DATA; the
+/// number of transactions (MAIL FROM) it saw.
+fn refusing_relay() -> (u16, std::sync::Arc<std::sync::Mutex<usize>>) {
+    #[derive(Clone)]
+    struct Refuse(std::sync::Arc<std::sync::Mutex<usize>>);
+    impl mailin_embedded::Handler for Refuse {
+        fn mail(
+            &mut self,
+            _ip: std::net::IpAddr,
+            _domain: &str,
+            _from: &str,
+        ) -> mailin_embedded::Response {
+            *self.0.lock().expect("count") += 1;
+            mailin_embedded::response::OK
+        }
+        fn data_start(
+            &mut self,
+            _domain: &str,
+            _from: &str,
+            _is8bit: bool,
+            _to: &[String],
+        ) -> mailin_embedded::Response {
+            mailin_embedded::response::INTERNAL_ERROR
+        }
+    }
+    let count = std::sync::Arc::new(std::sync::Mutex::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut server = mailin_embedded::Server::new(Refuse(count.clone()));
+    server
+        .with_name("refusing.test")
+        .with_num_threads(8)
+        .with_tcp_listener(listener);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+    (port, count)
 }
