@@ -338,6 +338,19 @@ pub struct Store {
     /// Free space kept on the store's disk (see `Store::room`).
     reserve: std::sync::Arc<std::sync::atomic::AtomicU64>,
     keyring: std::sync::Arc<Keyring>,
+    flushes: std::sync::Arc<Flushes>,
+}
+
+/// Group commit: one flush at a time (sled 0.34's `flush_async` can
+/// deadlock when called concurrently, spacejam/sled#1308), and a caller
+/// whose writes a flush already covered does not wait for another.
+#[derive(Debug, Default)]
+struct Flushes {
+    /// Taken by each caller after its writes.
+    requested: std::sync::atomic::AtomicU64,
+    /// Every ticket up to this one is durable.
+    done: std::sync::atomic::AtomicU64,
+    running: tokio::sync::Mutex<()>,
 }
 
 /// Who asks for room on the disk: intake stops first, so the writes that
@@ -446,6 +459,7 @@ impl Store {
         }
         Ok(Self {
             keyring: std::sync::Arc::new(keyring),
+            flushes: std::sync::Arc::default(),
             recipients: db.open_tree("recipients")?,
             delivered: db.open_tree("delivered")?,
             optouts: db.open_tree("optouts")?,
@@ -631,13 +645,28 @@ impl Store {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<()> {
-        // Keys retired before this flush belong to cases whose erasure it
-        // makes durable: only then may they go.
+        use std::sync::atomic::Ordering::SeqCst;
+        let f = &self.flushes;
+        let ticket = f.requested.fetch_add(1, SeqCst) + 1;
+        let _running = f.running.lock().await;
+        if f.done.load(SeqCst) >= ticket {
+            // A flush that began after our writes has finished.
+            return Ok(());
+        }
+        // This flush covers every ticket taken so far. Keys retired before
+        // it belong to cases whose erasure it makes durable: only then may
+        // they go.
+        let covers = f.requested.load(SeqCst);
         let retired = self.keyring.take_retired();
-        if let Err(e) = self.db.flush_async().await {
+        let db = self.db.clone();
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| sled::Error::ReportableBug(format!("the flush task failed: {e}")));
+        if let Err(e) = flushed.and_then(|r| r) {
             self.keyring.untake(retired);
             return Err(e.into());
         }
+        f.done.store(covers, SeqCst);
         self.keyring.destroy(&retired)?;
         Ok(())
     }

@@ -537,6 +537,6 @@ async fn sigterm_during_a_burst_exits_in_time_and_loses_or_repeats_nothing() {
             tokio::time::sleep(POLL).await;
         };
         assert_eq!(kinds(&h), ["created"], "{id}: {h:?}");
-        assert_eq!(h[0].status, "sent", "{id}: {h:?}");
+        assert_eq!(h[0].status, "sent", "{id}: {h:?}; log:\n{}", daemon.log());
     }
 }

@@ -101,7 +101,9 @@ impl Store {
         for stripe in self.locks.iter() {
             guards.push(stripe.lock().await);
         }
-        self.db.flush_async().await?;
+        self.flush()
+            .await
+            .map_err(|e| BackupError::Io(std::io::Error::other(e.to_string())))?;
         let summary = self.write_backup(out);
         drop(guards);
         summary
