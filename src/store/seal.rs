@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -82,11 +82,13 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Opens (or creates) the keyring in sled's directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, SealError> {
+        // Readable by the daemon's user alone, whatever the umask.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(dir.join(KEYRING_FILE))?;
         let len = file.metadata()?.len();
         let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
@@ -291,6 +293,13 @@ mod tests {
         assert_eq!(ring.open_value(&sealed).expect("open").as_ref(), plain);
         // Plain JSON passes through.
         assert_eq!(ring.open_value(plain).expect("plain").as_ref(), plain);
+
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEYRING_FILE))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the keyring is private");
 
         // The ring survives a reopen; a destroyed key is gone from the file.
         drop(ring);
