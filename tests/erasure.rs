@@ -12,9 +12,8 @@ mod peers;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use peers::{Daemon, POLL, TOKEN, free_port};
+use peers::{Daemon, POLL, TOKEN, config_head, free_port};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 const EMAIL: &str = "quintessa.erasure-canary.7f3a9@example.org";
 /// The address the case had first, replaced before the erasure.
@@ -38,26 +37,11 @@ on:
 "#;
 
 async fn start(dir: tempfile::TempDir) -> Daemon {
-    let rules_dir = dir.path().join("rules");
-    std::fs::create_dir(&rules_dir).expect("rules dir");
-    std::fs::write(rules_dir.join("rules.yaml"), RULES).expect("write rules");
     let port = free_port();
-    let config = format!(
-        "listen: 127.0.0.1:{port}
-data_dir: {data:?}
-rules: {rules:?}
-templates: {templates:?}
-default_timezone: UTC
-default_locale: en
-public_url: http://127.0.0.1:{port}
-company:
-  name: Example Support
-log:
+    let config = config_head(dir.path(), port, RULES)
+        + &format!(
+            "log:
   level: tidings=debug,info
-api:
-  tokens:
-    - source: helpdesk
-      token_sha256: {sha}
 email:
   transport: file
   file_dir: {mail:?}
@@ -73,13 +57,9 @@ delivery:
   max_attempts: 3
   backoff: {{ initial: 200ms, max: 1s }}
 ",
-        data = dir.path().join("data").display().to_string(),
-        rules = rules_dir.display().to_string(),
-        templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
-        sha = hex::encode(Sha256::digest(TOKEN.as_bytes())),
-        mail = dir.path().join("outbox/email").display().to_string(),
-        sms = dir.path().join("outbox/sms").display().to_string(),
-    );
+            mail = dir.path().join("outbox/email").display().to_string(),
+            sms = dir.path().join("outbox/sms").display().to_string(),
+        );
     Daemon::start_in(dir, port, &config).await
 }
 

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mailin_embedded::{Handler, Response, Server, SslConfig, response};
-use peers::{Daemon, EMAIL, POLL, TOKEN, free_port};
+use peers::{Daemon, EMAIL, POLL, config_head, free_port};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 /// Every message the server accepted, raw.
 #[derive(Clone, Default)]
@@ -121,28 +120,12 @@ async fn daemon(smtp_url: &str, ca: Option<&str>) -> Daemon {
         .prefix("tidings-tls-")
         .tempdir()
         .expect("temp dir");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).expect("rules dir");
-    std::fs::write(
-        rules.join("rules.yaml"),
-        "rules: []\non:\n  created: { template: acknowledgement, channels: [email] }\n",
-    )
-    .expect("rules");
     let port = free_port();
+    let rules = "rules: []\non:\n  created: { template: acknowledgement, channels: [email] }\n";
     let ca = ca.map_or(String::new(), |p| format!("  tls_ca_file: {p:?}\n"));
-    let config = format!(
-        "listen: 127.0.0.1:{port}
-data_dir: {data:?}
-rules: {rules:?}
-templates: {templates:?}
-public_url: http://127.0.0.1:{port}
-company:
-  name: Example Support
-api:
-  tokens:
-    - source: helpdesk
-      token_sha256: {sha}
-email:
+    let config = config_head(dir.path(), port, rules)
+        + &format!(
+            "email:
   transport: smtp
   smtp_url: {smtp_url}
   from: \"Support <support@example.com>\"
@@ -150,12 +133,8 @@ email:
 {ca}delivery:
   max_attempts: 3
   backoff: {{ initial: 200ms, max: 500ms }}
-",
-        data = dir.path().join("data").display().to_string(),
-        rules = rules.display().to_string(),
-        templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
-        sha = hex::encode(Sha256::digest(TOKEN.as_bytes())),
-    );
+"
+        );
     Daemon::start_in(dir, port, &config).await
 }
 

@@ -193,26 +193,16 @@ impl Drop for Daemon {
     }
 }
 
-impl Daemon {
-    pub async fn start(sink_port: u16, rules_yaml: &str) -> Self {
-        Self::start_with(sink_port, rules_yaml, "").await
-    }
-
-    /// Started with `extra` appended to the config file (top-level keys
-    /// the base config does not set: `sms`, `digest`, `consent`).
-    pub async fn start_with(sink_port: u16, rules_yaml: &str, extra: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("tidings-e2e-")
-            .tempdir()
-            .expect("daemon dir");
-        let rules_dir = dir.path().join("rules");
-        std::fs::create_dir(&rules_dir).expect("rules dir");
-        std::fs::write(rules_dir.join("rules.yaml"), rules_yaml).expect("write rules");
-        let port = free_port();
-        let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
-        let sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
-        let config = format!(
-            "listen: 127.0.0.1:{port}
+/// The config every end-to-end daemon shares: it listens on `port`, keeps
+/// its store and rules in `dir` (the rules written from `rules_yaml`), uses
+/// the shipped templates and takes `TOKEN` for `helpdesk`. Callers append
+/// `email`, `delivery` and whatever else they need.
+pub fn config_head(dir: &Path, port: u16, rules_yaml: &str) -> String {
+    let rules_dir = dir.join("rules");
+    std::fs::create_dir_all(&rules_dir).expect("rules dir");
+    std::fs::write(rules_dir.join("rules.yaml"), rules_yaml).expect("write rules");
+    format!(
+        "listen: 127.0.0.1:{port}
 data_dir: {data:?}
 rules: {rules:?}
 templates: {templates:?}
@@ -225,17 +215,39 @@ api:
   tokens:
     - source: helpdesk
       token_sha256: {sha}
-email:
+",
+        data = dir.join("data").display().to_string(),
+        rules = rules_dir.display().to_string(),
+        templates = concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
+        sha = hex::encode(Sha256::digest(TOKEN.as_bytes())),
+    )
+}
+
+impl Daemon {
+    pub async fn start(sink_port: u16, rules_yaml: &str) -> Self {
+        Self::start_with(sink_port, rules_yaml, "").await
+    }
+
+    /// Started with `extra` appended to the config file (top-level keys
+    /// the base config does not set: `sms`, `digest`, `consent`).
+    pub async fn start_with(sink_port: u16, rules_yaml: &str, extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tidings-e2e-")
+            .tempdir()
+            .expect("daemon dir");
+        let port = free_port();
+        let config = config_head(dir.path(), port, rules_yaml)
+            + &format!(
+                "email:
   transport: smtp
   smtp_url: smtp://127.0.0.1:{sink_port}
   from: \"Support <support@example.com>\"
 delivery:
   max_attempts: 10
   backoff: {{ initial: 200ms, max: 2s }}
-",
-            data = dir.path().join("data").display().to_string(),
-            rules = rules_dir.display().to_string(),
-        ) + extra;
+"
+            )
+            + extra;
         Self::start_in(dir, port, &config).await
     }
 
