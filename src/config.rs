@@ -329,9 +329,9 @@ pub enum EmailTransport {
         credentials: Option<Credentials>,
         pool_size: u32,
         timeout: Duration,
-        /// PEM certificates trusted besides the public roots (a relay
-        /// with a private certificate authority).
-        tls_roots: Option<Vec<u8>>,
+        /// Certificates trusted besides the public roots (a relay with a
+        /// private certificate authority, `email.tls_ca_file`).
+        tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
     File {
         dir: PathBuf,
@@ -682,6 +682,20 @@ fn spanned_duration(
     }
 }
 
+/// The certificates of a PEM file.
+fn certificates(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(certs)
+}
+
 fn read_secret(
     base: &Path,
     env: Option<&str>,
@@ -867,20 +881,13 @@ fn resolve_email(
                     None
                 }
             };
-            let tls_roots = raw.tls_ca_file.as_ref().and_then(|f| {
-                let path = resolve_path(base, &f.value);
-                match std::fs::read(&path) {
-                    Ok(pem) => Some(pem),
-                    Err(e) => {
-                        errors.push(Diagnostic::at(
-                            file,
-                            f,
-                            format!("email.tls_ca_file: cannot read {}: {e}", path.display()),
-                        ));
-                        None
-                    }
-                }
-            });
+            let tls_roots = match &raw.tls_ca_file {
+                None => Vec::new(),
+                Some(f) => certificates(&resolve_path(base, &f.value)).unwrap_or_else(|m| {
+                    errors.push(Diagnostic::at(file, f, format!("email.tls_ca_file: {m}")));
+                    Vec::new()
+                }),
+            };
             EmailTransport::Smtp {
                 url: url.value.clone(),
                 credentials,
@@ -1175,6 +1182,22 @@ mod tests {
         assert!(line.starts_with("/nonexistent/t.yaml:4:16:"), "{line}");
         assert!(
             line.contains("email.tls_ca_file: cannot read /nonexistent/ca.pem"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_tls_ca_file_without_certificates_is_named_with_its_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").expect("write");
+        let err = Config::parse(
+            &dir.path().join("t.yaml"),
+            "email:\n  transport: smtp\n  smtp_url: smtp://relay.example.com?tls=required\n  tls_ca_file: ca.pem\n",
+        )
+        .expect_err("no certificate");
+        let line = err.to_string();
+        assert!(
+            line.contains("t.yaml:4:16: email.tls_ca_file: no certificate in"),
             "{line}"
         );
     }

@@ -180,6 +180,12 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::open(&config.data_dir.join("db"))?;
     store.set_reserve(config.storage_reserve);
+    let sweeper = store.clone();
+    tokio::task::spawn_blocking(move || match sweeper.sweep_keys() {
+        Ok(0) => {}
+        Ok(orphans) => tracing::info!(orphans, "keyring: destroyed keys no stored value names"),
+        Err(e) => tracing::warn!(error = %e, "keyring: looking for keys left by a crash failed"),
+    });
     with_store_keys(&mut engine, &store);
     let texter = Texter::new(&config.sms, &config.public_url).map_err(|e| anyhow::anyhow!(e))?;
     let pruned = store.prune_idempotency(Utc::now() - chrono::Duration::days(1))?;

@@ -66,15 +66,15 @@ impl Dispatcher {
         loop {
             let now = Utc::now();
             let free = permits.available_permits().max(1);
-            let due = {
-                let in_flight = busy.lock().unwrap_or_else(PoisonError::into_inner);
-                self.svc.store.due_outbox(now, free, &in_flight)
-            };
             // Without room to record an outcome, nothing is sent.
-            let due = match self.svc.store.room(crate::store::Writer::Internal) {
-                Ok(()) => due,
-                Err(e) => Err(e),
-            };
+            let due = self
+                .svc
+                .store
+                .room(crate::store::Writer::Internal)
+                .and_then(|()| {
+                    let in_flight = busy.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.svc.store.due_outbox(now, free, &in_flight)
+                });
             let wait = match due {
                 Ok((batch, next)) => {
                     for entry in batch {

@@ -337,6 +337,9 @@ pub struct Store {
     dir: std::path::PathBuf,
     /// Free space kept on the store's disk (see `Store::room`).
     reserve: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The disk's free space as last measured, and when (ms since the
+    /// epoch): `room` asks the file system at most every `FREE_SPACE_TTL`.
+    free_space: std::sync::Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicI64)>,
     keyring: std::sync::Arc<Keyring>,
     flushes: std::sync::Arc<Flushes>,
 }
@@ -381,6 +384,9 @@ pub fn warn_full(err: &StoreError) {
         tracing::warn!(error = %err, "refusing writes until space is freed on the store's disk");
     }
 }
+
+/// How long a measurement of the disk's free space stands.
+const FREE_SPACE_TTL_MS: i64 = 250;
 
 /// 64 MiB: sled must never meet a full disk (it cannot recover from one).
 pub const DEFAULT_RESERVE: u64 = 64 * 1024 * 1024;
@@ -444,19 +450,6 @@ impl Store {
         let salt = generated_key(&meta, "contact_salt")?;
         let unsubscribe_key = generated_key(&meta, "unsubscribe_key")?;
         let keyring = Keyring::open(dir)?;
-        // Keys a crash left behind (made for a case whose first write never
-        // landed, or retired by an erasure whose flush did not finish) go now.
-        let mut live = std::collections::HashSet::new();
-        for name in seal::SEALED_TREES {
-            for item in db.open_tree(name)?.iter() {
-                let (_, v) = item?;
-                live.extend(seal::key_id(&v));
-            }
-        }
-        let orphans = keyring.keep_only(&live)?;
-        if orphans > 0 {
-            tracing::info!(orphans, "keyring: destroyed keys no stored value names");
-        }
         Ok(Self {
             keyring: std::sync::Arc::new(keyring),
             flushes: std::sync::Arc::default(),
@@ -476,8 +469,25 @@ impl Store {
                 .collect(),
             dir: dir.to_owned(),
             reserve: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_RESERVE)),
+            free_space: std::sync::Arc::default(),
             db,
         })
+    }
+
+    /// Destroys the keys a crash left behind (made for a case whose first
+    /// write never landed, or retired by an erasure whose flush did not
+    /// finish): those the ring held at open that no stored value names.
+    /// One pass over the sealed trees, so the daemon runs it in the
+    /// background after start-up; returns how many went.
+    pub fn sweep_keys(&self) -> Result<usize> {
+        let mut live = std::collections::HashSet::new();
+        for tree in [&self.cases, &self.outbox, &self.idempotency] {
+            for item in tree.iter() {
+                let (_, v) = item?;
+                live.extend(seal::key_id(&v));
+            }
+        }
+        Ok(self.keyring.keep_only(&live)?)
     }
 
     /// Sets the free space to keep on the store's disk.
@@ -496,7 +506,7 @@ impl Store {
             Writer::Intake => reserve,
             Writer::Internal => reserve / 4,
         };
-        let Ok(free) = fs4::available_space(&self.dir) else {
+        let Some(free) = self.free_space(reserve) else {
             return Ok(()); // cannot tell: let the write try
         };
         if free >= need {
@@ -506,6 +516,25 @@ impl Store {
             free_mib: free / (1024 * 1024),
             reserve_mib: reserve / (1024 * 1024),
         })
+    }
+
+    /// Free space on the store's disk. Every request, scheduling step and
+    /// dispatch round asks: while the disk has plenty (twice the reserve),
+    /// a measurement stands for `FREE_SPACE_TTL_MS`, far less than it
+    /// takes to write the reserve; near it, each call measures, so refusal
+    /// and recovery are immediate.
+    fn free_space(&self, reserve: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (free, at) = &*self.free_space;
+        let now = Utc::now().timestamp_millis();
+        let last = free.load(Relaxed);
+        if now - at.load(Relaxed) < FREE_SPACE_TTL_MS && last >= reserve.saturating_mul(2) {
+            return Some(last);
+        }
+        let measured = fs4::available_space(&self.dir).ok()?;
+        free.store(measured, Relaxed);
+        at.store(now, Relaxed);
+        Some(measured)
     }
 
     /// The recipient `address` on `channel`, keyed under this store's salt.
@@ -663,7 +692,7 @@ impl Store {
             .await
             .map_err(|e| sled::Error::ReportableBug(format!("the flush task failed: {e}")));
         if let Err(e) = flushed.and_then(|r| r) {
-            self.keyring.untake(retired);
+            self.keyring.retire(retired);
             return Err(e.into());
         }
         f.done.store(covers, SeqCst);
@@ -675,6 +704,21 @@ impl Store {
     fn read<T: for<'de> Deserialize<'de>>(&self, key: &[u8], stored: &[u8]) -> Result<T> {
         let plain = self.keyring.open_value(stored)?;
         decode(key, &plain)
+    }
+
+    /// As `read`, but `None` for a value whose case was erased (its key
+    /// destroyed) while the value was still on its way out: an outbox
+    /// entry in flight, a stored answer.
+    fn read_if_live<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+        stored: &[u8],
+    ) -> Result<Option<T>> {
+        match self.read(key, stored) {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::Seal(SealError::MissingKey)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>> {
@@ -699,7 +743,21 @@ impl Store {
             outbox: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
             idem: Option<(Vec<u8>, Vec<u8>)>,
         }
-        let prepared: Vec<Prepared> = changes
+        impl Prepared {
+            /// Every value the change writes, sealed under `key`.
+            fn seal(&mut self, key: &(KeyId, [u8; KEY_LEN])) {
+                if let Some(v) = self.record.as_mut() {
+                    *v = Keyring::seal(key, v);
+                }
+                for o in &mut self.outbox {
+                    o.1 = Keyring::seal(key, &o.1);
+                }
+                if let Some(i) = self.idem.as_mut() {
+                    i.1 = Keyring::seal(key, &i.1);
+                }
+            }
+        }
+        let mut prepared: Vec<Prepared> = changes
             .iter()
             .map(|(key, commit)| Prepared {
                 case_key: key.bytes(),
@@ -731,9 +789,11 @@ impl Store {
         // Seal every value under its case's key; a case stored for the
         // first time gets one (synced before sled sees a value using it).
         // Callers hold the cases' locks, so the stored headers are current.
-        let mut keys: Vec<Option<(KeyId, [u8; KEY_LEN])>> = Vec::with_capacity(changes.len());
         let mut retire = Vec::new();
-        for (p, (_, commit)) in prepared.iter().zip(changes) {
+        let mut fresh_ids = Vec::new();
+        // Each change's case key, as the transaction leaves it.
+        let mut case_ids: Vec<Option<KeyId>> = Vec::with_capacity(changes.len());
+        for p in &mut prepared {
             let current = self
                 .cases
                 .get(&p.case_key)?
@@ -743,44 +803,22 @@ impl Store {
                 retire.extend(current);
             }
             let writes = p.record.is_some() || !p.outbox.is_empty() || p.idem.is_some();
-            keys.push(match current {
-                Some(id) if writes && !commit.erase => {
+            let key = match current {
+                _ if !writes => None,
+                Some(id) if !p.erase => {
                     Some((id, self.keyring.key(&id).ok_or(SealError::MissingKey)?))
                 }
-                _ => None,
-            });
+                _ => {
+                    let key = self.keyring.create(1)?.pop();
+                    fresh_ids.extend(key.map(|(id, _)| id));
+                    key
+                }
+            };
+            case_ids.push(key.map(|(id, _)| id));
+            if let Some(key) = key {
+                p.seal(&key);
+            }
         }
-        let wanted = prepared
-            .iter()
-            .zip(&keys)
-            .filter(|(p, k)| {
-                k.is_none() && (p.record.is_some() || !p.outbox.is_empty() || p.idem.is_some())
-            })
-            .count();
-        let mut fresh = self.keyring.create(wanted)?.into_iter();
-        let fresh_ids: Vec<KeyId> = fresh.as_slice().iter().map(|(id, _)| *id).collect();
-        // Each change's case key, as the transaction leaves it.
-        let mut case_ids: Vec<Option<KeyId>> = Vec::with_capacity(changes.len());
-        let prepared: Vec<Prepared> = prepared
-            .into_iter()
-            .zip(keys)
-            .map(|(mut p, key)| {
-                let writes = p.record.is_some() || !p.outbox.is_empty() || p.idem.is_some();
-                let key = key.or_else(|| writes.then(|| fresh.next()).flatten());
-                case_ids.push(key.map(|(id, _)| id));
-                let Some(key) = key else {
-                    return p;
-                };
-                p.record = p.record.map(|v| Keyring::seal(&key, &v));
-                for o in &mut p.outbox {
-                    o.1 = Keyring::seal(&key, &o.1);
-                }
-                if let Some(i) = p.idem.as_mut() {
-                    i.1 = Keyring::seal(&key, &i.1);
-                }
-                p
-            })
-            .collect();
         let own_keys: std::cell::RefCell<Vec<KeyId>> = std::cell::RefCell::default();
         let result = (
             &self.cases,
@@ -932,15 +970,13 @@ impl Store {
                 return Ok((out, Some(at)));
             }
             match self.outbox.get(id.as_bytes())? {
-                Some(bytes) => match self.read(id.as_bytes(), &bytes) {
-                    Ok(entry) => out.push(entry),
-                    // Its case was erased (and the key with it) while the
-                    // entry was on its way out: nothing is left to send.
-                    Err(StoreError::Seal(SealError::MissingKey)) => {
+                Some(bytes) => match self.read_if_live(id.as_bytes(), &bytes)? {
+                    Some(entry) => out.push(entry),
+                    // Its case was erased: nothing is left to send.
+                    None => {
                         self.outbox.remove(id.as_bytes())?;
                         self.outbox_due.remove(&k)?;
                     }
-                    Err(e) => return Err(e),
                 },
                 None => {
                     self.outbox_due.remove(&k)?;
@@ -966,13 +1002,8 @@ impl Store {
     pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
         let k = idempotency_key_bytes(key);
         match self.idempotency.get(&k)? {
+            Some(v) => self.read_if_live(&k, &v),
             None => Ok(None),
-            Some(v) => match self.read(&k, &v) {
-                Ok(r) => Ok(Some(r)),
-                // Its case was erased: the answer went with it.
-                Err(StoreError::Seal(SealError::MissingKey)) => Ok(None),
-                Err(e) => Err(e),
-            },
         }
     }
 
@@ -982,9 +1013,9 @@ impl Store {
         let mut n = 0;
         for item in self.idempotency.iter() {
             let (k, v) = item?;
-            let old = match self.read::<IdempotentResponse>(&k, &v) {
-                Ok(r) => r.at < before,
-                Err(StoreError::Seal(SealError::MissingKey)) => true,
+            // An answer whose case was erased goes too.
+            let old = match self.read_if_live::<IdempotentResponse>(&k, &v) {
+                Ok(r) => r.is_none_or(|r| r.at < before),
                 Err(_) => false,
             };
             if old {
@@ -1041,6 +1072,37 @@ mod tests {
             )
             .expect("commit");
         assert!(store.cases.get(key.bytes()).expect("get").is_none());
+    }
+
+    #[test]
+    fn the_sweep_destroys_orphans_from_before_the_open_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let orphan = {
+            let store = Store::open(tmp.path()).expect("open");
+            // A key whose case write never landed (a crash in between).
+            store.keyring.create(1).expect("create")[0].0
+        };
+        let store = Store::open(tmp.path()).expect("reopen");
+        let key = CaseKey::new("helpdesk", "C-1".parse().expect("valid"));
+        let commit = Commit {
+            idempotency: Some((
+                "k".into(),
+                IdempotentResponse {
+                    request_sha256: String::new(),
+                    status: 201,
+                    body: serde_json::json!({}),
+                    at: Utc::now(),
+                },
+            )),
+            ..Commit::default()
+        };
+        store.commit(&key, &commit).expect("commit");
+        // Made after the open, not yet used by any value.
+        let in_flight = store.keyring.create(1).expect("create")[0].0;
+        assert_eq!(store.sweep_keys().expect("sweep"), 1);
+        assert!(store.keyring.key(&orphan).is_none());
+        assert!(store.keyring.key(&in_flight).is_some());
+        assert!(store.idempotent_response("k").expect("read").is_some());
     }
 
     #[tokio::test]

@@ -51,20 +51,8 @@ impl Mailer {
                 let credentials = credentials
                     .as_ref()
                     .map(|c| Credentials::new(c.username.clone(), c.password.clone()));
-                let relay = Relay::new(
-                    url,
-                    credentials,
-                    tls_roots.as_deref(),
-                    *pool_size as usize,
-                    *timeout,
-                )
-                .map_err(|e| {
-                    if e.starts_with("email.") {
-                        e
-                    } else {
-                        format!("email.smtp_url: {e}")
-                    }
-                })?;
+                let relay = Relay::new(url, credentials, tls_roots, *pool_size as usize, *timeout)
+                    .map_err(|e| format!("email.smtp_url: {e}"))?;
                 Transport::Smtp(std::sync::Arc::new(relay))
             }
         };

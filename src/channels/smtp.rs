@@ -11,7 +11,7 @@
 //! sent it again. Here every socket has `TCP_NODELAY`: the terminator
 //! leaves the moment it is written.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,7 @@ use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// How long an idle connection is kept before it is closed rather than
 /// reused (servers drop idle clients after a few minutes).
@@ -74,12 +73,12 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// Reads `smtp://host[:port][/helo]`, `?tls=required|opportunistic`,
     /// `smtps://`, and user and password in the URL (as lettre does);
-    /// `credentials`, when given, win over the URL's. `extra_roots` (PEM)
-    /// are trusted besides the Mozilla roots.
+    /// `credentials`, when given, win over the URL's. `extra_roots` are
+    /// trusted besides the Mozilla roots.
     pub fn new(
         url: &str,
         credentials: Option<Credentials>,
-        extra_roots: Option<&[u8]>,
+        extra_roots: &[CertificateDer<'static>],
         max_idle: usize,
         timeout: Duration,
     ) -> Result<Self, String> {
@@ -95,15 +94,11 @@ impl Relay {
             .query_pairs()
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
-        let roots = match extra_roots {
-            Some(pem) => certificates(pem)?,
-            None => Vec::new(),
-        };
         let params = || {
             let mut b = TlsParameters::builder(host.clone());
-            for der in &roots {
+            for der in extra_roots {
                 let cert = lettre::transport::smtp::client::Certificate::from_der(der.to_vec())
-                    .map_err(|e| format!("email.tls_ca_file: {e}"))?;
+                    .map_err(|e| e.to_string())?;
                 b = b.add_root_certificate(cert);
             }
             b.build_rustls().map_err(|e| e.to_string())
@@ -112,7 +107,7 @@ impl Relay {
             ("smtp", None) => (Security::None, 25),
             ("smtp", Some("required")) => (Security::Required(params()?), 587),
             ("smtp", Some("opportunistic")) => (Security::Opportunistic(params()?), 587),
-            ("smtps", None) => (Security::Wrapper(tls_config(&roots)?), 465),
+            ("smtps", None) => (Security::Wrapper(tls_config(extra_roots)?), 465),
             (scheme, tls) => {
                 return Err(format!(
                     "unknown scheme `{scheme}` or tls `{}` (smtp://, smtp://…?tls=required, smtp://…?tls=opportunistic or smtps://)",
@@ -239,33 +234,15 @@ impl Relay {
     }
 }
 
-/// A TCP connection to the first address of `host` that answers, with
-/// Nagle's algorithm off.
+/// A TCP connection to the first address of `host` that answers (tokio
+/// tries each in turn), with Nagle's algorithm off.
 async fn open(host: &str, port: u16) -> Result<TcpStream, SendError> {
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| SendError::Connect(format!("resolving the relay: {e}")))?
-            .collect(),
+    let connect = async {
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
     };
-    let mut last = SendError::Connect("the relay's name resolves to no address".into());
-    for addr in addrs {
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        };
-        let attempt = async {
-            let stream = socket?.connect(addr).await?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        };
-        match attempt.await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = SendError::Connect(e.to_string()),
-        }
-    }
-    Err(last)
+    connect.await.map_err(|e| SendError::Connect(e.to_string()))
 }
 
 /// Says goodbye to a connection in the background.
@@ -275,17 +252,6 @@ fn quit(mut conn: AsyncSmtpConnection, timeout: Duration) {
     });
 }
 
-/// The certificates of a PEM file (a private certificate authority).
-fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("email.tls_ca_file: {e}"))?;
-    if certs.is_empty() {
-        return Err("email.tls_ca_file: no certificate in the file".into());
-    }
-    Ok(certs)
-}
-
 /// Certificates checked against the Mozilla roots (webpki-roots) and
 /// `extra`, as lettre does for STARTTLS.
 fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -293,9 +259,7 @@ fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientCon
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     for cert in extra {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("email.tls_ca_file: {e}"))?;
+        roots.add(cert.clone()).map_err(|e| e.to_string())?;
     }
     let config = rustls::ClientConfig::builder_with_provider(
         rustls::crypto::ring::default_provider().into(),
@@ -356,7 +320,7 @@ mod tests {
     use super::*;
 
     fn relay(url: &str) -> Result<Relay, String> {
-        Relay::new(url, None, None, 4, Duration::from_secs(5))
+        Relay::new(url, None, &[], 4, Duration::from_secs(5))
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! Order matters for crash safety: a key is on disk (synced) before any
 //! sled write that uses it, and is destroyed only after the sled change
 //! that stopped using it is durable. A key left behind by a crash between
-//! the two is an orphan; `Store::open` zeroes every key no stored value
+//! the two is an orphan; `Store::sweep_keys`, run in the background after
+//! start-up, zeroes every key from before the open that no stored value
 //! names.
 //!
 //! Values written before sealing existed (plain JSON, starting with `{`)
@@ -33,9 +34,6 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundK
 
 /// The keyring file, inside sled's directory so it moves with the store.
 pub const KEYRING_FILE: &str = "tidings.keys";
-
-/// The trees whose values are sealed.
-pub const SEALED_TREES: [&str; 3] = ["cases", "outbox", "idempotency"];
 
 const VERSION: u8 = 1;
 const ID_LEN: usize = 16;
@@ -66,6 +64,9 @@ struct Slots {
     /// Keys whose values are gone from sled's view; zeroed after the next
     /// flush makes that durable.
     retired: Vec<KeyId>,
+    /// The keys the ring held when it was opened: the only ones that can
+    /// be orphans of a crash (see `keep_only`).
+    at_open: Vec<KeyId>,
 }
 
 /// The per-case keys, in a file of fixed slots overwritten in place.
@@ -112,6 +113,7 @@ impl Keyring {
         Ok(Self {
             slots: Mutex::new(Slots {
                 file,
+                at_open: keys.keys().copied().collect(),
                 keys,
                 free,
                 next,
@@ -163,7 +165,8 @@ impl Keyring {
         self.lock().keys.get(id).map(|(_, k)| *k)
     }
 
-    /// Marks keys for destruction after the next flush.
+    /// Marks keys for destruction after the next flush (or gives back
+    /// those taken for a flush that failed).
     pub fn retire(&self, ids: impl IntoIterator<Item = KeyId>) {
         self.lock().retired.extend(ids);
     }
@@ -172,11 +175,6 @@ impl Keyring {
     /// this call has completed.
     pub fn take_retired(&self) -> Vec<KeyId> {
         std::mem::take(&mut self.lock().retired)
-    }
-
-    /// Gives back keys taken for a flush that failed.
-    pub fn untake(&self, ids: Vec<KeyId>) {
-        self.lock().retired.extend(ids);
     }
 
     /// Zeroes the slots of `ids` and syncs.
@@ -196,15 +194,18 @@ impl Keyring {
         Ok(())
     }
 
-    /// Destroys every key not in `live`; returns how many went.
+    /// Destroys every key the ring held when it was opened that is not in
+    /// `live`; returns how many went. Keys made since are left alone: one
+    /// may belong to a write still under way. Once only.
     pub fn keep_only(&self, live: &HashSet<KeyId>) -> Result<usize, SealError> {
-        let orphans: Vec<KeyId> = self
-            .lock()
-            .keys
-            .keys()
-            .filter(|id| !live.contains(*id))
-            .copied()
-            .collect();
+        let orphans: Vec<KeyId> = {
+            let mut s = self.lock();
+            let at_open = std::mem::take(&mut s.at_open);
+            at_open
+                .into_iter()
+                .filter(|id| s.keys.contains_key(id) && !live.contains(id))
+                .collect()
+        };
         self.destroy(&orphans)?;
         Ok(orphans.len())
     }
