@@ -16,7 +16,7 @@ use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{Defaults, Locale, parse_timezone};
-use crate::schedule::QuietHours;
+use crate::engine::schedule::QuietHours;
 
 /// A problem found in a file the operator wrote, with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]

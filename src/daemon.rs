@@ -12,15 +12,15 @@ use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiState, router};
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
 use crate::config::{Config, Diagnostic, Diagnostics};
-use crate::dispatch::Dispatcher;
 use crate::domain::{Case, CaseInput, Channel, CustomerInput, Priority, Status};
-use crate::plan::{ConsentKeys, Engine};
-use crate::render::{MessageContext, Templates};
-use crate::rules::RuleSet;
+use crate::engine::plan::{ConsentKeys, Engine};
+use crate::engine::render::{MessageContext, Templates};
+use crate::engine::rules::RuleSet;
+use crate::http::api::{ApiState, router};
+use crate::runtime::dispatch::Dispatcher;
 use crate::service::Service;
 use crate::store::Store;
 
@@ -44,7 +44,7 @@ pub fn build_engine(config: &Config) -> Result<Engine, Diagnostics> {
     };
     let mut errors = Vec::new();
     let channels = vec![Channel::Email, Channel::Sms];
-    let mut need = |template: &str, origin: &crate::rules::Origin, chans: &[Channel]| {
+    let mut need = |template: &str, origin: &crate::engine::rules::Origin, chans: &[Channel]| {
         for c in chans {
             if channels.contains(c) && !templates.has(template, *c) {
                 errors.push(origin.diagnostic(format!(
@@ -194,21 +194,24 @@ pub async fn run(
     svc.digest_window = config.digest_window;
     crate::metrics::install();
     crate::metrics::count_cases(&store)?;
-    let reloader = Arc::new(crate::reload::Reloader::new(config.clone(), svc.clone()));
+    let reloader = Arc::new(crate::runtime::reload::Reloader::new(
+        config.clone(),
+        svc.clone(),
+    ));
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         svc: svc.clone(),
         tokens: config.tokens.clone().into(),
         ready: ready.clone(),
-        webhooks: Some(Arc::new(crate::consent::Webhooks {
+        webhooks: Some(Arc::new(crate::http::consent::Webhooks {
             auth_token: config.sms.twilio.as_ref().map(|t| t.auth_token.clone()),
             public_url: config.public_url.clone(),
             help_text: config.sms.help_text.clone(),
         })),
     };
     let cancel = CancellationToken::new();
-    crate::reload::on_sighup(reloader.clone(), cancel.clone())?;
-    let scheduler = tokio::spawn(crate::scheduler::run(svc.clone(), cancel.clone()));
+    crate::runtime::reload::on_sighup(reloader.clone(), cancel.clone())?;
+    let scheduler = tokio::spawn(crate::runtime::scheduler::run(svc.clone(), cancel.clone()));
     let dispatcher = tokio::spawn(
         Dispatcher {
             svc: svc.clone(),
@@ -245,14 +248,14 @@ pub async fn run(
     }
     let stop = cancel.clone();
     let ready_flag = ready.clone();
-    let admin = crate::admin::AdminState {
+    let admin = crate::http::admin::AdminState {
         svc: svc.clone(),
         reloader,
         token_sha256: config.admin_token_sha256,
     };
-    crate::serve::serve(
+    crate::http::serve::serve(
         listener,
-        crate::admin::app(router(state), admin),
+        crate::http::admin::app(router(state), admin),
         async move {
             tokio::select! {
                 () = shutdown => {}

@@ -1,30 +1,22 @@
 //! tidings: keeps customers informed while their support case takes days
 //! or weeks to resolve.
 //!
-//! The flow runs one way: `api` → `service` (plans with `plan`, commits to
-//! `store`) → `scheduler` → outbox → `dispatch` → `channels`.
-//! See ARCHITECTURE.md for the map.
+//! The layers, lowest first (ARCHITECTURE.md has the table the tidy test
+//! enforces): `domain` (validated types, stored records, the clock) ←
+//! `engine` (rules, schedule, render, plan, settle: pure) ← `store` (the
+//! storage interface and its sled implementation) ← `service` (the one
+//! write path) ← `runtime` (scheduler, dispatcher, reload, supervision) ←
+//! `http` (case API, webhooks, admin) ← `daemon`. `channels` take a
+//! rendered message and return an outcome; `config` reads the file.
 
-pub mod admin;
-pub mod api;
-pub mod backup;
 pub mod channels;
+pub mod cli;
 pub mod config;
-pub mod consent;
 pub mod daemon;
-pub mod dispatch;
 pub mod domain;
+pub mod engine;
+pub mod http;
 pub mod metrics;
-pub mod plan;
-pub mod redact;
-pub mod reload;
-pub mod render;
-pub mod rules;
-pub mod schedule;
-pub mod scheduler;
-pub mod segments;
-pub mod serve;
+pub mod runtime;
 pub mod service;
-pub mod signature;
 pub mod store;
-pub mod tools;

@@ -79,7 +79,7 @@ enum Command {
 }
 
 /// Loads config, rules and templates for the offline tools.
-fn offline(path: &std::path::Path) -> Result<(Config, tidings::plan::Engine), ExitCode> {
+fn offline(path: &std::path::Path) -> Result<(Config, tidings::engine::plan::Engine), ExitCode> {
     let config = load(path)?;
     let engine = tidings::daemon::build_engine(&config).map_err(|d| {
         eprintln!("{d}");
@@ -169,8 +169,8 @@ fn main() -> ExitCode {
             };
             let now = chrono::Utc::now();
             print_result(
-                tidings::tools::load_case(&case, &config, now).and_then(|c| {
-                    tidings::tools::preview(&engine, &config, c, rule.as_deref(), channel, now)
+                tidings::cli::tools::load_case(&case, &config, now).and_then(|c| {
+                    tidings::cli::tools::preview(&engine, &config, c, rule.as_deref(), channel, now)
                 }),
             )
         }
@@ -186,7 +186,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let start = start.unwrap_or_else(chrono::Utc::now);
-            let events = match events.map(|p| tidings::tools::load_events(&p)).transpose() {
+            let events = match events
+                .map(|p| tidings::cli::tools::load_events(&p))
+                .transpose()
+            {
                 Ok(e) => e.unwrap_or_default(),
                 Err(e) => {
                     eprintln!("{e}");
@@ -194,22 +197,22 @@ fn main() -> ExitCode {
                 }
             };
             print_result(
-                tidings::tools::load_case(&case, &config, start)
-                    .and_then(|c| tidings::tools::simulate(&engine, c, events, start, days)),
+                tidings::cli::tools::load_case(&case, &config, start)
+                    .and_then(|c| tidings::cli::tools::simulate(&engine, c, events, start, days)),
             )
         }
         Command::Backup { config, to } => ops_command(&config, |loc| {
             let rt = tokio::runtime::Runtime::new()?;
-            let (summary, via) = rt.block_on(tidings::backup::backup(&loc, &to))?;
+            let (summary, via) = rt.block_on(tidings::cli::backup::backup(&loc, &to))?;
             println!(
                 "{}: {} entries in {} trees, sha256 {} ({})",
-                to.join(tidings::backup::BACKUP_FILE).display(),
+                to.join(tidings::cli::backup::BACKUP_FILE).display(),
                 summary.entries,
                 summary.trees.len(),
                 summary.sha256,
                 match via {
-                    tidings::backup::Via::Offline => "read from the stopped store",
-                    tidings::backup::Via::Daemon => "copied by the running daemon",
+                    tidings::cli::backup::Via::Offline => "read from the stopped store",
+                    tidings::cli::backup::Via::Daemon => "copied by the running daemon",
                 }
             );
             Ok(())
@@ -219,7 +222,7 @@ fn main() -> ExitCode {
             from,
             force,
         } => ops_command(&config, |loc| {
-            let summary = tidings::backup::restore(&loc, &from, force)?;
+            let summary = tidings::cli::backup::restore(&loc, &from, force)?;
             println!(
                 "{}: restored {} entries in {} trees (sha256 {})",
                 loc.data_dir.join("db").display(),
@@ -295,8 +298,8 @@ fn ops_command(
         Err(e) => {
             eprintln!("tidings: {e:#}");
             let refused = e
-                .downcast_ref::<tidings::backup::RestoreError>()
-                .is_some_and(|r| matches!(r, tidings::backup::RestoreError::NotEmpty(_)));
+                .downcast_ref::<tidings::cli::backup::RestoreError>()
+                .is_some_and(|r| matches!(r, tidings::cli::backup::RestoreError::NotEmpty(_)));
             ExitCode::from(if refused { 1 } else { 3 })
         }
     }

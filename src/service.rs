@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::domain::{CaseId, CaseInput, Defaults, EventInput, FieldError};
-use crate::plan::{Engine, Planned};
+use crate::engine::plan::{Engine, Planned};
 use crate::store::{
     CaseKey, CaseRecord, Commit, DeliveryStatus, IdempotentResponse, Store, StoreError, Writer,
 };

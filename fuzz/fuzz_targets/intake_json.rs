@@ -11,10 +11,10 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use tidings::api::{MAX_BODY, parse_json};
+use tidings::http::api::{MAX_BODY, parse_json};
 use tidings::config::Config;
 use tidings::domain::{CaseId, CaseInput, Defaults, EventInput};
-use tidings::plan::Engine;
+use tidings::engine::plan::Engine;
 use tidings::store::CaseRecord;
 
 struct Fixture {

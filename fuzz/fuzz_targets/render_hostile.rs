@@ -30,9 +30,9 @@ use libfuzzer_sys::fuzz_target;
 use tidings::channels::email::Mailer;
 use tidings::config::{Config, EmailTransport};
 use tidings::domain::{Case, CaseInput, Channel, CustomerInput, EventInput, Locale, Note};
-use tidings::plan::Engine;
-use tidings::render::{CaseView, EmailContent, MessageContext};
-use tidings::rules::RuleSet;
+use tidings::engine::plan::Engine;
+use tidings::engine::render::{CaseView, EmailContent, MessageContext};
+use tidings::engine::rules::RuleSet;
 use tidings_fuzz::Hostile;
 
 const LOCALES: [&str; 4] = ["en", "id", "pl", "tl"];
@@ -431,7 +431,7 @@ fuzz_target!(|input: Input| {
                         .unwrap_or_else(|e| panic!("{template}/{locale_tag}: {e}"))
                 };
                 let (sa, sb) = (render(&a), render(&b));
-                let n = tidings::segments::count(&sa).count;
+                let n = tidings::domain::segments::count(&sa).count;
                 assert!(
                     n <= max,
                     "{template}/{locale_tag}: {n} segments > {max}: {sa:?}"

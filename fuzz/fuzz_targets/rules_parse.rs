@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use tidings::rules::RuleSet;
+use tidings::engine::rules::RuleSet;
 
 fuzz_target!(|text: &str| {
     if let Err(errors) = RuleSet::parse(Path::new("fuzz.yaml"), text) {

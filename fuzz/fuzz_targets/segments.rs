@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidings::segments::{Encoding, count, truncate};
+use tidings::domain::segments::{Encoding, count, truncate};
 
 fuzz_target!(|input: (String, u8)| {
     let (text, max) = input;

@@ -122,7 +122,7 @@ impl Mailer {
                 Err(SendError::Smtp(e)) if e.is_permanent() => Outcome::permanent(smtp_reason(&e)),
                 Err(SendError::Smtp(e)) => Outcome::transient(smtp_reason(&e)),
                 Err(SendError::Connect(e)) => {
-                    Outcome::transient(format!("connection: {}", crate::redact::redact(&e)))
+                    Outcome::transient(format!("connection: {}", crate::domain::redact::redact(&e)))
                 }
                 Err(SendError::Timeout(t)) => Outcome::transient(format!(
                     "timeout: no answer within {}",
@@ -156,7 +156,7 @@ fn encoded_subject(subject: &str) -> Result<HeaderValue, String> {
 /// The server's reply (code and text) without addresses: lettre's error
 /// text carries the server's words, which may echo the recipient.
 fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
-    let text = crate::redact::redact(&e.to_string());
+    let text = crate::domain::redact::redact(&e.to_string());
     match e.status() {
         Some(code) => format!("SMTP {code}: {text}"),
         None if e.is_timeout() => format!("timeout: {text}"),
@@ -169,7 +169,7 @@ mod tests {
     use super::*;
     use crate::config::EmailTransport;
     use crate::domain::Channel;
-    use crate::render::EmailContent;
+    use crate::engine::render::EmailContent;
     use crate::store::CaseKey;
 
     fn entry(subject: &str) -> OutboxEntry {

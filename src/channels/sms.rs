@@ -121,7 +121,7 @@ impl Texter {
                     "message_id": entry.message_id,
                     "to": entry.to,
                     "body": entry.content.text,
-                    "segments": crate::segments::count(&entry.content.text).count,
+                    "segments": crate::domain::segments::count(&entry.content.text).count,
                 });
                 let path = dir.join(format!("{}.json", entry.id));
                 let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
@@ -159,7 +159,7 @@ impl Texter {
                     Err(e) if e.is_timeout() => Outcome::transient("Twilio: timeout"),
                     Err(e) => Outcome::transient(format!(
                         "Twilio: connection: {}",
-                        crate::redact::redact(&e.without_url().to_string())
+                        crate::domain::redact::redact(&e.without_url().to_string())
                     )),
                 }
             }
@@ -185,7 +185,7 @@ async fn classify(response: reqwest::Response) -> Outcome {
     let code = err.as_ref().and_then(|e| e.code);
     let message = err
         .and_then(|e| e.message)
-        .map(|m| crate::redact::redact(&m))
+        .map(|m| crate::domain::redact::redact(&m))
         .unwrap_or_default();
     let reason = match code {
         Some(code) => format!("Twilio {}: error {code}: {message}", status.as_u16()),

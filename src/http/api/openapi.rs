@@ -36,7 +36,7 @@ const LOCALE: &str = "^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$";
 /// valid in its country's numbering plan (`format: e164`).
 const E164: &str = "^\\+[0-9]{1,15}$";
 
-use crate::consent::DELIVERY_STATUSES;
+use crate::http::consent::DELIVERY_STATUSES;
 
 /// The document served at `/openapi.json`.
 pub fn document() -> Value {

@@ -356,12 +356,12 @@ impl Templates {
         };
         let mut text = render(ctx)?;
         for max in [160, 80, 40, 20, 0] {
-            if crate::segments::count(&text).count <= max_segments {
+            if crate::domain::segments::count(&text).count <= max_segments {
                 return Ok(text);
             }
             text = render(&ctx.shortened(max))?;
         }
-        Ok(crate::segments::truncate(&text, max_segments))
+        Ok(crate::domain::segments::truncate(&text, max_segments))
     }
 
     /// SMS templates that run over `max_segments` when rendered with long
@@ -375,7 +375,7 @@ impl Templates {
             let Ok(text) = tmpl.render(Serde(sample)) else {
                 continue;
             };
-            let seg = crate::segments::count(&sms_tidy(&text));
+            let seg = crate::domain::segments::count(&sms_tidy(&text));
             if seg.count > max_segments {
                 out.push(Diagnostic::new(
                     &self.dir.join(name),
@@ -611,7 +611,7 @@ mod tests {
                     let text = t
                         .render_sms(template, &locale.parse().expect("locale"), &ctx, max)
                         .expect("renders");
-                    let n = crate::segments::count(&text).count;
+                    let n = crate::domain::segments::count(&text).count;
                     proptest::prop_assert!(n <= max, "{template}/{locale}: {n} segments > {max}: {text}");
                 }
             }
@@ -663,7 +663,7 @@ mod tests {
         let text = t
             .render_sms("note", &"en".parse().expect("locale"), &ctx, 1)
             .expect("renders");
-        assert!(crate::segments::count(&text).count <= 1, "{text}");
+        assert!(crate::domain::segments::count(&text).count <= 1, "{text}");
         assert!(
             text.ends_with("Reply STOP to opt out."),
             "the promise and opt-out survive: {text}"

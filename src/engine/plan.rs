@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use crate::config::Company;
 use crate::domain::{Case, Channel, Event, Note, Status};
-use crate::render::{EmailContent, MessageContext, Templates, one_line};
-use crate::rules::{RuleSet, Trigger};
-use crate::schedule::{QuietHours, first_allowed_all, next_due};
+use crate::engine::render::{EmailContent, MessageContext, Templates, one_line};
+use crate::engine::rules::{RuleSet, Trigger};
+use crate::engine::schedule::{QuietHours, first_allowed_all, next_due};
 use crate::store::{
     CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry, RECORD_VERSION, ScheduleState,
     contact_of,
@@ -556,7 +556,8 @@ impl Engine {
     /// The signed one-click opt-out link for an email address.
     pub fn unsubscribe_url(&self, email: &str) -> String {
         let contact = contact_of(&self.consent.salt, Channel::Email, email);
-        let token = crate::signature::unsubscribe_token(&self.consent.unsubscribe_key, &contact.0);
+        let token =
+            crate::domain::signature::unsubscribe_token(&self.consent.unsubscribe_key, &contact.0);
         format!("{}/unsubscribe/{token}", self.public_url)
     }
 
@@ -617,7 +618,7 @@ impl Engine {
         if records.len() > 1 {
             ctx.cases = records
                 .iter()
-                .map(|r| crate::render::CaseView::new(&r.case, now))
+                .map(|r| crate::engine::render::CaseView::new(&r.case, now))
                 .collect();
         }
         let locale = &case.customer.locale;

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::reload::{ReloadError, Reloader};
+use crate::runtime::reload::{ReloadError, Reloader};
 use crate::service::Service;
 
 /// What the operator endpoints share.
@@ -115,6 +115,6 @@ pub fn app(api: Router, state: AdminState) -> Router {
         .merge(guarded)
         .with_state(state);
     api.merge(ops)
-        .method_not_allowed_fallback(crate::api::method_not_allowed)
+        .method_not_allowed_fallback(crate::http::api::method_not_allowed)
         .layer(middleware::from_fn(crate::metrics::track_http))
 }

@@ -41,7 +41,7 @@ use uuid::Uuid;
 use hmac::{Hmac, Mac};
 
 use crate::domain::{Case, CaseId, Channel};
-use crate::render::EmailContent;
+use crate::engine::render::EmailContent;
 
 mod ops;
 mod seal;

@@ -14,7 +14,7 @@ use serde_saphyr::Spanned;
 
 use crate::config::{Diagnostic, Diagnostics, parse_duration};
 use crate::domain::{Case, Channel, EmailAddress, Priority, Status};
-use crate::schedule::{Cadence, CronSpec, QuietHours};
+use crate::engine::schedule::{Cadence, CronSpec, QuietHours};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

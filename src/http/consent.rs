@@ -22,8 +22,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
 
-use crate::api::ApiState;
 use crate::domain::{CaseId, Channel};
+use crate::http::api::ApiState;
 use crate::store::{CaseKey, Commit, Contact, DeliveryStatus};
 
 /// What the webhooks need from the configuration.
@@ -136,7 +136,7 @@ fn verified(
     let signature = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok());
-    if !crate::signature::verify_twilio(token, &url, &params, signature) {
+    if !crate::domain::signature::verify_twilio(token, &url, &params, signature) {
         tracing::warn!(path, "Twilio webhook refused: bad signature");
         return Err(forbidden());
     }
@@ -293,7 +293,7 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String
         .unsubscribe_key
         .clone()
         .into();
-    let Some(hash) = crate::signature::open_unsubscribe_token(&key, &token) else {
+    let Some(hash) = crate::domain::signature::open_unsubscribe_token(&key, &token) else {
         return page(
             StatusCode::NOT_FOUND,
             "Link not valid",

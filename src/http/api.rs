@@ -38,7 +38,7 @@ pub struct ApiState {
     pub tokens: Arc<[ApiToken]>,
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// Twilio webhook settings; `None` refuses every webhook.
-    pub webhooks: Option<Arc<crate::consent::Webhooks>>,
+    pub webhooks: Option<Arc<crate::http::consent::Webhooks>>,
 }
 
 /// The error shape of every 4xx/5xx: `{"error":{"code","message","field"}}`.
@@ -620,15 +620,15 @@ pub fn router(state: ApiState) -> Router {
         .nest("/v1", v1)
         .route(
             "/v1/sms/inbound",
-            axum::routing::post(crate::consent::sms_inbound),
+            axum::routing::post(crate::http::consent::sms_inbound),
         )
         .route(
             "/v1/sms/status",
-            axum::routing::post(crate::consent::sms_status),
+            axum::routing::post(crate::http::consent::sms_status),
         )
         .route(
             "/unsubscribe/{token}",
-            get(crate::consent::unsubscribe).post(crate::consent::unsubscribe),
+            get(crate::http::consent::unsubscribe).post(crate::http::consent::unsubscribe),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

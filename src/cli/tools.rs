@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::channels::email::Mailer;
 use crate::config::Config;
 use crate::domain::{Case, CaseInput, Channel, EventInput};
-use crate::plan::Engine;
+use crate::engine::plan::Engine;
 use crate::store::{CaseRecord, DeliveryStatus};
 
 /// Reads a case JSON file (the body of `PUT /v1/cases/{id}`) into a case.
@@ -83,7 +83,7 @@ pub fn preview(
 ) -> Result<String, String> {
     let (template, rule, entry) = engine.preview(case, rule, channel, now)?;
     if entry.channel == Channel::Sms {
-        let seg = crate::segments::count(&entry.content.text);
+        let seg = crate::domain::segments::count(&entry.content.text);
         let mut out = String::new();
         let _ = writeln!(
             out,

@@ -1,0 +1,11 @@
+//! The bottom layer: validated types (`case`), the records tidings keeps
+//! (`records`), diagnostics, the clock and id source, and small pure
+//! helpers (SMS segments, signatures, redaction). Imports nothing of the
+//! crate.
+
+mod case;
+pub mod redact;
+pub mod segments;
+pub mod signature;
+
+pub use case::*;

@@ -1,0 +1,8 @@
+//! Decisions, as pure functions: rule matching, schedule maths, rendering,
+//! planning and the delivery outcome. The clock and ids are passed in; no
+//! I/O besides loading rule and template files at build time.
+
+pub mod plan;
+pub mod render;
+pub mod rules;
+pub mod schedule;

@@ -1,0 +1,6 @@
+//! The long-running workers: the scheduler, the dispatcher, reload, and
+//! their supervision.
+
+pub mod dispatch;
+pub mod reload;
+pub mod scheduler;
