@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tidings::store::{CaseKey, Commit, IdempotentResponse, Store};
+use tidings::domain::{CaseKey, IdempotentResponse};
+use tidings::store::{Commit, SledStore};
 
 fn commit_for(n: usize) -> (CaseKey, Commit) {
     let key = CaseKey::new("bench", format!("B-{n}").parse().expect("valid id"));
@@ -41,7 +42,7 @@ fn commit_for(n: usize) -> (CaseKey, Commit) {
 
 /// `writers` tasks, `writes` commits in all; per-write latencies.
 async fn run(
-    store: &Arc<Store>,
+    store: &Arc<SledStore>,
     writers: usize,
     writes: usize,
     flush: bool,
@@ -84,7 +85,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let store = Arc::new(Store::open(dir.path()).expect("open the store"));
+    let store = Arc::new(SledStore::open(dir.path()).expect("open the store"));
     // Warm up: the store's first writes create its files.
     run(&store, 1, 200, true, 10_000_000).await;
     let mut base = 0;

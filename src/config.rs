@@ -15,104 +15,13 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Defaults, Locale, parse_timezone};
+use crate::channels::email::{Credentials, EmailTransport};
+use crate::channels::sms::{SmsSender, SmsTransport, TwilioAuth};
+use crate::domain::{
+    Company, Defaults, Diagnostic, Diagnostics, Locale, parse_duration, parse_timezone,
+};
 use crate::engine::schedule::QuietHours;
-
-/// A problem found in a file the operator wrote, with its position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: u64,
-    pub column: u64,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
-    }
-}
-
-impl Diagnostic {
-    /// A diagnostic is one line of `check`'s output, however the message
-    /// came about: line breaks and other control characters in it (a value
-    /// quoted from the file, a library's multi-line error) are escaped.
-    pub fn new(file: &Path, line: u64, column: u64, message: impl Into<String>) -> Self {
-        let mut message = message.into();
-        if message.contains(char::is_control) {
-            message = message
-                .chars()
-                .map(|c| {
-                    if c.is_control() {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect();
-        }
-        Self {
-            file: file.to_owned(),
-            line: line.max(1),
-            column: column.max(1),
-            message,
-        }
-    }
-
-    pub fn at<T>(file: &Path, spanned: &Spanned<T>, message: impl Into<String>) -> Self {
-        Self::new(
-            file,
-            spanned.referenced.line(),
-            spanned.referenced.column(),
-            message,
-        )
-    }
-
-    /// Turns a YAML parse error into a diagnostic with its position.
-    pub fn from_yaml(file: &Path, err: &serde_saphyr::Error) -> Self {
-        let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
-        let text = err.to_string();
-        // The rendered error repeats the position and adds a snippet; keep
-        // the first line and drop the position suffix.
-        let first = text.lines().next().unwrap_or("invalid YAML");
-        let message = first
-            .split(" at line ")
-            .next()
-            .unwrap_or(first)
-            .trim_start_matches("error: ")
-            .to_owned();
-        Self::new(file, line, column, message)
-    }
-}
-
-/// A list of diagnostics: what `check` prints, one a line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
-
-impl fmt::Display for Diagnostics {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{d}")?;
-        }
-        Ok(())
-    }
-}
-
-impl From<Diagnostic> for Diagnostics {
-    fn from(d: Diagnostic) -> Self {
-        Self(vec![d])
-    }
-}
+use crate::engine::settle::DeliveryPolicy;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,15 +44,6 @@ struct RawConfig {
     log: Option<LogConfig>,
     admin: Option<RawAdmin>,
     shutdown: Option<RawShutdown>,
-}
-
-/// How the company signs its messages; exposed to templates as `company`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Company {
-    pub name: String,
-    #[serde(default)]
-    pub support_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,35 +209,6 @@ impl fmt::Debug for ApiToken {
     }
 }
 
-/// SMTP credentials, never printed.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Credentials(..)")
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum EmailTransport {
-    Smtp {
-        url: String,
-        credentials: Option<Credentials>,
-        pool_size: u32,
-        timeout: Duration,
-        /// Certificates trusted besides the public roots (a relay with a
-        /// private certificate authority, `email.tls_ca_file`).
-        tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-    },
-    File {
-        dir: PathBuf,
-    },
-}
-
 #[derive(Debug, Clone)]
 pub struct EmailConfig {
     pub transport: EmailTransport,
@@ -346,37 +217,6 @@ pub struct EmailConfig {
     pub quiet_hours: Option<QuietHours>,
     /// The least time between two emails to one address.
     pub min_gap: Duration,
-}
-
-/// Twilio credentials, never printed.
-#[derive(Clone)]
-pub struct TwilioAuth {
-    pub account_sid: String,
-    pub auth_token: String,
-}
-
-impl fmt::Debug for TwilioAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TwilioAuth(..)")
-    }
-}
-
-/// Who an SMS comes from: a number or a messaging service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SmsSender {
-    From(String),
-    MessagingService(String),
-}
-
-#[derive(Debug, Clone)]
-pub enum SmsTransport {
-    Twilio {
-        base_url: String,
-        sender: SmsSender,
-        timeout: Duration,
-    },
-    /// One JSON file per message in `dir` (the demo default).
-    File { dir: PathBuf },
 }
 
 #[derive(Debug, Clone)]
@@ -406,13 +246,10 @@ impl fmt::Debug for ConsentConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    pub max_attempts: u32,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub concurrency: usize,
-}
+/// Free space kept on the store's disk unless `storage.reserve` says
+/// otherwise: 64 MiB, since sled must never meet a full disk (it cannot
+/// recover from one).
+pub const DEFAULT_RESERVE: u64 = 64 * 1024 * 1024;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -435,7 +272,7 @@ pub struct Config {
     pub digest_window: Duration,
     /// Free space kept on the store's disk; intake stops below it.
     pub storage_reserve: u64,
-    pub delivery: DeliveryConfig,
+    pub delivery: DeliveryPolicy,
     pub log: LogConfig,
     /// SHA-256 of the admin token; the admin endpoints are off without it.
     pub admin_token_sha256: Option<[u8; 32]>,
@@ -595,9 +432,7 @@ impl Config {
             storage_reserve: raw
                 .storage
                 .and_then(|s| s.reserve_mib)
-                .map_or(crate::store::DEFAULT_RESERVE, |m| {
-                    m.saturating_mul(1024 * 1024)
-                }),
+                .map_or(DEFAULT_RESERVE, |m| m.saturating_mul(1024 * 1024)),
             delivery,
             log: raw.log.unwrap_or_default(),
             admin_token_sha256,
@@ -658,12 +493,6 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-
-/// Parses a humantime duration (`90s`, `4h`, `2d`), naming the key on error.
-pub fn parse_duration(key: &str, value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value.trim())
-        .map_err(|e| format!("{key}: `{value}` is not a duration such as 90s, 4h or 2d ({e})"))
 }
 
 fn spanned_duration(
@@ -1108,7 +937,7 @@ fn resolve_delivery(
     file: &Path,
     raw: Option<RawDelivery>,
     errors: &mut Vec<Diagnostic>,
-) -> DeliveryConfig {
+) -> DeliveryPolicy {
     let (max_attempts, backoff, concurrency) = raw.map_or((None, None, None), |d| {
         (d.max_attempts, d.backoff, d.concurrency)
     });
@@ -1127,7 +956,7 @@ fn resolve_delivery(
         Duration::from_secs(3600),
         errors,
     );
-    DeliveryConfig {
+    DeliveryPolicy {
         max_attempts: max_attempts.unwrap_or(10).max(1),
         backoff_initial,
         backoff_max: backoff_max.max(backoff_initial),

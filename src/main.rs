@@ -81,7 +81,7 @@ enum Command {
 /// Loads config, rules and templates for the offline tools.
 fn offline(path: &std::path::Path) -> Result<(Config, tidings::engine::plan::Engine), ExitCode> {
     let config = load(path)?;
-    let engine = tidings::daemon::build_engine(&config).map_err(|d| {
+    let engine = tidings::cli::engine(&config).map_err(|d| {
         eprintln!("{d}");
         ExitCode::from(1)
     })?;
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match tidings::daemon::check(&config) {
+            match tidings::cli::check(&config) {
                 Ok(warnings) => {
                     for w in &warnings {
                         eprintln!("{w}");
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
                 Ok(x) => x,
                 Err(code) => return code,
             };
-            let now = chrono::Utc::now();
+            let now = tidings::cli::now();
             print_result(
                 tidings::cli::tools::load_case(&case, &config, now).and_then(|c| {
                     tidings::cli::tools::preview(&engine, &config, c, rule.as_deref(), channel, now)
@@ -185,7 +185,7 @@ fn main() -> ExitCode {
                 Ok(x) => x,
                 Err(code) => return code,
             };
-            let start = start.unwrap_or_else(chrono::Utc::now);
+            let start = start.unwrap_or_else(tidings::cli::now);
             let events = match events
                 .map(|p| tidings::cli::tools::load_events(&p))
                 .transpose()

@@ -21,7 +21,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::Status;
-use crate::store::{CaseRecord, DeliveryStatus, OutboxEntry, Store, StoreError};
+use crate::domain::{CaseRecord, DeliveryStatus, OutboxEntry};
 
 pub const CASES_OPEN: &str = "tidings_cases_open";
 pub const MESSAGES: &str = "tidings_messages_total";
@@ -87,31 +87,33 @@ fn describe() {
     }
 }
 
-/// The scrape: gauges read from the store cheaply, then the text format.
-pub fn render(store: &Store) -> String {
+/// What the scrape reads from the store (cheaply) just before it renders.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbox {
+    pub depth: usize,
+    /// When the earliest entry is (or was) due.
+    pub head: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+}
+
+/// The scrape: the outbox gauges, then the text format.
+pub fn render(outbox: Outbox) -> String {
     let handle = install();
-    gauge!(OUTBOX_DEPTH).set(store.outbox_len() as f64);
-    let age = match store.outbox_head() {
-        Ok(Some(at)) => seconds_since(at, Utc::now()),
-        Ok(None) => 0.0,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the outbox head for /metrics failed");
-            0.0
-        }
-    };
+    gauge!(OUTBOX_DEPTH).set(outbox.depth as f64);
+    let age = outbox.head.map_or(0.0, |at| seconds_since(at, outbox.now));
     gauge!(OUTBOX_OLDEST_AGE).set(age);
     handle.run_upkeep();
     handle.render()
 }
 
 /// `GET /metrics` in the Prometheus text format.
-pub fn response(store: &Store) -> Response {
+pub fn response(outbox: Outbox) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(store),
+        render(outbox),
     )
         .into_response()
 }
@@ -124,9 +126,9 @@ fn seconds_since(at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
 
 /// Sets `tidings_cases_open` from one walk of the cases; after this,
 /// `case_status` keeps it current on every write.
-pub fn count_cases(store: &Store) -> Result<(), StoreError> {
+pub fn count_cases<E>(statuses: impl Iterator<Item = Result<Status, E>>) -> Result<(), E> {
     let mut counts = [0u64; STATUSES.len()];
-    for status in store.scan_case_statuses() {
+    for status in statuses {
         let status = status?;
         if let Some(i) = STATUSES.iter().position(|s| *s == status) {
             counts[i] += 1;
@@ -196,7 +198,7 @@ mod tests {
 
     #[test]
     fn lateness_is_never_negative() {
-        let now = Utc::now();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).expect("valid");
         assert!(seconds_since(now + chrono::Duration::seconds(5), now).abs() < f64::EPSILON);
         assert!((seconds_since(now - chrono::Duration::seconds(2), now) - 2.0).abs() < 1e-9);
     }

@@ -1,20 +1,29 @@
-//! The write path: what the API asks for, planned and committed durably.
+//! The one write path: every change to a case goes through
+//! `Service::change`, whoever makes it (the API, the scheduler, the
+//! dispatcher, the webhooks, a reload).
 //!
-//! Each operation locks the case, reads it, lets `plan` decide, commits the
-//! result and the outbox in one transaction, waits for the flush, then
-//! wakes the scheduler and the dispatcher. Nothing here sends.
+//! `change` takes the cases' locks (and, for an idempotent request, the
+//! lock of its key), reads the records as stored, hands them and the time
+//! to the caller's decision, commits what the decision returns in one
+//! transaction, waits for the flush when asked, and wakes the scheduler
+//! and the dispatcher. The store moves the schedule index entries itself.
+//! Nothing here sends.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
-use crate::domain::{CaseId, CaseInput, Defaults, EventInput, FieldError};
-use crate::engine::plan::{Engine, Planned};
-use crate::store::{
-    CaseKey, CaseRecord, Commit, DeliveryStatus, IdempotentResponse, Store, StoreError, Writer,
+use crate::domain::clock::SharedClock;
+use crate::domain::{
+    CaseId, CaseInput, CaseKey, CaseRecord, Defaults, DeliveryStatus, EventInput, FieldError,
+    IdempotentResponse,
 };
+use crate::engine::plan::{Engine, Planned};
+use crate::store::{BackupError, BackupSummary, Commit, Storage, StoreError, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -42,32 +51,171 @@ pub enum Reply<T> {
     Done(T),
 }
 
+/// Builds the stored response for an idempotent request from its result.
+pub type Respond<'a> = &'a (dyn Fn(&CaseRecord, bool) -> (u16, serde_json::Value) + Sync);
+
+/// What a change locks, who makes it, and how durable it must be before
+/// `change` returns.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The cases it reads and writes, in the order the decision sees them.
+    pub keys: &'a [CaseKey],
+    pub writer: Writer,
+    /// Wait for the flush (a 2xx, a recorded send); otherwise the caller
+    /// flushes later (a reload's walk flushes once at the end).
+    pub durable: bool,
+    /// An idempotency key to hold while deciding: two requests with the
+    /// same key on different cases must not both be fresh.
+    pub idempotency: Option<&'a str>,
+}
+
+impl<'a> Scope<'a> {
+    /// A durable change by intake.
+    pub fn intake(keys: &'a [CaseKey]) -> Self {
+        Self {
+            keys,
+            writer: Writer::Intake,
+            durable: true,
+            idempotency: None,
+        }
+    }
+
+    /// A durable change by the daemon itself (planning, delivery, consent).
+    pub fn internal(keys: &'a [CaseKey]) -> Self {
+        Self {
+            writer: Writer::Internal,
+            ..Self::intake(keys)
+        }
+    }
+}
+
+/// A decision: one commit per key of the scope (in its order; an empty
+/// commit leaves a case alone), and what the caller gets back.
+pub type Decision<T> = Result<(Vec<Commit>, T), ServiceError>;
+
+/// Lock stripes: changes to one case (and uses of one idempotency key)
+/// are serialised; a backup holds them all.
+#[derive(Debug)]
+struct Locks(Box<[Mutex<()>]>);
+
+const LOCK_STRIPES: usize = 64;
+
+impl Locks {
+    fn new() -> Self {
+        Self((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect())
+    }
+
+    fn stripe(item: &impl Hash) -> usize {
+        let mut h = DefaultHasher::new();
+        item.hash(&mut h);
+        (h.finish() as usize) % LOCK_STRIPES
+    }
+
+    /// Takes stripes in a fixed order, so two callers never wait on each other.
+    async fn take(&self, mut stripes: Vec<usize>) -> Vec<MutexGuard<'_, ()>> {
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.0[s].lock().await);
+        }
+        guards
+    }
+}
+
 /// Shared handles of the running daemon.
 #[derive(Debug, Clone)]
 pub struct Service {
-    pub store: Store,
+    pub store: Arc<dyn Storage>,
     /// Swapped whole on reload; each operation plans with one snapshot.
     pub engine: Arc<ArcSwap<Engine>>,
+    pub clock: SharedClock,
     pub defaults: Defaults,
     pub wake_scheduler: Arc<Notify>,
     pub wake_dispatcher: Arc<Notify>,
     /// One customer's updates due within this window go out as a digest.
     pub digest_window: std::time::Duration,
+    locks: Arc<Locks>,
 }
 
-/// Builds the stored response for an idempotent request from its result.
-pub type Respond<'a> = &'a (dyn Fn(&CaseRecord, bool) -> (u16, serde_json::Value) + Sync);
-
 impl Service {
-    pub fn new(store: Store, engine: Arc<Engine>, defaults: Defaults) -> Self {
+    pub fn new(
+        store: Arc<dyn Storage>,
+        engine: Arc<Engine>,
+        clock: SharedClock,
+        defaults: Defaults,
+    ) -> Self {
         Self {
             store,
             engine: Arc::new(ArcSwap::new(engine)),
+            clock,
             defaults,
             wake_scheduler: Arc::new(Notify::new()),
             wake_dispatcher: Arc::new(Notify::new()),
             digest_window: std::time::Duration::ZERO,
+            locks: Arc::new(Locks::new()),
         }
+    }
+
+    /// The time, as this daemon's clock tells it.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The one write path: locks `scope`, reads its cases, lets `decide`
+    /// say what changes (given the records as stored and the time), commits
+    /// that in one transaction, flushes when the scope is durable, and
+    /// wakes the workers.
+    pub async fn change<T>(
+        &self,
+        scope: Scope<'_>,
+        decide: impl FnOnce(Vec<Option<CaseRecord>>, DateTime<Utc>) -> Decision<T>,
+    ) -> Result<T, ServiceError> {
+        self.store.room(scope.writer)?;
+        let mut stripes: Vec<usize> = scope.keys.iter().map(Locks::stripe).collect();
+        stripes.extend(scope.idempotency.map(|k| Locks::stripe(&k)));
+        let _guards = self.locks.take(stripes).await;
+        let mut records = Vec::with_capacity(scope.keys.len());
+        for key in scope.keys {
+            records.push(self.store.get(key)?);
+        }
+        let now = self.clock.now();
+        let (commits, value) = decide(records, now)?;
+        debug_assert_eq!(commits.len(), scope.keys.len(), "one commit per key");
+        let changes: Vec<(&CaseKey, &Commit)> = scope
+            .keys
+            .iter()
+            .zip(&commits)
+            .filter(|(_, c)| !c.is_empty())
+            .collect();
+        if changes.is_empty() {
+            return Ok(value);
+        }
+        self.store.commit_many(&changes)?;
+        if scope.durable {
+            self.store.flush().await?;
+        }
+        if changes.iter().any(|(_, c)| !c.outbox_put.is_empty()) {
+            self.wake_dispatcher.notify_one();
+        }
+        if changes.iter().any(|(_, c)| c.record.is_some() || c.erase) {
+            self.wake_scheduler.notify_one();
+        }
+        Ok(value)
+    }
+
+    /// Waits until every change so far is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
+    }
+
+    /// A consistent copy of the store: every writer waits meanwhile.
+    pub async fn backup(
+        &self,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<BackupSummary, BackupError> {
+        let _all = self.locks.take((0..LOCK_STRIPES).collect()).await;
+        self.store.backup(out).await
     }
 
     fn replay(
@@ -82,19 +230,18 @@ impl Service {
         }
     }
 
-    async fn apply(
-        &self,
-        key: &CaseKey,
-        old_due: Option<DateTime<Utc>>,
+    /// The commit for a planned change to an API request, with the answer
+    /// stored under its idempotency key.
+    fn commit_planned(
         planned: Planned,
         created: bool,
         idem: Option<&Idempotency>,
         respond: Respond<'_>,
-    ) -> Result<CaseRecord, ServiceError> {
+        now: DateTime<Utc>,
+    ) -> Result<(Commit, CaseRecord), ServiceError> {
         let Some(mut record) = planned.record else {
             return Err(ServiceError::NotFound);
         };
-        let now = record.updated_at;
         let idempotency = idem.map(|i| {
             record.idempotency_keys.push(i.key.clone());
             let (status, body) = respond(&record, created);
@@ -110,18 +257,18 @@ impl Service {
         });
         let commit = Commit {
             record: Some(record.clone()),
-            old_due,
             outbox_put: planned.outbox,
             idempotency,
             ..Commit::default()
         };
-        self.store.commit(key, &commit)?;
-        self.store.flush().await?;
-        if !commit.outbox_put.is_empty() {
-            self.wake_dispatcher.notify_one();
+        Ok((commit, record))
+    }
+
+    fn intake_scope<'a>(keys: &'a [CaseKey], idem: Option<&'a Idempotency>) -> Scope<'a> {
+        Scope {
+            idempotency: idem.map(|i| i.key.as_str()),
+            ..Scope::intake(keys)
         }
-        self.wake_scheduler.notify_one();
-        Ok(record)
     }
 
     /// `PUT /v1/cases/{id}`: returns the record and whether it was new.
@@ -133,28 +280,32 @@ impl Service {
         idem: Option<&Idempotency>,
         respond: Respond<'_>,
     ) -> Result<Reply<(CaseRecord, bool)>, ServiceError> {
-        self.store.room(Writer::Intake)?;
-        let key = CaseKey::new(source, id.clone());
-        let _guard = self.store.lock(&key).await;
-        if let Some(r) = self.replay(idem)? {
-            return Ok(Reply::Replayed(r));
-        }
-        let now = Utc::now();
-        let existing = self.store.get(&key)?;
-        let (created_at, note) = existing.as_ref().map_or((now, None), |r| {
-            (r.case.created_at, r.case.latest_note.clone())
-        });
-        let case = input.into_case(id, source, &self.defaults, created_at, note)?;
-        let created = existing.is_none();
-        let old_due = existing.as_ref().and_then(|r| r.schedule.due_at);
-        let before = existing.as_ref().map(|r| r.case.status);
-        let planned = self.engine.load().upsert(existing, case, now);
-        let record = self
-            .apply(&key, old_due, planned, created, idem, respond)
+        let keys = [CaseKey::new(source, id.clone())];
+        let reply = self
+            .change(Self::intake_scope(&keys, idem), |records, now| {
+                if let Some(r) = self.replay(idem)? {
+                    return Ok((vec![Commit::default()], Reply::Replayed(r)));
+                }
+                let existing = records.into_iter().next().flatten();
+                let (created_at, note) = existing.as_ref().map_or((now, None), |r| {
+                    (r.case.created_at, r.case.latest_note.clone())
+                });
+                let case = input.into_case(id, source, &self.defaults, created_at, note)?;
+                let created = existing.is_none();
+                let before = existing.as_ref().map(|r| r.case.status);
+                let planned = self.engine.load().upsert(existing, case, now);
+                let (commit, record) = Self::commit_planned(planned, created, idem, respond, now)?;
+                Ok((vec![commit], Reply::Done((record, created, before))))
+            })
             .await?;
-        crate::metrics::case_status(before, Some(record.case.status));
-        tracing::info!(case = %key, created, status = record.case.status.as_str(), "case stored");
-        Ok(Reply::Done((record, created)))
+        Ok(match reply {
+            Reply::Replayed(r) => Reply::Replayed(r),
+            Reply::Done((record, created, before)) => {
+                crate::metrics::case_status(before, Some(record.case.status));
+                tracing::info!(case = %keys[0], created, status = record.case.status.as_str(), "case stored");
+                Reply::Done((record, created))
+            }
+        })
     }
 
     /// `POST /v1/cases/{id}/events`.
@@ -166,25 +317,33 @@ impl Service {
         idem: Option<&Idempotency>,
         respond: Respond<'_>,
     ) -> Result<Reply<CaseRecord>, ServiceError> {
-        self.store.room(Writer::Intake)?;
-        let key = CaseKey::new(source, id);
-        let _guard = self.store.lock(&key).await;
-        if let Some(r) = self.replay(idem)? {
-            return Ok(Reply::Replayed(r));
-        }
-        let event = input.validate()?;
-        let record = self.store.get(&key)?.ok_or(ServiceError::NotFound)?;
-        let now = Utc::now();
-        let old_due = record.schedule.due_at;
-        let kind = event.kind();
-        let before = Some(record.case.status);
-        let planned = self.engine.load().event(record, event, now);
-        let record = self
-            .apply(&key, old_due, planned, false, idem, respond)
+        let keys = [CaseKey::new(source, id)];
+        let reply = self
+            .change(Self::intake_scope(&keys, idem), |records, now| {
+                if let Some(r) = self.replay(idem)? {
+                    return Ok((vec![Commit::default()], Reply::Replayed(r)));
+                }
+                let event = input.validate()?;
+                let record = records
+                    .into_iter()
+                    .next()
+                    .flatten()
+                    .ok_or(ServiceError::NotFound)?;
+                let kind = event.kind();
+                let before = record.case.status;
+                let planned = self.engine.load().event(record, event, now);
+                let (commit, record) = Self::commit_planned(planned, false, idem, respond, now)?;
+                Ok((vec![commit], Reply::Done((record, kind, before))))
+            })
             .await?;
-        crate::metrics::case_status(before, Some(record.case.status));
-        tracing::info!(case = %key, event = kind, "event applied");
-        Ok(Reply::Done(record))
+        Ok(match reply {
+            Reply::Replayed(r) => Reply::Replayed(r),
+            Reply::Done((record, kind, before)) => {
+                crate::metrics::case_status(Some(before), Some(record.case.status));
+                tracing::info!(case = %keys[0], event = kind, "event applied");
+                Reply::Done(record)
+            }
+        })
     }
 
     /// Every case covered by a pending digest in `record`'s history.
@@ -213,65 +372,55 @@ impl Service {
     /// it carries the erased case's details.
     pub async fn delete_case(&self, source: &str, id: CaseId) -> Result<(), ServiceError> {
         let key = CaseKey::new(source, id);
-        // The cases that share a pending digest with this one, locked too.
+        // The cases that share a pending digest with this one, locked too
+        // (read before the lock; the decision reads the outbox again).
         let peers = match self.store.get(&key)? {
             Some(r) => self.digest_peers(&r)?,
             None => return Err(ServiceError::NotFound),
         };
-        let _guards = self
-            .store
-            .lock_many(std::iter::once(&key).chain(peers.iter()))
-            .await;
-        let record = self.store.get(&key)?.ok_or(ServiceError::NotFound)?;
-        let mut outbox_remove = Vec::new();
-        let mut digests = Vec::new();
-        for m in &record.messages {
-            if m.status == DeliveryStatus::Pending
-                && let Some(entry) = self.store.outbox_entry(m.id)?
-            {
-                outbox_remove.push((entry.id, entry.next_attempt_at));
-                if !m.covers.is_empty() {
-                    digests.push(entry.id);
+        let mut keys = vec![key.clone()];
+        keys.extend(peers.into_iter().filter(|k| *k != key));
+        keys.dedup();
+        let (status, cancelled) = self
+            .change(Scope::intake(&keys), |mut records, _now| {
+                let record = records[0].take().ok_or(ServiceError::NotFound)?;
+                let mut erase = Commit {
+                    erase: true,
+                    idempotency_remove: record.idempotency_keys.clone(),
+                    ..Commit::default()
+                };
+                let mut digests = Vec::new();
+                for m in &record.messages {
+                    if m.status == DeliveryStatus::Pending
+                        && let Some(entry) = self.store.outbox_entry(m.id)?
+                    {
+                        erase.outbox_remove.push((entry.id, entry.next_attempt_at));
+                        if !m.covers.is_empty() {
+                            digests.push(entry.id);
+                        }
+                    }
                 }
-            }
-        }
-        let cancelled = outbox_remove.len();
-        let mut others = Vec::new();
-        for k in peers.iter().filter(|k| **k != key) {
-            let Some(mut r) = self.store.get(k)? else {
-                continue;
-            };
-            let mut touched = false;
-            for m in r.messages.iter_mut().filter(|m| digests.contains(&m.id)) {
-                m.status = DeliveryStatus::Cancelled;
-                m.error = Some("digest cancelled: a case it covered was erased".into());
-                touched = true;
-            }
-            if touched {
-                let old_due = r.schedule.due_at;
-                others.push((
-                    k.clone(),
-                    Commit {
-                        record: Some(r),
-                        old_due,
-                        ..Commit::default()
-                    },
-                ));
-            }
-        }
-        let erase = Commit {
-            record: None,
-            erase: true,
-            old_due: record.schedule.due_at,
-            outbox_remove,
-            idempotency_remove: record.idempotency_keys.clone(),
-            ..Commit::default()
-        };
-        let mut changes: Vec<(&CaseKey, &Commit)> = vec![(&key, &erase)];
-        changes.extend(others.iter().map(|(k, c)| (k, c)));
-        self.store.commit_many(&changes)?;
-        self.store.flush().await?;
-        crate::metrics::case_status(Some(record.case.status), None);
+                let cancelled = erase.outbox_remove.len();
+                let mut commits = vec![erase];
+                for r in records.into_iter().skip(1) {
+                    commits.push(r.map_or_else(Commit::default, |mut r| {
+                        let mut touched = false;
+                        for m in r.messages.iter_mut().filter(|m| digests.contains(&m.id)) {
+                            m.status = DeliveryStatus::Cancelled;
+                            m.error = Some("digest cancelled: a case it covered was erased".into());
+                            touched = true;
+                        }
+                        if touched {
+                            Commit::record(r)
+                        } else {
+                            Commit::default()
+                        }
+                    }));
+                }
+                Ok((commits, (record.case.status, cancelled)))
+            })
+            .await?;
+        crate::metrics::case_status(Some(status), None);
         tracing::info!(case = %key, cancelled, "case erased");
         Ok(())
     }

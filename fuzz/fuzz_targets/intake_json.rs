@@ -15,7 +15,7 @@ use tidings::http::api::{MAX_BODY, parse_json};
 use tidings::config::Config;
 use tidings::domain::{CaseId, CaseInput, Defaults, EventInput};
 use tidings::engine::plan::Engine;
-use tidings::store::CaseRecord;
+use tidings::domain::CaseRecord;
 
 struct Fixture {
     defaults: Defaults,
@@ -39,7 +39,7 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let repo = tidings_fuzz::repo();
         let config = Config::load(&repo.join("tidings.yaml")).expect("the shipped config loads");
-        let engine = tidings::daemon::build_engine(&config).expect("the shipped set builds");
+        let engine = tidings::cli::engine(&config).expect("the shipped set builds");
         let body = std::fs::read(repo.join("examples/case-en-newyork.json")).expect("example");
         let input: CaseInput = parse_json(&body).unwrap_or_else(|_| panic!("example parses"));
         let case = input

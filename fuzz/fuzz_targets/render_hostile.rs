@@ -72,7 +72,7 @@ fn fixture() -> &'static Fixture {
         config.email.transport = EmailTransport::File {
             dir: std::env::temp_dir().join("tidings-fuzz-mail"),
         };
-        let mut engine = tidings::daemon::build_engine(&config).expect("the shipped set builds");
+        let mut engine = tidings::cli::engine(&config).expect("the shipped set builds");
         let rules: String = TEMPLATES
             .iter()
             .map(|t| {
@@ -86,7 +86,7 @@ fn fixture() -> &'static Fixture {
         .expect("one rule per template");
         engine.email_quiet = None;
         engine.sms_quiet = None;
-        let mailer = Mailer::new(&config.email).expect("file mailer");
+        let mailer = Mailer::new(&config.email.transport, &config.email.from).expect("file mailer");
         Fixture {
             config,
             engine,
@@ -330,7 +330,7 @@ fn check_mime(input: &Input, case: Case) {
         .unwrap_or_else(|e| panic!("{template}: planning failed: {e}"));
     let message = fx
         .mailer
-        .build(&entry)
+        .build(&entry.message())
         .unwrap_or_else(|e| panic!("{template}: lettre refused the message: {e}"));
     let raw = message.formatted();
     let end = raw

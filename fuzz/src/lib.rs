@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use tidings::config::Diagnostics;
+use tidings::domain::Diagnostics;
 
 /// The repository the fuzz crate lives in (templates, rules, examples).
 pub fn repo() -> PathBuf {

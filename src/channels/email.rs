@@ -1,18 +1,48 @@
 //! Email over SMTP (lettre over our own pooled connections, STARTTLS/TLS)
 //! or into `.eml` files.
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use email_encoding::headers::writer::EmailWriter;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::authentication::Credentials;
+
 use lettre::{Address, AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::Outcome;
 use super::smtp::{Relay, SendError};
-use crate::config::{EmailConfig, EmailTransport};
-use crate::store::OutboxEntry;
+use crate::domain::{Content, Message as Outgoing};
+
+/// SMTP credentials, never printed.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum EmailTransport {
+    Smtp {
+        url: String,
+        credentials: Option<Credentials>,
+        pool_size: u32,
+        timeout: Duration,
+        /// Certificates trusted besides the public roots (a relay with a
+        /// private certificate authority, `email.tls_ca_file`).
+        tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    },
+    File {
+        dir: PathBuf,
+    },
+}
 
 #[derive(Clone)]
 enum Transport {
@@ -34,8 +64,8 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    pub fn new(cfg: &EmailConfig) -> Result<Self, String> {
-        let transport = match &cfg.transport {
+    pub fn new(transport: &EmailTransport, from: &Mailbox) -> Result<Self, String> {
+        let transport = match transport {
             EmailTransport::File { dir } => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -48,9 +78,12 @@ impl Mailer {
                 timeout,
                 tls_roots,
             } => {
-                let credentials = credentials
-                    .as_ref()
-                    .map(|c| Credentials::new(c.username.clone(), c.password.clone()));
+                let credentials = credentials.as_ref().map(|c| {
+                    lettre::transport::smtp::authentication::Credentials::new(
+                        c.username.clone(),
+                        c.password.clone(),
+                    )
+                });
                 let relay = Relay::new(url, credentials, tls_roots, *pool_size as usize, *timeout)
                     .map_err(|e| format!("email.smtp_url: {e}"))?;
                 Transport::Smtp(std::sync::Arc::new(relay))
@@ -58,27 +91,30 @@ impl Mailer {
         };
         Ok(Self {
             transport,
-            from: cfg.from.clone(),
+            from: from.clone(),
         })
     }
 
-    /// Builds the MIME message for an entry. The `Message-ID` comes from
-    /// the entry, so a resend after a crash carries the same one.
-    pub fn build(&self, entry: &OutboxEntry) -> Result<Message, String> {
-        let to = Address::from_str(&entry.to).map_err(|e| format!("recipient: {e}"))?;
-        let to = Mailbox::new(Some(entry.to_name.clone()).filter(|n| !n.is_empty()), to);
+    /// Builds the MIME message. The `Message-ID` comes from the planned
+    /// message, so a resend after a crash carries the same one.
+    pub fn build(&self, msg: &Outgoing) -> Result<Message, String> {
+        let Content::Email(content) = &msg.content else {
+            return Err("an SMS cannot go out by email".into());
+        };
+        let to = Address::from_str(&msg.to).map_err(|e| format!("recipient: {e}"))?;
+        let to = Mailbox::new(Some(msg.to_name.clone()).filter(|n| !n.is_empty()), to);
         let builder = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .message_id(Some(entry.message_id.clone()));
-        let subject = &entry.content.subject;
+            .message_id(Some(msg.message_id.clone()));
+        let subject = &content.subject;
         let builder = if subject.contains("=?") {
             builder.raw_header(encoded_subject(subject)?)
         } else {
             builder.subject(subject.clone())
         };
         // RFC 2369 and RFC 8058: mail clients offer a one-click unsubscribe.
-        let builder = match &entry.unsubscribe_url {
+        let builder = match &msg.unsubscribe_url {
             Some(url) => builder
                 .raw_header(HeaderValue::new(
                     HeaderName::new_from_ascii_str("List-Unsubscribe"),
@@ -92,8 +128,8 @@ impl Mailer {
         };
         let text = SinglePart::builder()
             .header(ContentType::TEXT_PLAIN)
-            .body(entry.content.text.clone());
-        let msg = match &entry.content.html {
+            .body(content.text.clone());
+        let msg = match &content.html {
             Some(html) => builder.multipart(
                 MultiPart::alternative().singlepart(text).singlepart(
                     SinglePart::builder()
@@ -107,8 +143,8 @@ impl Mailer {
     }
 
     /// One delivery attempt.
-    pub async fn send(&self, entry: &OutboxEntry) -> Outcome {
-        let msg = match self.build(entry) {
+    pub async fn send(&self, msg: &Outgoing) -> Outcome {
+        let msg = match self.build(msg) {
             Ok(m) => m,
             Err(e) => return Outcome::permanent(e),
         };
@@ -167,49 +203,32 @@ fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EmailTransport;
-    use crate::domain::Channel;
-    use crate::engine::render::EmailContent;
-    use crate::store::CaseKey;
+    use crate::domain::{CaseKey, EmailText};
 
-    fn entry(subject: &str) -> OutboxEntry {
-        OutboxEntry {
-            v: 1,
-            id: uuid::Uuid::now_v7(),
+    fn entry(subject: &str) -> Outgoing {
+        Outgoing {
+            id: uuid::Uuid::nil(),
             case: CaseKey::new("helpdesk", "CASE-1".parse().expect("valid id")),
-            channel: Channel::Email,
             to_name: "Maria Hernandez".into(),
             to: "maria@example.com".into(),
-            content: EmailContent {
+            content: Content::Email(EmailText {
                 subject: subject.into(),
                 text: "Hello\n".into(),
                 html: None,
-            },
+            }),
             message_id: "<1@example.com>".into(),
-            attempts: 0,
-            next_attempt_at: chrono::Utc::now(),
-            also: Vec::new(),
-            tz: None,
-            update: None,
-            kind: "progress".into(),
-            template: "progress".into(),
-            rule: None,
-            promised: None,
-            internal: false,
             unsubscribe_url: None,
         }
     }
 
     fn mailer() -> Mailer {
         let dir = tempfile::tempdir().expect("temp dir");
-        Mailer::new(&EmailConfig {
-            transport: EmailTransport::File {
+        Mailer::new(
+            &EmailTransport::File {
                 dir: dir.path().to_owned(),
             },
-            from: "Support <support@example.com>".parse().expect("mailbox"),
-            quiet_hours: None,
-            min_gap: std::time::Duration::ZERO,
-        })
+            &"Support <support@example.com>".parse().expect("mailbox"),
+        )
         .expect("file mailer")
     }
 

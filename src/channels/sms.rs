@@ -15,11 +15,41 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::Outcome;
-use crate::config::{SmsConfig, SmsSender, SmsTransport, TwilioAuth};
-use crate::store::OutboxEntry;
+use crate::domain::Message;
 
 /// Twilio's error code for a recipient who replied STOP at the carrier.
 pub const TWILIO_UNSUBSCRIBED: u64 = 21610;
+
+/// Twilio credentials, never printed.
+#[derive(Clone)]
+pub struct TwilioAuth {
+    pub account_sid: String,
+    pub auth_token: String,
+}
+
+impl std::fmt::Debug for TwilioAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TwilioAuth(..)")
+    }
+}
+
+/// Who an SMS comes from: a number or a messaging service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmsSender {
+    From(String),
+    MessagingService(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum SmsTransport {
+    Twilio {
+        base_url: String,
+        sender: SmsSender,
+        timeout: Duration,
+    },
+    /// One JSON file per message in `dir` (the demo default).
+    File { dir: PathBuf },
+}
 
 #[derive(Clone)]
 enum Transport {
@@ -60,8 +90,12 @@ struct TwilioError {
 }
 
 impl Texter {
-    pub fn new(cfg: &SmsConfig, public_url: &str) -> Result<Self, String> {
-        let transport = match &cfg.transport {
+    pub fn new(
+        transport: &SmsTransport,
+        twilio: Option<&TwilioAuth>,
+        public_url: &str,
+    ) -> Result<Self, String> {
+        let transport = match transport {
             SmsTransport::File { dir } => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -72,9 +106,8 @@ impl Texter {
                 sender,
                 timeout,
             } => {
-                let auth = cfg
-                    .twilio
-                    .clone()
+                let auth = twilio
+                    .cloned()
                     .ok_or("sms: transport twilio needs account_sid and an auth token")?;
                 // reqwest is built without a bundled crypto provider; ring is
                 // the one lettre already uses.
@@ -104,26 +137,26 @@ impl Texter {
 
     /// The callback URL for one message: it names the case and the message,
     /// and Twilio signs it with the rest of the request.
-    pub fn status_callback(&self, entry: &OutboxEntry) -> String {
+    pub fn status_callback(&self, msg: &Message) -> String {
         let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("source", &entry.case.source)
-            .append_pair("case", entry.case.id.as_ref())
-            .append_pair("msg", &entry.id.to_string())
+            .append_pair("source", &msg.case.source)
+            .append_pair("case", msg.case.id.as_ref())
+            .append_pair("msg", &msg.id.to_string())
             .finish();
         format!("{}?{query}", self.status_url)
     }
 
     /// One delivery attempt.
-    pub async fn send(&self, entry: &OutboxEntry) -> Outcome {
+    pub async fn send(&self, msg: &Message) -> Outcome {
         match &self.transport {
             Transport::File { dir } => {
                 let doc = serde_json::json!({
-                    "message_id": entry.message_id,
-                    "to": entry.to,
-                    "body": entry.content.text,
-                    "segments": crate::domain::segments::count(&entry.content.text).count,
+                    "message_id": msg.message_id,
+                    "to": msg.to,
+                    "body": msg.content.text(),
+                    "segments": crate::domain::segments::count(msg.content.text()).count,
                 });
-                let path = dir.join(format!("{}.json", entry.id));
+                let path = dir.join(format!("{}.json", msg.id));
                 let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
                 match tokio::fs::write(&path, bytes).await {
                     Ok(()) => Outcome::sent(),
@@ -136,10 +169,10 @@ impl Texter {
                 sender,
                 auth,
             } => {
-                let callback = self.status_callback(entry);
+                let callback = self.status_callback(msg);
                 let mut form: Vec<(&str, &str)> = vec![
-                    ("To", entry.to.as_str()),
-                    ("Body", entry.content.text.as_str()),
+                    ("To", msg.to.as_str()),
+                    ("Body", msg.content.text()),
                     ("StatusCallback", callback.as_str()),
                 ];
                 match sender {

@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 
 use crate::config::Locations;
-use crate::store::{BackupSummary, Store, verify_backup};
+use crate::domain::clock::{Clock, SystemClock};
+use crate::store::{BackupSummary, SledStore, verify_backup};
 
 pub const BACKUP_FILE: &str = "tidings.backup";
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -51,7 +52,7 @@ pub async fn backup(config: &Locations, to: &Path) -> anyhow::Result<(BackupSumm
     }
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     let partial = to.join(format!("{BACKUP_FILE}.partial"));
-    let (summary, via) = match Store::open(&db) {
+    let (summary, via) = match SledStore::open(&db) {
         Ok(store) => {
             let file = std::fs::File::create(&partial)
                 .with_context(|| format!("cannot write {}", partial.display()))?;
@@ -73,7 +74,7 @@ pub async fn backup(config: &Locations, to: &Path) -> anyhow::Result<(BackupSumm
     std::fs::File::open(&partial).and_then(|f| f.sync_all())?;
     std::fs::rename(&partial, to.join(BACKUP_FILE))?;
     let manifest = Manifest {
-        created_at: Utc::now(),
+        created_at: SystemClock.now(),
         via,
         version: env!("CARGO_PKG_VERSION"),
         summary: &summary,
@@ -146,10 +147,10 @@ pub fn restore(
     if restoring.exists() {
         std::fs::remove_dir_all(&restoring).context("removing an unfinished restore")?;
     }
-    let summary = Store::restore(&restoring, &bytes).context("writing the store")?;
+    let summary = SledStore::restore(&restoring, &bytes).context("writing the store")?;
     if occupied {
         // Opening it proves no daemon holds it; then it goes.
-        drop(Store::open(&db).map_err(|e| {
+        drop(SledStore::open(&db).map_err(|e| {
             anyhow::anyhow!("{} is in use (stop the daemon first): {e}", db.display())
         })?);
         std::fs::remove_dir_all(&db).with_context(|| format!("cannot remove {}", db.display()))?;

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use crate::channels::email::Mailer;
 use crate::config::Config;
 use crate::domain::{Case, CaseInput, Channel, EventInput};
+use crate::domain::{CaseRecord, DeliveryStatus};
 use crate::engine::plan::Engine;
-use crate::store::{CaseRecord, DeliveryStatus};
 
 /// Reads a case JSON file (the body of `PUT /v1/cases/{id}`) into a case.
 pub fn load_case(path: &Path, config: &Config, now: DateTime<Utc>) -> Result<Case, String> {
@@ -83,7 +83,7 @@ pub fn preview(
 ) -> Result<String, String> {
     let (template, rule, entry) = engine.preview(case, rule, channel, now)?;
     if entry.channel == Channel::Sms {
-        let seg = crate::domain::segments::count(&entry.content.text);
+        let seg = crate::domain::segments::count(entry.content.text());
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -95,11 +95,11 @@ pub fn preview(
             "To: {}\nSegments: {} ({:?}, {} units; budget {})\n",
             entry.to, seg.count, seg.encoding, seg.units, engine.max_segments
         );
-        let _ = writeln!(out, "--- text ---\n{}", entry.content.text.trim_end());
+        let _ = writeln!(out, "--- text ---\n{}", entry.content.text().trim_end());
         return Ok(out);
     }
-    let mailer = Mailer::new(&config.email)?;
-    let message = mailer.build(&entry)?;
+    let mailer = Mailer::new(&config.email.transport, &config.email.from)?;
+    let message = mailer.build(&entry.message())?;
     let raw = String::from_utf8_lossy(&message.formatted()).into_owned();
     let headers = raw
         .split("\r\n\r\n")
@@ -114,8 +114,11 @@ pub fn preview(
         rule.as_deref().unwrap_or("-")
     );
     let _ = writeln!(out, "{headers}\n");
-    let _ = writeln!(out, "--- text ---\n{}", entry.content.text.trim_end());
-    if let Some(html) = &entry.content.html {
+    let _ = writeln!(out, "--- text ---\n{}", entry.content.text().trim_end());
+    if let crate::domain::Content::Email(crate::domain::EmailText {
+        html: Some(html), ..
+    }) = &entry.content
+    {
         let _ = writeln!(out, "--- html ---\n{}", html.trim_end());
     }
     Ok(out)

@@ -609,3 +609,12 @@ mod tests {
         assert_eq!(err.field, "customer.phone");
     }
 }
+
+/// How the company signs its messages; exposed to templates as `company`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Company {
+    pub name: String,
+    #[serde(default)]
+    pub support_url: Option<String>,
+}

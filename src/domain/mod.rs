@@ -4,8 +4,13 @@
 //! crate.
 
 mod case;
+pub mod clock;
+mod diagnostics;
+mod records;
 pub mod redact;
 pub mod segments;
 pub mod signature;
 
 pub use case::*;
+pub use diagnostics::*;
+pub use records::*;

@@ -6,3 +6,4 @@ pub mod plan;
 pub mod render;
 pub mod rules;
 pub mod schedule;
+pub mod settle;

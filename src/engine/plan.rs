@@ -8,15 +8,16 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::config::Company;
-use crate::domain::{Case, Channel, Event, Note, Status};
-use crate::engine::render::{EmailContent, MessageContext, Templates, one_line};
-use crate::engine::rules::{RuleSet, Trigger};
-use crate::engine::schedule::{QuietHours, first_allowed_all, next_due};
-use crate::store::{
+use crate::domain::Company;
+use crate::domain::clock::SharedIds;
+use crate::domain::{Case, Channel, Content, Event, Note, SmsText, Status};
+use crate::domain::{
     CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry, RECORD_VERSION, ScheduleState,
     contact_of,
 };
+use crate::engine::render::{MessageContext, Templates, one_line};
+use crate::engine::rules::{RuleSet, Trigger};
+use crate::engine::schedule::{QuietHours, first_allowed_all, next_due};
 
 /// The template digests are rendered with.
 pub const DIGEST_TEMPLATE: &str = "digest";
@@ -37,6 +38,9 @@ pub struct Engine {
     pub sms_quiet: Option<QuietHours>,
     pub max_segments: usize,
     pub consent: ConsentKeys,
+    /// Where message and update ids come from (fresh UUIDv7s in the
+    /// daemon, a counter in tests).
+    pub ids: SharedIds,
 }
 
 /// The keys behind contacts and unsubscribe links (see `store`).
@@ -200,7 +204,7 @@ impl Engine {
             now,
             promised,
             None,
-            Uuid::now_v7(),
+            self.ids.next_id(),
         );
         let entry = entry.ok_or_else(|| msg.error.unwrap_or_default())?;
         Ok((template, msg.rule, entry))
@@ -280,7 +284,7 @@ impl Engine {
                 }
             }
         }
-        let update = Uuid::now_v7();
+        let update = self.ids.next_id();
         for ((channel, _), members) in buckets {
             if members.len() == 1 || !self.templates.has(DIGEST_TEMPLATE, channel) {
                 for i in members {
@@ -366,7 +370,7 @@ impl Engine {
                     now,
                     promised,
                     Some((String::new(), esc.to.to_string())),
-                    Uuid::now_v7(),
+                    self.ids.next_id(),
                 );
                 push(&mut record, msg, &mut outbox);
             }
@@ -475,7 +479,7 @@ impl Engine {
             return;
         };
         let promised = record.schedule.next_update_at;
-        let update = Uuid::now_v7();
+        let update = self.ids.next_id();
         for channel in self.allowed(&record.case, &on.channels) {
             let msg = self.message(
                 &[&*record],
@@ -577,7 +581,7 @@ impl Engine {
         internal_to: Option<(String, String)>,
         update: Uuid,
     ) -> (MessageRecord, Option<OutboxEntry>) {
-        let id = Uuid::now_v7();
+        let id = self.ids.next_id();
         let record = records[0];
         let case = &record.case;
         let internal = internal_to.is_some();
@@ -623,15 +627,14 @@ impl Engine {
         }
         let locale = &case.customer.locale;
         let rendered = match channel {
-            Channel::Email => self.templates.render_email(template, locale, &ctx),
+            Channel::Email => self
+                .templates
+                .render_email(template, locale, &ctx)
+                .map(Content::Email),
             Channel::Sms => self
                 .templates
                 .render_sms(template, locale, &ctx, self.max_segments)
-                .map(|text| EmailContent {
-                    subject: String::new(),
-                    text,
-                    html: None,
-                }),
+                .map(|text| Content::Sms(SmsText { text })),
         };
         let content = match rendered {
             Ok(c) => c,

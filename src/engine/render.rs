@@ -15,16 +15,8 @@ use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
-use crate::config::{Company, Diagnostic, Diagnostics};
-use crate::domain::{Case, Channel, Locale};
-
-/// A rendered email, ready for a transport.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct EmailContent {
-    pub subject: String,
-    pub text: String,
-    pub html: Option<String>,
-}
+use crate::domain::{Case, Channel, EmailText, Locale};
+use crate::domain::{Company, Diagnostic, Diagnostics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -264,7 +256,7 @@ impl Templates {
         template: &str,
         locale: &Locale,
         ctx: &MessageContext,
-    ) -> Result<EmailContent, RenderError> {
+    ) -> Result<EmailText, RenderError> {
         let file = template_file_name(template, Channel::Email);
         let name = self
             .resolve(&file, locale)
@@ -315,7 +307,7 @@ impl Templates {
                 message: "the subject block rendered empty".into(),
             });
         }
-        Ok(EmailContent {
+        Ok(EmailText {
             subject,
             text,
             html,

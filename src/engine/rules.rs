@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::config::{Diagnostic, Diagnostics, parse_duration};
 use crate::domain::{Case, Channel, EmailAddress, Priority, Status};
+use crate::domain::{Diagnostic, Diagnostics, parse_duration};
 use crate::engine::schedule::{Cadence, CronSpec, QuietHours};
 
 #[derive(Debug, Deserialize)]

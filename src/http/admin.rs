@@ -64,7 +64,16 @@ async fn admin_auth(State(state): State<AdminState>, req: Request, next: Next) -
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    crate::metrics::response(&state.svc.store)
+    let store = &state.svc.store;
+    let head = store.outbox_head().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading the outbox head for /metrics failed");
+        None
+    });
+    crate::metrics::response(crate::metrics::Outbox {
+        depth: store.outbox_len(),
+        head,
+        now: state.svc.now(),
+    })
 }
 
 async fn reload(State(state): State<AdminState>) -> Response {
@@ -86,7 +95,7 @@ async fn reload(State(state): State<AdminState>) -> Response {
 /// A consistent copy of the store, in the format `tidings restore` reads.
 async fn backup(State(state): State<AdminState>) -> Response {
     let mut bytes = Vec::new();
-    match state.svc.store.backup(&mut bytes).await {
+    match state.svc.backup(&mut bytes).await {
         Ok(summary) => {
             tracing::info!(
                 entries = summary.entries,

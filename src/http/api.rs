@@ -23,8 +23,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::config::ApiToken;
 use crate::domain::{CaseId, CaseInput, Channel, EventInput, FieldError, Note, Priority, Status};
+use crate::domain::{CaseRecord, DeliveryStatus, IdempotentResponse};
 use crate::service::{Idempotency, Reply, Service, ServiceError};
-use crate::store::{CaseRecord, DeliveryStatus, IdempotentResponse};
 
 mod openapi;
 

@@ -20,11 +20,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use chrono::Utc;
 
 use crate::domain::{CaseId, Channel};
+use crate::domain::{CaseKey, Contact, DeliveryStatus};
 use crate::http::api::ApiState;
-use crate::store::{CaseKey, Commit, Contact, DeliveryStatus};
+use crate::service::Scope;
+use crate::store::Commit;
 
 /// What the webhooks need from the configuration.
 #[derive(Clone)]
@@ -181,7 +182,7 @@ pub async fn sms_inbound(
     let kw = keyword(field(&params, "Body").unwrap_or_default());
     let result = match kw {
         Keyword::Stop => store
-            .opt_out(contact, "sms_stop", Utc::now())
+            .opt_out(contact, "sms_stop", state.svc.now())
             .map(|()| true),
         Keyword::Start => store.opt_in(contact),
         Keyword::Help | Keyword::Other => Ok(false),
@@ -237,39 +238,36 @@ pub async fn sms_status(
             .into_response();
     }
     let code = field(&params, "ErrorCode").unwrap_or_default().to_owned();
-    let store = &state.svc.store;
-    let _guard = store.lock(&key).await;
-    let mut record = match store.get(&key) {
-        Ok(Some(r)) => r,
-        // An erased case, or another source's: nothing to file, and Twilio
-        // must not retry.
-        Ok(None) => return StatusCode::NO_CONTENT.into_response(),
+    let keys = [key];
+    let filed = state
+        .svc
+        .change(Scope::internal(&keys), |records, _now| {
+            // An erased case, or another source's: nothing to file, and
+            // Twilio must not retry.
+            let Some(mut record) = records.into_iter().next().flatten() else {
+                return Ok((vec![Commit::default()], false));
+            };
+            let Some(msg) = record.message_mut(msg_id) else {
+                return Ok((vec![Commit::default()], false));
+            };
+            msg.provider_status = Some(status.clone());
+            if matches!(status.as_str(), "undelivered" | "failed") {
+                msg.status = DeliveryStatus::Failed;
+                msg.error = Some(if code.is_empty() {
+                    format!("carrier reported {status}")
+                } else {
+                    format!("carrier reported {status} (error {code})")
+                });
+            }
+            Ok((vec![Commit::record(record)], true))
+        })
+        .await;
+    match filed {
+        Ok(true) => {}
+        Ok(false) => return StatusCode::NO_CONTENT.into_response(),
         Err(e) => return unavailable(e),
-    };
-    let Some(msg) = record.message_mut(msg_id) else {
-        return StatusCode::NO_CONTENT.into_response();
-    };
-    msg.provider_status = Some(status.clone());
-    if matches!(status.as_str(), "undelivered" | "failed") {
-        msg.status = DeliveryStatus::Failed;
-        msg.error = Some(if code.is_empty() {
-            format!("carrier reported {status}")
-        } else {
-            format!("carrier reported {status} (error {code})")
-        });
     }
-    let old_due = record.schedule.due_at;
-    let commit = Commit {
-        record: Some(record),
-        old_due,
-        ..Commit::default()
-    };
-    if let Err(e) = store.commit(&key, &commit) {
-        return unavailable(e);
-    }
-    if let Err(e) = store.flush().await {
-        return unavailable(e);
-    }
+    let key = &keys[0];
     tracing::info!(case = %key, msg_id = %msg_id, status = %status, "SMS delivery report");
     StatusCode::NO_CONTENT.into_response()
 }
@@ -304,7 +302,7 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String
     if let Err(e) = store.room(crate::store::Writer::Internal) {
         return unavailable(e);
     }
-    if let Err(e) = store.opt_out(Contact(hash), "unsubscribe_link", Utc::now()) {
+    if let Err(e) = store.opt_out(Contact(hash), "unsubscribe_link", state.svc.now()) {
         return unavailable(e);
     }
     if let Err(e) = store.flush().await {

@@ -19,10 +19,11 @@ use uuid::Uuid;
 use crate::channels::Outcome;
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
-use crate::config::DeliveryConfig;
-use crate::domain::Channel;
-use crate::service::Service;
-use crate::store::{CaseKey, CaseRecord, Commit, DeliveryStatus, OutboxEntry, StoreError};
+use crate::domain::{CaseKey, CaseRecord, Channel, DeliveryStatus, MessageRecord, OutboxEntry};
+use crate::engine::settle::{DeliveryPolicy, Settlement, settle};
+use crate::runtime::supervise::Heartbeat;
+use crate::service::{Scope, Service, ServiceError};
+use crate::store::{Commit, StoreError};
 
 /// Everything the delivery loop needs.
 #[derive(Debug, Clone)]
@@ -30,7 +31,7 @@ pub struct Dispatcher {
     pub svc: Service,
     pub mailer: Mailer,
     pub texter: Texter,
-    pub delivery: DeliveryConfig,
+    pub delivery: DeliveryPolicy,
     /// The least time between two messages to one recipient, per channel.
     pub email_gap: Duration,
     pub sms_gap: Duration,
@@ -46,25 +47,16 @@ enum Gate {
     OptedOut(String),
 }
 
-/// The delay before attempt `attempts + 1`: exponential from `initial`,
-/// capped at `max`, with jitter so a failing peer is not hit in lockstep.
-pub fn backoff(cfg: &DeliveryConfig, attempts: u32, jitter: f64) -> Duration {
-    let exp = cfg
-        .backoff_initial
-        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(30)));
-    let base = exp.min(cfg.backoff_max);
-    base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
 impl Dispatcher {
     /// Runs until `cancel` fires, then waits up to `grace` for sends in
     /// flight; whatever is left stays in the outbox for the next start.
-    pub async fn run(self, cancel: CancellationToken, grace: Duration) {
+    pub async fn run(self, cancel: CancellationToken, grace: Duration, heartbeat: Heartbeat) {
         let busy: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
         let permits = Arc::new(Semaphore::new(self.delivery.concurrency));
         let tracker = TaskTracker::new();
         loop {
-            let now = Utc::now();
+            heartbeat.beat();
+            let now = self.svc.now();
             let free = permits.available_permits().max(1);
             // Without room to record an outcome, nothing is sent.
             let due = self
@@ -99,7 +91,7 @@ impl Dispatcher {
                         });
                     }
                     next.map_or(Duration::from_secs(3600), |at| {
-                        (at - Utc::now()).to_std().unwrap_or_default()
+                        (at - self.svc.now()).to_std().unwrap_or_default()
                     })
                 }
                 Err(e @ StoreError::Full { .. }) => {
@@ -114,7 +106,7 @@ impl Dispatcher {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = self.svc.wake_dispatcher.notified() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait.min(Heartbeat::PERIOD)) => {}
             }
         }
         tracker.close();
@@ -147,8 +139,8 @@ impl Dispatcher {
         let result = match self.gate(&entry) {
             Ok(Gate::Open) => {
                 let outcome = match entry.channel {
-                    Channel::Email => self.mailer.send(&entry).await,
-                    Channel::Sms => self.texter.send(&entry).await,
+                    Channel::Email => self.mailer.send(&entry.message()).await,
+                    Channel::Sms => self.texter.send(&entry.message()).await,
                 };
                 // The provider has it: say so on disk first (one small
                 // write), then update the histories.
@@ -156,7 +148,7 @@ impl Dispatcher {
                     && let Err(e) = self
                         .svc
                         .store
-                        .mark_delivered(entry.id, provider_id.clone(), Utc::now())
+                        .mark_delivered(entry.id, provider_id.clone(), self.svc.now())
                         .await
                 {
                     tracing::error!(error = %e, msg_id = %entry.id, "marking a message delivered failed");
@@ -168,7 +160,7 @@ impl Dispatcher {
                 let outcome = Outcome::permanent(format!("recipient opted out ({via})"));
                 self.record(&entry, &outcome, true).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         if let Err(e) = result {
             tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
@@ -186,7 +178,7 @@ impl Dispatcher {
         if let Some(o) = store.opted_out(contact)? {
             return Ok(Gate::OptedOut(o.via));
         }
-        let now = Utc::now();
+        let now = self.svc.now();
         if let (Some(q), Some(tz)) = (
             self.svc.engine.load().channel_quiet(entry.channel).copied(),
             entry.tz,
@@ -213,164 +205,117 @@ impl Dispatcher {
         entry: &OutboxEntry,
         at: DateTime<Utc>,
         why: &'static str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ServiceError> {
+        let keys: Vec<CaseKey> = entry.cases().cloned().collect();
+        let scope = Scope {
+            durable: false,
+            ..Scope::internal(&keys)
+        };
         let store = &self.svc.store;
-        let _guards = store.lock_many(entry.cases()).await;
-        if store.outbox_entry(entry.id)?.is_none() {
-            return Ok(()); // cancelled meanwhile
-        }
-        store.commit(
-            &entry.case,
-            &Commit {
-                outbox_put: vec![OutboxEntry {
-                    next_attempt_at: at,
-                    ..entry.clone()
-                }],
-                outbox_remove: vec![(entry.id, entry.next_attempt_at)],
-                ..Commit::default()
-            },
-        )?;
+        self.svc
+            .change(scope, |_, _| {
+                let mut commits: Vec<Commit> = keys.iter().map(|_| Commit::default()).collect();
+                // Cancelled meanwhile: nothing to hold back.
+                if store.outbox_entry(entry.id)?.is_some() {
+                    commits[0].outbox_put = vec![OutboxEntry {
+                        next_attempt_at: at,
+                        ..entry.clone()
+                    }];
+                    commits[0].outbox_remove = vec![(entry.id, entry.next_attempt_at)];
+                }
+                Ok((commits, ()))
+            })
+            .await?;
         tracing::debug!(msg_id = %entry.id, until = %at, why, "message held back");
         Ok(())
     }
 
+    /// Files an attempt's outcome: settles it (`engine::settle`), records
+    /// it on every history the message belongs to, puts a retry back in
+    /// the outbox or plans the fallback, and makes all of it durable.
     async fn record(
         &self,
         entry: &OutboxEntry,
         outcome: &Outcome,
         opted_out: bool,
-    ) -> Result<(), StoreError> {
-        let store = &self.svc.store;
-        let _guards = store.lock_many(entry.cases()).await;
-        let now = Utc::now();
+    ) -> Result<(), ServiceError> {
+        let keys: Vec<CaseKey> = entry.cases().cloned().collect();
         let attempts = entry.attempts + u32::from(!opted_out);
-        let mut records: Vec<CaseRecord> = Vec::new();
-        for key in entry.cases() {
-            // A case erased while we were sending simply drops out.
-            if let Some(r) = store.get(key)? {
-                records.push(r);
-            }
-        }
-        let old_due: Vec<_> = records.iter().map(|r| r.schedule.due_at).collect();
-        let mut next: Option<DateTime<Utc>> = None;
-        let mut failed = false;
-        for record in &mut records {
-            let Some(msg) = record.message_mut(entry.id) else {
-                continue;
-            };
-            msg.attempts = attempts;
-            match outcome {
-                Outcome::Sent { provider_id } => {
-                    msg.status = DeliveryStatus::Sent;
-                    msg.sent_at = Some(now);
-                    msg.error = None;
-                    msg.provider_id.clone_from(provider_id);
-                }
-                Outcome::Permanent { reason, .. } => {
-                    msg.status = if opted_out {
-                        DeliveryStatus::Cancelled
-                    } else {
-                        DeliveryStatus::Failed
-                    };
-                    msg.error = Some(reason.clone());
-                    failed = true;
-                }
-                Outcome::Transient { reason, .. } if attempts >= self.delivery.max_attempts => {
-                    msg.status = DeliveryStatus::Failed;
-                    msg.error = Some(format!("gave up after {attempts} attempts: {reason}"));
-                    failed = true;
-                }
-                Outcome::Transient {
-                    reason,
-                    retry_after,
-                } => {
-                    msg.error = Some(reason.clone());
-                    let mut delay = backoff(&self.delivery, attempts, rand::rng().random());
-                    if let Some(asked) = retry_after {
-                        delay = delay.max(*asked);
+        let jitter: f64 = rand::rng().random();
+        let store = &self.svc.store;
+        let (verdict, fallback_to) = self
+            .svc
+            .change(Scope::internal(&keys), |records, now| {
+                let verdict = settle(outcome, attempts, opted_out, &self.delivery, now, jitter);
+                // A case erased while we were sending simply drops out.
+                let mut live: Vec<(usize, CaseRecord)> = records
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.map(|r| (i, r)))
+                    .collect();
+                for (_, record) in &mut live {
+                    if let Some(msg) = record.message_mut(entry.id) {
+                        verdict.apply(msg, attempts, now);
                     }
-                    next = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
                 }
-            }
-        }
-        if let Some(r) = records.iter().find(|r| r.key() == entry.case) {
-            crate::metrics::delivery(r, entry);
-        }
-        let mut outbox_put: Vec<OutboxEntry> = next
-            .map(|at| OutboxEntry {
-                attempts,
-                next_attempt_at: at,
-                ..entry.clone()
+                if let Some((_, r)) = live.iter().find(|(_, r)| r.key() == entry.case) {
+                    crate::metrics::delivery(r, entry);
+                }
+                let mut outbox_put: Vec<OutboxEntry> = match &verdict {
+                    // Every case it was for has been erased: just drop it.
+                    _ if live.is_empty() => Vec::new(),
+                    Settlement::Retry { at, .. } => vec![OutboxEntry {
+                        attempts,
+                        next_attempt_at: *at,
+                        ..entry.clone()
+                    }],
+                    _ => Vec::new(),
+                };
+                let mut fallback_to = None;
+                let records: Vec<CaseRecord> = live.iter().map(|(_, r)| r.clone()).collect();
+                if verdict.falls_back()
+                    && !entry.internal
+                    && let Some((channel, msg, fallback)) = self.fallback(entry, &records, now)
+                {
+                    for (_, r) in &mut live {
+                        r.messages.push(msg.clone());
+                    }
+                    outbox_put.extend(fallback);
+                    fallback_to = Some(channel);
+                }
+                if let Settlement::OptedOut { provider: true, .. } = verdict {
+                    store.opt_out(store.contact(entry.channel, &entry.to), "provider", now)?;
+                }
+                if let Settlement::Sent { .. } = verdict
+                    && !entry.internal
+                {
+                    store.set_last_sent(store.contact(entry.channel, &entry.to), now)?;
+                }
+                let mut commits: Vec<Commit> = keys.iter().map(|_| Commit::default()).collect();
+                for (i, r) in live {
+                    commits[i] = Commit::record(r);
+                }
+                // The outbox moves with the message's own case (or alone,
+                // when every case it was for has been erased).
+                commits[0].outbox_put = outbox_put;
+                commits[0].outbox_remove = vec![(entry.id, entry.next_attempt_at)];
+                Ok((commits, (verdict, fallback_to)))
             })
-            .into_iter()
-            .collect();
-        let mut fallback_to = None;
-        if failed
-            && !entry.internal
-            && let Some((channel, msg, fallback)) = self.fallback(entry, &records, now)
-        {
-            for r in &mut records {
-                r.messages.push(msg.clone());
-            }
-            outbox_put.extend(fallback);
-            fallback_to = Some(channel);
-        }
-        if let Outcome::Permanent { opt_out: true, .. } = outcome {
-            store.opt_out(store.contact(entry.channel, &entry.to), "provider", now)?;
-        }
-        let removal = vec![(entry.id, entry.next_attempt_at)];
-        if records.is_empty() {
-            // Every case it was for has been erased: just drop the entry.
-            store.commit(
-                &entry.case,
-                &Commit {
-                    outbox_remove: removal,
-                    ..Commit::default()
-                },
-            )?;
-        } else {
-            let mut commits: Vec<(CaseKey, Commit)> = records
-                .into_iter()
-                .zip(old_due)
-                .map(|(r, old_due)| {
-                    let key = r.key();
-                    let commit = Commit {
-                        record: Some(r),
-                        old_due,
-                        ..Commit::default()
-                    };
-                    (key, commit)
-                })
-                .collect();
-            commits[0].1.outbox_put = outbox_put;
-            commits[0].1.outbox_remove = removal;
-            let changes: Vec<(&CaseKey, &Commit)> = commits.iter().map(|(k, c)| (k, c)).collect();
-            store.commit_many(&changes)?;
-        }
-        if matches!(outcome, Outcome::Sent { .. }) && !entry.internal {
-            store.set_last_sent(store.contact(entry.channel, &entry.to), now)?;
-        }
-        // The provider has the message: make our record of it durable now,
-        // so a crash after this point cannot send it again.
-        store.flush().await?;
-        if fallback_to.is_some() {
-            self.svc.wake_dispatcher.notify_one();
-        }
+            .await?;
         let channel = entry.channel.as_str();
-        match outcome {
-            Outcome::Sent { .. } => {
+        match &verdict {
+            Settlement::Sent { .. } => {
                 tracing::info!(case = %entry.case, msg_id = %entry.id, channel, attempts, covers = entry.also.len() + 1, "message sent")
             }
-            Outcome::Transient { reason, .. } if next.is_some() => {
-                tracing::warn!(case = %entry.case, msg_id = %entry.id, channel, attempts, reason = %reason, retry_at = ?next, "delivery failed, will retry")
+            Settlement::Retry { at, reason } => {
+                tracing::warn!(case = %entry.case, msg_id = %entry.id, channel, attempts, reason = %reason, retry_at = %at, "delivery failed, will retry")
             }
-            Outcome::Transient { reason, .. } | Outcome::Permanent { reason, .. } => {
+            Settlement::Failed { reason } | Settlement::OptedOut { reason, .. } => {
                 tracing::warn!(case = %entry.case, msg_id = %entry.id, channel, attempts, reason = %reason, fallback = fallback_to.map(Channel::as_str), "message not delivered")
             }
         }
         Ok(())
     }
-
     /// For an update that could not be delivered on `entry`'s channel: the
     /// next channel the customer allows, unless the same update already
     /// went (or is going) out on another channel.
@@ -379,7 +324,7 @@ impl Dispatcher {
         entry: &OutboxEntry,
         records: &[CaseRecord],
         now: DateTime<Utc>,
-    ) -> Option<(Channel, crate::store::MessageRecord, Option<OutboxEntry>)> {
+    ) -> Option<(Channel, MessageRecord, Option<OutboxEntry>)> {
         let primary = records.iter().find(|r| r.key() == entry.case)?;
         let update = entry.update?;
         let siblings = primary
@@ -398,24 +343,5 @@ impl Dispatcher {
         refs.extend(records.iter().filter(|r| r.key() != entry.case));
         let (msg, out) = self.svc.engine.load().fallback(&refs, entry, channel, now);
         Some((channel, msg, out))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let cfg = DeliveryConfig {
-            max_attempts: 10,
-            backoff_initial: Duration::from_secs(30),
-            backoff_max: Duration::from_secs(3600),
-            concurrency: 1,
-        };
-        assert_eq!(backoff(&cfg, 1, 1.0), Duration::from_secs(30));
-        assert_eq!(backoff(&cfg, 3, 1.0), Duration::from_secs(120));
-        assert_eq!(backoff(&cfg, 20, 1.0), Duration::from_secs(3600));
-        assert_eq!(backoff(&cfg, 1, 0.0), Duration::from_secs(15));
     }
 }

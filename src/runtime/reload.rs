@@ -12,20 +12,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Diagnostics};
-use crate::service::Service;
-use crate::store::{Commit, StoreError};
+use crate::config::Config;
+use crate::domain::Diagnostics;
+use crate::service::{Scope, Service, ServiceError};
+use crate::store::Commit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error("the new configuration is invalid; the running one stays:\n{0}")]
     Invalid(Diagnostics),
     #[error("rescheduling cases under the new rules failed: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] ServiceError),
 }
 
 /// What a successful reload did.
@@ -83,8 +83,10 @@ impl Reloader {
     async fn try_reload(&self, running: &mut Config) -> Result<Reloaded, ReloadError> {
         let config = Config::load(&self.path).map_err(ReloadError::Invalid)?;
         // The same validation as `tidings check`, then the engine it built.
-        crate::daemon::check(&config).map_err(ReloadError::Invalid)?;
-        let mut engine = crate::daemon::build_engine(&config).map_err(ReloadError::Invalid)?;
+        let now = self.svc.clock.now();
+        let (mut engine, _) =
+            crate::runtime::build::check(&config, self.svc.engine.load().ids.clone(), now)
+                .map_err(ReloadError::Invalid)?;
         // The keys behind contacts and unsubscribe links stay those the
         // daemon started with: links already sent must keep working.
         engine.consent = self.svc.engine.load().consent.clone();
@@ -102,34 +104,34 @@ impl Reloader {
     }
 
     /// One walk of the cases: each is re-planned under the engine now in
-    /// force, under its lock, and committed only when its schedule moved.
-    async fn reschedule_all(&self) -> Result<usize, StoreError> {
-        let store = &self.svc.store;
+    /// force, under its lock, and committed only when its schedule moved;
+    /// one flush at the end.
+    async fn reschedule_all(&self) -> Result<usize, ServiceError> {
+        let svc = &self.svc;
         let mut moved = 0;
-        for item in store.scan_cases() {
-            let key = item?.key();
-            let _guard = store.lock(&key).await;
-            // Re-read under the lock: the walk's copy may be stale.
-            let Some(mut record) = store.get(&key)? else {
-                continue;
+        for item in svc.store.scan_cases() {
+            let keys = [item?.key()];
+            let scope = Scope {
+                durable: false,
+                ..Scope::internal(&keys)
             };
-            let before = record.schedule.clone();
-            self.svc.engine.load().reschedule(&mut record, Utc::now());
-            if record.schedule == before {
-                continue;
-            }
-            store.commit(
-                &key,
-                &Commit {
-                    old_due: before.due_at,
-                    record: Some(record),
-                    ..Commit::default()
-                },
-            )?;
-            moved += 1;
+            // Re-read under the lock: the walk's copy may be stale.
+            let changed = svc
+                .change(scope, |records, now| {
+                    let Some(mut record) = records.into_iter().next().flatten() else {
+                        return Ok((vec![Commit::default()], false));
+                    };
+                    let before = record.schedule.clone();
+                    svc.engine.load().reschedule(&mut record, now);
+                    if record.schedule == before {
+                        return Ok((vec![Commit::default()], false));
+                    }
+                    Ok((vec![Commit::record(record)], true))
+                })
+                .await?;
+            moved += usize::from(changed);
         }
-        store.flush().await?;
-        self.svc.wake_scheduler.notify_one();
+        svc.flush().await?;
         Ok(moved)
     }
 }

@@ -5,19 +5,29 @@
 //! whose update fell due while the daemon was down is planned once, with
 //! the clock starting again from that message.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Service;
-use crate::store::{CaseKey, CaseRecord, Commit, StoreError, Writer};
+use crate::domain::{CaseKey, CaseRecord};
+use crate::runtime::supervise::{Heartbeat, injected_panic};
+use crate::service::{Scope, Service, ServiceError};
+use crate::store::{Commit, StoreError};
 
 /// Runs until `cancel` fires.
-pub async fn run(svc: Service, cancel: CancellationToken) {
+pub async fn run(svc: Service, cancel: CancellationToken, heartbeat: Heartbeat) {
+    let panic_at = injected_panic("scheduler");
     loop {
+        heartbeat.beat();
+        if panic_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            panic!("injected scheduler fault (TIDINGS_TEST_FAULT)");
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
         let wait = match step(&svc).await {
             Ok(Some(wait)) => wait,
             Ok(None) => continue,
-            Err(e @ StoreError::Full { .. }) => {
+            Err(ServiceError::Store(e @ StoreError::Full { .. })) => {
                 crate::store::warn_full(&e);
                 std::time::Duration::from_secs(5)
             }
@@ -29,16 +39,16 @@ pub async fn run(svc: Service, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = svc.wake_scheduler.notified() => {}
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait.min(Heartbeat::PERIOD)) => {}
         }
     }
 }
 
 /// Handles the earliest due case, if it is due. Returns how long to sleep,
 /// or `None` to look again at once.
-async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> {
-    svc.store.room(Writer::Internal)?;
-    let now = Utc::now();
+async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError> {
+    svc.store.room(crate::store::Writer::Internal)?;
+    let now = svc.now();
     let Some((at, key)) = svc.store.next_due_case()? else {
         return Ok(Some(std::time::Duration::from_secs(3600)));
     };
@@ -47,79 +57,79 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, StoreError> 
     }
     // The customer's other cases whose updates fall due soon go out with
     // this one, as a digest.
-    let horizon = now + chrono::Duration::from_std(svc.digest_window).unwrap_or_default();
+    let window = chrono::Duration::from_std(svc.digest_window).unwrap_or_default();
     let siblings = if svc.digest_window.is_zero() {
         Vec::new()
     } else {
-        siblings_due(svc, &key, horizon)?
+        siblings_due(svc, &key, now + window)?
     };
-    let _guards = svc
-        .store
-        .lock_many(std::iter::once(&key).chain(siblings.iter()))
-        .await;
-    let record = svc.store.get(&key)?;
-    // Index keys hold milliseconds; the record holds the full instant.
-    let indexed = |r: &CaseRecord| {
-        r.schedule.due_at.map(|d| d.timestamp_millis()) == Some(at.timestamp_millis())
-    };
-    let Some(record) = record.filter(indexed) else {
-        // The index entry outlived its case or its due instant: drop it.
-        svc.store.remove_schedule_entry(at, &key)?;
-        return Ok(None);
-    };
-    let now = Utc::now();
-    crate::metrics::due_lateness(at, now);
-    let primary_due = record.schedule.next_update_at.is_some_and(|t| t <= now);
-    let mut records = vec![record];
-    if primary_due {
-        for k in &siblings {
-            if let Some(r) = svc.store.get(k)?
-                && update_due_by(&r, horizon)
-            {
-                records.push(r);
+    let mut keys = vec![key.clone()];
+    keys.extend(siblings);
+    let engine = svc.engine.load();
+    let planned = svc
+        .change(Scope::internal(&keys), |records, now| {
+            let mut records = records.into_iter();
+            // Index keys hold milliseconds; the record holds the full instant.
+            let indexed = |r: &CaseRecord| {
+                r.schedule.due_at.map(|d| d.timestamp_millis()) == Some(at.timestamp_millis())
+            };
+            let Some(record) = records.next().flatten().filter(indexed) else {
+                // The index entry outlived its case or its due instant:
+                // drop it (under the lock, so a fresh entry with the same
+                // instant cannot be the one removed).
+                svc.store.remove_schedule_entry(at, &key)?;
+                return Ok((vec![Commit::default(); keys.len()], None));
+            };
+            crate::metrics::due_lateness(at, now);
+            let horizon = now + window;
+            let primary_due = record.schedule.next_update_at.is_some_and(|t| t <= now);
+            let mut group = vec![(0, record)];
+            if primary_due {
+                group.extend(
+                    records
+                        .enumerate()
+                        .filter_map(|(i, r)| r.map(|r| (i + 1, r)))
+                        .filter(|(_, r)| update_due_by(r, horizon)),
+                );
             }
-        }
-    }
-    let old_due: Vec<_> = records.iter().map(|r| r.schedule.due_at).collect();
-    let keys: Vec<CaseKey> = records.iter().map(CaseRecord::key).collect();
-    let mut planned =
-        svc.engine
-            .load()
-            .due_group(records, now, if primary_due { horizon } else { now });
-    let mut messages = 0;
-    for (record, outbox) in &mut planned {
-        messages += outbox.len();
-        if let Some(r) = record.as_mut()
-            && r.schedule.due_at.is_some_and(|d| d <= now)
-        {
-            // Planning always moves a case forward; should a rule ever fail
-            // to, look again in a second rather than spin.
-            r.schedule.due_at = Some(now + chrono::Duration::seconds(1));
-        }
-    }
-    let commits: Vec<Commit> = planned
-        .into_iter()
-        .zip(old_due)
-        .map(|((record, outbox_put), old_due)| Commit {
-            record,
-            old_due,
-            outbox_put,
-            ..Commit::default()
+            let slots: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+            let planned = engine.due_group(
+                group.into_iter().map(|(_, r)| r).collect(),
+                now,
+                if primary_due { horizon } else { now },
+            );
+            let mut commits = vec![Commit::default(); keys.len()];
+            let mut messages = 0;
+            for (slot, (mut record, outbox_put)) in slots.into_iter().zip(planned) {
+                messages += outbox_put.len();
+                if let Some(r) = record.as_mut()
+                    && r.schedule.due_at.is_some_and(|d| d <= now)
+                {
+                    // Planning always moves a case forward; should a rule
+                    // ever fail to, look again in a second rather than spin.
+                    r.schedule.due_at = Some(now + chrono::Duration::seconds(1));
+                }
+                commits[slot] = Commit {
+                    record,
+                    outbox_put,
+                    ..Commit::default()
+                };
+            }
+            let cases = commits.iter().filter(|c| !c.is_empty()).count();
+            Ok((commits, Some((messages, cases, now))))
         })
-        .collect();
-    let changes: Vec<(&CaseKey, &Commit)> = keys.iter().zip(commits.iter()).collect();
-    svc.store.commit_many(&changes)?;
-    svc.store.flush().await?;
-    if messages > 0 {
+        .await?;
+    if let Some((messages, cases, now)) = planned
+        && messages > 0
+    {
         let late_ms = (now - at).num_milliseconds();
-        tracing::info!(case = %key, messages, cases = keys.len(), late_ms, "due messages queued");
-        svc.wake_dispatcher.notify_one();
+        tracing::info!(case = %key, messages, cases, late_ms, "due messages queued");
     }
     Ok(None)
 }
 
 /// Whether a case has a progress update due by `horizon`.
-fn update_due_by(r: &CaseRecord, horizon: chrono::DateTime<Utc>) -> bool {
+fn update_due_by(r: &CaseRecord, horizon: DateTime<Utc>) -> bool {
     r.schedule.next_update_at.is_some_and(|t| t <= horizon)
 }
 
@@ -128,7 +138,7 @@ fn update_due_by(r: &CaseRecord, horizon: chrono::DateTime<Utc>) -> bool {
 fn siblings_due(
     svc: &Service,
     key: &CaseKey,
-    horizon: chrono::DateTime<Utc>,
+    horizon: DateTime<Utc>,
 ) -> Result<Vec<CaseKey>, StoreError> {
     let Some(record) = svc.store.get(key)? else {
         return Ok(Vec::new());

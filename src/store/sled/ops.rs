@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::Status;
 
-use super::{CaseRecord, Result, Store, ms_of, seal};
+use super::{Result, SledStore, ms_of, seal};
+use crate::domain::{CaseRecord, OutboxEntry};
 
-impl Store {
+impl SledStore {
     /// Every stored case, in key order: one pass over the cases tree.
     pub fn scan_cases(&self) -> impl Iterator<Item = Result<CaseRecord>> + '_ {
         self.cases.iter().map(|item| {
@@ -88,25 +89,18 @@ impl<W: std::io::Write> Hashing<W> {
     }
 }
 
-impl Store {
-    /// Writes a consistent copy of every tree to `out`. Writers take a
-    /// case's lock before each commit, so holding every lock stripe makes
-    /// the copy a single point in time; intake, scheduling and delivery
-    /// records wait for the duration of the copy.
+impl SledStore {
+    /// Writes a consistent copy of every tree to `out`. The caller keeps
+    /// writers out meanwhile (the service holds every lock stripe), so the
+    /// copy is a single point in time.
     pub async fn backup(
         &self,
         out: impl std::io::Write,
     ) -> std::result::Result<BackupSummary, BackupError> {
-        let mut guards = Vec::with_capacity(self.locks.len());
-        for stripe in self.locks.iter() {
-            guards.push(stripe.lock().await);
-        }
         self.flush()
             .await
             .map_err(|e| BackupError::Io(std::io::Error::other(e.to_string())))?;
-        let summary = self.write_backup(out);
-        drop(guards);
-        summary
+        self.write_backup(out)
     }
 
     fn write_backup(
@@ -178,7 +172,7 @@ impl Store {
         }
         let outbox = tree("outbox").map_or(&[][..], |(_, e)| e.as_slice());
         let case_of = |v: &[u8]| {
-            super::decode::<super::OutboxEntry>(b"outbox", v)
+            super::decode::<OutboxEntry>(b"outbox", v)
                 .ok()
                 .map(|e| e.case.bytes())
         };
@@ -300,7 +294,7 @@ mod tests {
     #[tokio::test]
     async fn a_backup_restores_every_tree_and_a_damaged_one_is_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&tmp.path().join("a")).expect("open");
+        let store = SledStore::open(&tmp.path().join("a")).expect("open");
         store
             .cases
             .insert(b"helpdesk\0C-1", b"{}".as_slice())
@@ -315,10 +309,10 @@ mod tests {
         // (the contact salt and the unsubscribe key), which must travel too.
         assert_eq!(made.entries, 4);
 
-        let summary = Store::restore(&tmp.path().join("b"), &bytes).expect("restore");
+        let summary = SledStore::restore(&tmp.path().join("b"), &bytes).expect("restore");
         assert_eq!(summary.sha256, made.sha256);
         assert_eq!(summary.trees.get("cases"), Some(&1));
-        let restored = Store::open(&tmp.path().join("b")).expect("open");
+        let restored = SledStore::open(&tmp.path().join("b")).expect("open");
         // Restored values are sealed again, under the new store's keys.
         for (tree, key, plain) in [
             (&restored.outbox, &b"id"[..], &b"entry"[..]),
@@ -336,7 +330,7 @@ mod tests {
         let mid = damaged.len() / 2;
         damaged[mid] ^= 1;
         assert!(matches!(
-            Store::restore(&tmp.path().join("c"), &damaged),
+            SledStore::restore(&tmp.path().join("c"), &damaged),
             Err(BackupError::Format(_))
         ));
     }

@@ -1,0 +1,328 @@
+//! What tidings keeps: a case with its schedule and message history, the
+//! messages waiting in the outbox, delivery marks, opt-outs, idempotent
+//! answers. The store persists these; the engine produces them; nothing
+//! here knows how they are stored.
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use super::{Case, CaseId, Channel};
+
+/// The version of the stored records this binary writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Identifies a case across sources: a token only ever sees its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CaseKey {
+    pub source: String,
+    pub id: CaseId,
+}
+
+impl CaseKey {
+    pub fn new(source: &str, id: CaseId) -> Self {
+        Self {
+            source: source.to_owned(),
+            id,
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.source.len() + 1 + self.id.as_ref().len());
+        k.extend_from_slice(self.source.as_bytes());
+        k.push(0);
+        k.extend_from_slice(self.id.as_ref().as_bytes());
+        k
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let nul = b.iter().position(|x| *x == 0)?;
+        let source = std::str::from_utf8(&b[..nul]).ok()?;
+        let id = std::str::from_utf8(&b[nul + 1..]).ok()?.parse().ok()?;
+        Some(Self::new(source, id))
+    }
+}
+
+impl std::fmt::Display for CaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.source, self.id)
+    }
+}
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+/// One message in a case's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: Uuid,
+    /// What caused it: `created`, `progress`, `resolved`, `note`, `status`, `escalation`.
+    pub kind: String,
+    pub template: String,
+    pub rule: Option<String>,
+    pub channel: Channel,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub due_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub promised_next_update_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    /// Internal escalations go to an operator, not to the customer.
+    #[serde(default)]
+    pub internal: bool,
+    /// The messages of one update (one per channel, and fallbacks) share it.
+    #[serde(default)]
+    pub update: Option<Uuid>,
+    /// The failed message of the same update this one replaces.
+    #[serde(default)]
+    pub fallback_for: Option<Uuid>,
+    /// For a digest: the ids of all the cases it covered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub covers: Vec<String>,
+    /// The provider's id for the message (Twilio's message SID).
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    /// The provider's last delivery report (queued, sent, delivered, …).
+    #[serde(default)]
+    pub provider_status: Option<String>,
+}
+
+/// Schedule bookkeeping for one case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The last customer-facing message or public agent reply.
+    pub last_contact_at: DateTime<Utc>,
+    /// When the next progress update goes out, if one is planned.
+    pub next_update_at: Option<DateTime<Utc>>,
+    /// When the scheduler looks at the case next (the index key).
+    pub due_at: Option<DateTime<Utc>>,
+    /// The rule that matched last, and how many updates it sent in a row.
+    pub rule: Option<String>,
+    pub rule_updates: u32,
+    pub escalated: bool,
+    pub resolution_sent: bool,
+}
+
+/// A case with everything tidings keeps about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub v: u32,
+    pub case: Case,
+    pub updated_at: DateTime<Utc>,
+    pub schedule: ScheduleState,
+    pub messages: Vec<MessageRecord>,
+    /// Idempotency records that hold this case's data, erased with it.
+    #[serde(default)]
+    pub idempotency_keys: Vec<String>,
+}
+
+impl CaseRecord {
+    pub fn key(&self) -> CaseKey {
+        CaseKey::new(&self.case.source, self.case.id.clone())
+    }
+
+    pub fn message_mut(&mut self, id: Uuid) -> Option<&mut MessageRecord> {
+        self.messages.iter_mut().find(|m| m.id == id)
+    }
+}
+
+/// A message waiting to be sent, already rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub v: u32,
+    pub id: Uuid,
+    pub case: CaseKey,
+    pub channel: Channel,
+    pub to_name: String,
+    pub to: String,
+    pub content: Content,
+    /// Stable across retries and restarts, so a resend is recognisable.
+    pub message_id: String,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    /// A digest also covers these cases; their histories hold the message too.
+    #[serde(default)]
+    pub also: Vec<CaseKey>,
+    /// The recipient's zone, for quiet hours at send time.
+    #[serde(default)]
+    pub tz: Option<chrono_tz::Tz>,
+    /// What the message was made from, so a fallback can render it again
+    /// for another channel.
+    #[serde(default)]
+    pub update: Option<Uuid>,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub promised: Option<DateTime<Utc>>,
+    /// Internal messages (escalations) skip consent, quiet hours and gaps.
+    #[serde(default)]
+    pub internal: bool,
+    /// The recipient's one-click opt-out link (email).
+    #[serde(default)]
+    pub unsubscribe_url: Option<String>,
+}
+
+impl OutboxEntry {
+    /// Every case this message belongs to.
+    pub fn cases(&self) -> impl Iterator<Item = &CaseKey> {
+        std::iter::once(&self.case).chain(self.also.iter())
+    }
+}
+
+/// A provider accepted the message (see the `delivered` tree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredMark {
+    pub at: DateTime<Utc>,
+    pub provider_id: Option<String>,
+}
+
+/// A recipient who asked not to hear from us on one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptOut {
+    pub at: DateTime<Utc>,
+    /// `sms_stop`, `unsubscribe_link`, `provider` (e.g. Twilio 21610).
+    pub via: String,
+}
+
+/// A recipient on one channel, as the store knows it: keyed, not in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Contact(pub [u8; 32]);
+
+/// A stored answer for a retried request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotentResponse {
+    pub request_sha256: String,
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// A recipient on `channel`, keyed under `salt`: an HMAC of the channel and
+/// the normalised address.
+pub fn contact_of(salt: &[u8; 32], channel: Channel, address: &str) -> Contact {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(salt)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(channel.as_str().as_bytes());
+    mac.update(b":");
+    mac.update(address.trim().to_lowercase().as_bytes());
+    Contact(mac.finalize().into_bytes().into())
+}
+
+/// A rendered email: what the mail channel turns into MIME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailText {
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+}
+
+/// A rendered SMS body, already within the segment budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsText {
+    pub text: String,
+}
+
+/// What a message says, rendered for its channel.
+///
+/// Stored without a tag: an email has a subject, an SMS only text. (Entries
+/// written before SMS had a shape of their own carry an empty subject and
+/// read back as `Email`; `text` serves both.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Email(EmailText),
+    Sms(SmsText),
+}
+
+impl Content {
+    /// The plain text, whatever the channel.
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Email(e) => &e.text,
+            Self::Sms(s) => &s.text,
+        }
+    }
+}
+
+/// One message as a channel sends it: the recipient, the rendered content,
+/// and the ids that make a resend recognisable. Channels take this and
+/// nothing else of tidings' records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// tidings' own id of the message (also in the SMS status callback).
+    pub id: Uuid,
+    /// The case it belongs to (named in the SMS status callback).
+    pub case: CaseKey,
+    pub to_name: String,
+    /// The email address or E.164 number.
+    pub to: String,
+    pub content: Content,
+    /// Fixed when the message was planned.
+    pub message_id: String,
+    /// The recipient's one-click opt-out link (email).
+    pub unsubscribe_url: Option<String>,
+}
+
+impl OutboxEntry {
+    /// What the channel needs to send this entry.
+    pub fn message(&self) -> Message {
+        Message {
+            id: self.id,
+            case: self.case.clone(),
+            to_name: self.to_name.clone(),
+            to: self.to.clone(),
+            content: self.content.clone(),
+            message_id: self.message_id.clone(),
+            unsubscribe_url: self.unsubscribe_url.clone(),
+        }
+    }
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider accepted the message; its id for it, when it gives one.
+    Sent { provider_id: Option<String> },
+    /// Worth trying again later: 4xx, connection loss, timeouts, 429.
+    /// `retry_after` is the provider's own request, when it made one.
+    Transient {
+        reason: String,
+        retry_after: Option<std::time::Duration>,
+    },
+    /// Trying again will not help: 5xx, an invalid recipient. `opt_out`
+    /// when the provider says the recipient unsubscribed.
+    Permanent { reason: String, opt_out: bool },
+}
+
+impl Outcome {
+    pub fn sent() -> Self {
+        Self::Sent { provider_id: None }
+    }
+
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent {
+            reason: reason.into(),
+            opt_out: false,
+        }
+    }
+}
