@@ -82,7 +82,7 @@ pub async fn run_with_clock(
         svc: svc.clone(),
         tokens: config.tokens.clone().into(),
         ready: ready.clone(),
-        webhooks: Some(Arc::new(crate::http::consent::Webhooks {
+        webhooks: Some(Arc::new(crate::http::state::Webhooks {
             auth_token: config.sms.twilio.as_ref().map(|t| t.auth_token.clone()),
             public_url: config.public_url.clone(),
             help_text: config.sms.help_text.clone(),

@@ -79,7 +79,7 @@ enum Command {
 }
 
 /// Loads config, rules and templates for the offline tools.
-fn offline(path: &std::path::Path) -> Result<(Config, tidings::engine::plan::Engine), ExitCode> {
+fn offline(path: &std::path::Path) -> Result<(Config, tidings::cli::Engine), ExitCode> {
     let config = load(path)?;
     let engine = tidings::cli::engine(&config).map_err(|d| {
         eprintln!("{d}");

@@ -6,7 +6,7 @@ pub mod tools;
 use crate::config::Config;
 use crate::domain::clock::{Clock, SystemClock, v7_ids};
 use crate::domain::{Diagnostic, Diagnostics};
-use crate::engine::plan::Engine;
+pub use crate::engine::plan::Engine;
 
 /// The engine the offline tools plan with: the daemon's own, built from
 /// the same config, rules and templates.

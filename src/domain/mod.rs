@@ -6,6 +6,7 @@
 mod case;
 pub mod clock;
 mod diagnostics;
+mod input;
 mod records;
 pub mod redact;
 pub mod segments;
@@ -13,4 +14,5 @@ pub mod signature;
 
 pub use case::*;
 pub use diagnostics::*;
+pub use input::*;
 pub use records::*;

@@ -4,7 +4,6 @@
 //! Handlers parse input into domain types, call `service`, and shape the
 //! answer. The API never sends a message: it writes and wakes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -24,22 +23,14 @@ use utoipa::{OpenApi, ToSchema};
 use crate::config::ApiToken;
 use crate::domain::{CaseId, CaseInput, Channel, EventInput, FieldError, Note, Priority, Status};
 use crate::domain::{CaseRecord, DeliveryStatus, IdempotentResponse};
-use crate::service::{Idempotency, Reply, Service, ServiceError};
+use crate::service::{Idempotency, Reply, ServiceError};
 
 mod openapi;
 
+pub use crate::http::state::{ApiState, Webhooks};
+
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct ApiState {
-    pub svc: Service,
-    pub tokens: Arc<[ApiToken]>,
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
-    /// Twilio webhook settings; `None` refuses every webhook.
-    pub webhooks: Option<Arc<crate::http::consent::Webhooks>>,
-}
 
 /// The error shape of every 4xx/5xx: `{"error":{"code","message","field"}}`.
 #[derive(Debug)]

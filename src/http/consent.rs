@@ -23,25 +23,9 @@ use axum::response::{Html, IntoResponse, Response};
 
 use crate::domain::{CaseId, Channel};
 use crate::domain::{CaseKey, Contact, DeliveryStatus};
-use crate::http::api::ApiState;
+use crate::http::state::ApiState;
 use crate::service::Scope;
 use crate::store::Commit;
-
-/// What the webhooks need from the configuration.
-#[derive(Clone)]
-pub struct Webhooks {
-    /// Twilio's auth token; without it no webhook can be verified.
-    pub auth_token: Option<String>,
-    /// The base URL Twilio was given (`public_url`).
-    pub public_url: String,
-    pub help_text: String,
-}
-
-impl std::fmt::Debug for Webhooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhooks").finish_non_exhaustive()
-    }
-}
 
 /// The delivery states Twilio reports in its status callbacks.
 pub const DELIVERY_STATUSES: [&str; 10] = [

@@ -5,3 +5,4 @@ pub mod admin;
 pub mod api;
 pub mod consent;
 pub mod serve;
+pub mod state;

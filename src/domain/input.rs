@@ -1,0 +1,238 @@
+//! The API's input shapes as they arrive (`CaseInput`, `EventInput`) and
+//! their validation into the domain types, with defaults for what a ticket
+//! system leaves out.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::*;
+
+/// The body of `PUT /v1/cases/{id}` as it arrives, before validation.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaseInput {
+    #[schema(min_length = 1, max_length = 500)]
+    pub subject: String,
+    #[serde(default = "default_status")]
+    pub status: Status,
+    #[serde(default)]
+    pub priority: Priority,
+    pub customer: CustomerInput,
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub assignee: Option<String>,
+    #[serde(default)]
+    pub eta: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_status() -> Status {
+    Status::Open
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerInput {
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: String,
+    #[serde(default)]
+    #[schema(example = "maria.hernandez@example.com")]
+    pub email: Option<String>,
+    #[serde(default)]
+    #[schema(example = "+12125550143")]
+    pub phone: Option<String>,
+    /// IANA time zone; the configured default when absent.
+    #[serde(default)]
+    #[schema(example = "America/New_York")]
+    pub timezone: Option<String>,
+    /// Language tag; the configured default when absent.
+    #[serde(default)]
+    #[schema(example = "en")]
+    pub locale: Option<String>,
+    /// Allowed channels in order of preference; every channel with an
+    /// address when absent.
+    #[serde(default)]
+    pub channels: Option<Vec<Channel>>,
+}
+
+/// Defaults applied where the customer's record is silent.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub timezone: Tz,
+    pub locale: Locale,
+}
+
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<String, FieldError> {
+    let trimmed = value.trim();
+    if required && trimmed.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    // The limit counts what was sent, as the OpenAPI document's maxLength does.
+    if value.chars().count() > max {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+impl CaseInput {
+    /// Validates the input into a case. `created_at` is kept from an earlier
+    /// version of the case when it is replaced.
+    pub fn into_case(
+        self,
+        id: CaseId,
+        source: &str,
+        defaults: &Defaults,
+        created_at: DateTime<Utc>,
+        latest_note: Option<Note>,
+    ) -> Result<Case, FieldError> {
+        let subject = check_text("subject", &self.subject, 500, true)?;
+        let customer = self.customer.validate(defaults)?;
+        let assignee = match self.assignee {
+            Some(a) => Some(check_text("assignee", &a, 200, false)?).filter(|a| !a.is_empty()),
+            None => None,
+        };
+        if self.tags.len() > 50 {
+            return Err(FieldError::new("tags", "must hold at most 50 tags"));
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            check_text(&format!("tags[{i}]"), tag, 100, true)?;
+        }
+        if self.fields.len() > 100 {
+            return Err(FieldError::new("fields", "must hold at most 100 entries"));
+        }
+        Ok(Case {
+            id,
+            source: source.to_owned(),
+            subject,
+            status: self.status,
+            priority: self.priority,
+            customer,
+            assignee,
+            eta: self.eta,
+            tags: self.tags,
+            fields: self.fields,
+            latest_note,
+            created_at,
+        })
+    }
+}
+
+impl CustomerInput {
+    pub(crate) fn validate(self, defaults: &Defaults) -> Result<Customer, FieldError> {
+        let name = check_text("customer.name", &self.name, 200, true)?;
+        let email = self
+            .email
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| e.parse::<EmailAddress>())
+            .transpose()
+            .map_err(|m| FieldError::new("customer.email", m))?;
+        let phone = self
+            .phone
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.trim().parse::<E164>())
+            .transpose()
+            .map_err(|m| FieldError::new("customer.phone", m))?;
+        let timezone = match self.timezone {
+            Some(tz) => parse_timezone(&tz).map_err(|m| FieldError::new("customer.timezone", m))?,
+            None => defaults.timezone,
+        };
+        let locale = match self.locale {
+            Some(l) => l
+                .parse::<Locale>()
+                .map_err(|m| FieldError::new("customer.locale", m))?,
+            None => defaults.locale.clone(),
+        };
+        if email.is_none() && phone.is_none() {
+            return Err(FieldError::new(
+                "customer.email",
+                "the customer needs an email address or a phone number",
+            ));
+        }
+        let channels = match self.channels {
+            Some(list) => {
+                let mut seen = Vec::new();
+                for c in list {
+                    if !seen.contains(&c) {
+                        seen.push(c);
+                    }
+                }
+                seen
+            }
+            None => [Channel::Email, Channel::Sms]
+                .into_iter()
+                .filter(|c| match c {
+                    Channel::Email => email.is_some(),
+                    Channel::Sms => phone.is_some(),
+                })
+                .collect(),
+        };
+        for c in &channels {
+            let missing = match c {
+                Channel::Email => email.is_none().then_some("customer.email"),
+                Channel::Sms => phone.is_none().then_some("customer.phone"),
+            };
+            if let Some(field) = missing {
+                return Err(FieldError::new(
+                    field,
+                    format!("is required when channels include {}", c.as_str()),
+                ));
+            }
+        }
+        Ok(Customer {
+            name,
+            email,
+            phone,
+            timezone,
+            locale,
+            channels,
+        })
+    }
+}
+
+/// An event a ticket system reports on a case.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventInput {
+    /// A public agent note; the customer hears of it when a `note` message is configured.
+    Note {
+        body: String,
+        #[serde(default)]
+        author: Option<String>,
+    },
+    /// An agent answered the customer directly: the update clock starts again.
+    AgentReply {},
+    /// The case moved to another status.
+    Status { status: Status },
+    /// A new estimate of when the case will be solved (`null` clears it).
+    Eta { eta: Option<DateTime<Utc>> },
+}
+
+impl EventInput {
+    pub fn validate(self) -> Result<Event, FieldError> {
+        Ok(match self {
+            Self::Note { body, author } => Event::Note {
+                body: check_text("body", &body, 10_000, true)?,
+                author: match author {
+                    Some(a) => {
+                        Some(check_text("author", &a, 200, false)?).filter(|a| !a.is_empty())
+                    }
+                    None => None,
+                },
+            },
+            Self::AgentReply {} => Event::AgentReply,
+            Self::Status { status } => Event::Status(status),
+            Self::Eta { eta } => Event::Eta(eta),
+        })
+    }
+}
