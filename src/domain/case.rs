@@ -68,6 +68,9 @@ impl FromStr for CaseId {
         if s.is_empty() || s.len() > 128 {
             return Err("must be 1 to 128 characters".into());
         }
+        if s.bytes().all(|b| b == b'.') {
+            return Err("may not be only dots".into());
+        }
         if !s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
@@ -90,9 +93,33 @@ impl FromStr for EmailAddress {
         if trimmed.len() > 254 {
             return Err("is longer than 254 characters".into());
         }
-        lettre::Address::from_str(trimmed)
-            .map(|a| Self(a.to_string()))
-            .map_err(|_| "is not a valid email address".into())
+        let address = lettre::Address::from_str(trimmed)
+            .map_err(|_| "is not a valid email address".to_owned())?;
+        // What a relay without SMTPUTF8 delivers: a dot-atom local part in
+        // ASCII (no quoted strings, no spaces) at a host name (no address
+        // literal); a domain in Unicode goes out in its ASCII (IDNA) form.
+        let local = address.user();
+        if !local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b))
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
+        {
+            return Err(
+                "is not deliverable: the part before @ must be plain ASCII letters, digits and !#$%&'*+-/=?^_`{|}~. (no quotes, spaces or other characters)"
+                    .into(),
+            );
+        }
+        let domain = address.domain();
+        if domain.starts_with('[') {
+            return Err("is not deliverable: use a domain name, not an address literal".into());
+        }
+        let ascii = match url::Host::parse(domain) {
+            Ok(url::Host::Domain(d)) if d.contains('.') => d,
+            _ => return Err("is not deliverable: the domain is not a valid host name".into()),
+        };
+        Ok(Self(format!("{local}@{ascii}")))
     }
 }
 
@@ -337,6 +364,10 @@ mod tests {
         assert!("".parse::<CaseId>().is_err());
         assert!("a/b".parse::<CaseId>().is_err());
         assert!("x".repeat(129).parse::<CaseId>().is_err());
+        // Would name a folder in a path or URL.
+        assert!(".".parse::<CaseId>().is_err());
+        assert!("..".parse::<CaseId>().is_err());
+        assert!("..a".parse::<CaseId>().is_ok());
     }
 
     #[test]
@@ -356,6 +387,30 @@ mod tests {
         assert!("maria@example.com".parse::<EmailAddress>().is_ok());
         assert!("maria@".parse::<EmailAddress>().is_err());
         assert!("a\r\nBcc: x@y.z".parse::<EmailAddress>().is_err());
+        assert!(
+            "o'brien+case@mail.example.co.uk"
+                .parse::<EmailAddress>()
+                .is_ok()
+        );
+        // Accepted by the RFC, refused by relays without SMTPUTF8 or never
+        // deliverable: refused at intake instead of failing at send.
+        for bad in [
+            "\"a b\"@example.com",
+            "a@[127.0.0.1]",
+            "ä@bücher.example",
+            "a..b@example.com",
+            ".a@example.com",
+            "a@localhost",
+        ] {
+            assert!(bad.parse::<EmailAddress>().is_err(), "{bad}");
+        }
+        // A Unicode domain goes out in its ASCII form.
+        assert_eq!(
+            "maria@bücher.example"
+                .parse::<EmailAddress>()
+                .map(|a| a.to_string()),
+            Ok("maria@xn--bcher-kva.example".to_owned())
+        );
     }
 
     #[test]

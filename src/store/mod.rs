@@ -59,7 +59,9 @@ pub struct Commit {
     /// The case as it should be after the change; `None` leaves it as it
     /// is (unless `erase`).
     pub record: Option<CaseRecord>,
-    /// Erase the case (with its index entries).
+    /// Erase the case (with its index entries): its key is shredded once
+    /// the erasure is flushed. With `record` too, the case is stored again
+    /// under a fresh key (shred, then store).
     pub erase: bool,
     pub outbox_put: Vec<OutboxEntry>,
     /// Outbox entries to drop: id and the `next_attempt_at` they are indexed under.
@@ -194,7 +196,8 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     // Idempotency.
 
     fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>>;
-    /// Drops records older than `before` no case refers to; how many went.
+    /// Drops records older than `before`, and any whose case was erased;
+    /// how many went. (A replay after a day is no longer promised.)
     fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<usize>;
 
     // Backup.

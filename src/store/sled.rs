@@ -487,12 +487,19 @@ impl SledStore {
         let mut fresh_ids = Vec::new();
         // Each change's case key, as the transaction leaves it.
         let mut case_ids: Vec<Option<KeyId>> = Vec::with_capacity(changes.len());
+        // A case named twice in one batch keeps the key the earlier change
+        // left it with, so every value of it is shredded together.
+        let mut in_batch: std::collections::HashMap<Vec<u8>, Option<KeyId>> =
+            std::collections::HashMap::new();
         for p in &mut prepared {
-            let current = self
-                .cases
-                .get(&p.case_key)?
-                .as_deref()
-                .and_then(seal::key_id);
+            let current = match in_batch.get(&p.case_key) {
+                Some(earlier) => *earlier,
+                None => self
+                    .cases
+                    .get(&p.case_key)?
+                    .as_deref()
+                    .and_then(seal::key_id),
+            };
             if p.erase {
                 retire.extend(current);
             }
@@ -509,6 +516,12 @@ impl SledStore {
                 }
             };
             case_ids.push(key.map(|(id, _)| id));
+            let after = match key {
+                Some((id, _)) => Some(id),
+                None if p.erase => None,
+                None => current,
+            };
+            in_batch.insert(p.case_key.clone(), after);
             if let Some(key) = key {
                 p.seal(&key);
             }
@@ -690,11 +703,13 @@ impl SledStore {
         Ok((out, None))
     }
 
+    /// An outbox entry; `None` also for one whose case was erased (its key
+    /// destroyed) while it was on its way out.
     pub fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>> {
-        self.outbox
-            .get(id.as_bytes())?
-            .map(|b| self.read(id.as_bytes(), &b))
-            .transpose()
+        match self.outbox.get(id.as_bytes())? {
+            Some(b) => self.read_if_live(id.as_bytes(), &b),
+            None => Ok(None),
+        }
     }
 
     /// Messages waiting in the outbox (a walk of the outbox tree, which

@@ -1,0 +1,1118 @@
+//! The storage conformance suite: what every backend of
+//! `tidings::store::Storage` must do, written against `&dyn Storage` only.
+//!
+//! Each backend is one `conformance!` line at the bottom of this file plus
+//! two functions: `open` (a fresh, empty store, with whatever keeps it
+//! alive) and `reopen` (the same store after its handle is dropped and
+//! opened again). Every test gets a store of its own.
+//!
+//! Time is fixed (`at`): nothing here reads the wall clock.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use chrono::{DateTime, Duration, Utc};
+use tidings::domain::{
+    Case, CaseInput, CaseKey, CaseRecord, Channel, Content, CustomerInput, Defaults, DeliveredMark,
+    DeliveryStatus, EmailText, IdempotentResponse, MessageRecord, OptOut, OutboxEntry, Priority,
+    RECORD_VERSION, ScheduleState, Status, contact_of, parse_timezone,
+};
+use tidings::store::{Commit, SledStore, Storage, Writer, verify_backup};
+use uuid::Uuid;
+
+// Test data.
+
+const MARIA_EMAIL: &str = "maria.hernandez@example.com";
+const MARIA_PHONE: &str = "+12125550143";
+const JAN_EMAIL: &str = "jan.kowalski@example.org";
+const JAN_PHONE: &str = "+48601987654";
+
+/// `minutes` after a fixed instant (2027-01-15T08:00:00Z).
+fn at(minutes: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + minutes * 60, 0).expect("a representable instant")
+}
+
+fn key(id: &str) -> CaseKey {
+    CaseKey::new("helpdesk", id.parse().expect("a valid case id"))
+}
+
+/// A validated case of source `helpdesk`, built the way intake builds one.
+fn case(id: &str, email: Option<&str>, phone: Option<&str>) -> Case {
+    let input = CaseInput {
+        subject: "Replacement router has not shipped".into(),
+        status: Status::Open,
+        priority: Priority::High,
+        customer: CustomerInput {
+            name: "Maria Hernandez".into(),
+            email: email.map(Into::into),
+            phone: phone.map(Into::into),
+            timezone: Some("America/New_York".into()),
+            locale: Some("en".into()),
+            channels: None,
+        },
+        assignee: Some("Jordan".into()),
+        eta: Some(at(3 * 24 * 60)),
+        tags: vec!["hardware".into()],
+        fields: [("order".to_owned(), serde_json::json!("RMA-20931"))].into(),
+    };
+    let defaults = Defaults {
+        timezone: parse_timezone("UTC").expect("UTC is a time zone"),
+        locale: "en".parse().expect("a valid locale"),
+    };
+    input
+        .into_case(
+            id.parse().expect("a valid case id"),
+            "helpdesk",
+            &defaults,
+            at(-60),
+            None,
+        )
+        .expect("the sample case is valid")
+}
+
+/// A stored case whose scheduler looks at it next at `due`, with one sent
+/// message in its history.
+fn record(case: Case, due: Option<DateTime<Utc>>) -> CaseRecord {
+    CaseRecord {
+        v: RECORD_VERSION,
+        case,
+        updated_at: at(0),
+        schedule: ScheduleState {
+            last_contact_at: at(-60),
+            next_update_at: due,
+            due_at: due,
+            rule: Some("slow".into()),
+            rule_updates: 1,
+            escalated: false,
+            resolution_sent: false,
+        },
+        messages: vec![MessageRecord {
+            id: Uuid::from_u128(0xACC),
+            kind: "created".into(),
+            template: "acknowledgement".into(),
+            rule: None,
+            channel: Channel::Email,
+            status: DeliveryStatus::Sent,
+            attempts: 1,
+            due_at: at(-60),
+            sent_at: Some(at(-59)),
+            promised_next_update_at: due,
+            error: None,
+            internal: false,
+            update: Some(Uuid::from_u128(0xACC0)),
+            fallback_for: None,
+            covers: Vec::new(),
+            provider_id: None,
+            provider_status: None,
+        }],
+        idempotency_keys: Vec::new(),
+    }
+}
+
+/// Maria's case `id` (email and phone), due at `due`.
+fn maria(id: &str, due: Option<DateTime<Utc>>) -> CaseRecord {
+    record(case(id, Some(MARIA_EMAIL), Some(MARIA_PHONE)), due)
+}
+
+/// Jan's case `id` (email and phone), due at `due`.
+fn jan(id: &str, due: Option<DateTime<Utc>>) -> CaseRecord {
+    record(case(id, Some(JAN_EMAIL), Some(JAN_PHONE)), due)
+}
+
+/// An email for `case` waiting in the outbox, id `n`, due at `due`.
+fn entry(case: &CaseKey, n: u128, due: DateTime<Utc>) -> OutboxEntry {
+    OutboxEntry {
+        v: RECORD_VERSION,
+        id: Uuid::from_u128(n),
+        case: case.clone(),
+        channel: Channel::Email,
+        to_name: "Maria Hernandez".into(),
+        to: MARIA_EMAIL.into(),
+        content: Content::Email(EmailText {
+            subject: format!("Case {}: still on it", case.id),
+            text: "We are still working on your case.".into(),
+            html: None,
+        }),
+        message_id: format!("<{n}@tidings.example.com>"),
+        attempts: 0,
+        next_attempt_at: due,
+        also: Vec::new(),
+        tz: None,
+        update: Some(Uuid::from_u128(n << 8)),
+        kind: "progress".into(),
+        template: "progress".into(),
+        rule: Some("slow".into()),
+        promised: Some(due + Duration::days(2)),
+        internal: false,
+        unsubscribe_url: Some("https://tidings.example.com/unsubscribe/x".into()),
+    }
+}
+
+/// A stored answer to a request made at `when`.
+fn answer(when: DateTime<Utc>, case: &str) -> IdempotentResponse {
+    IdempotentResponse {
+        request_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        status: 201,
+        body: serde_json::json!({ "id": case, "email": MARIA_EMAIL }),
+        at: when,
+    }
+}
+
+/// Drops outbox entries (as the outbox indexes them).
+fn removing(entries: &[&OutboxEntry]) -> Vec<(Uuid, DateTime<Utc>)> {
+    entries.iter().map(|e| (e.id, e.next_attempt_at)).collect()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+fn no_busy() -> HashSet<Uuid> {
+    HashSet::new()
+}
+
+fn commit_record(store: &dyn Storage, record: &CaseRecord) {
+    store
+        .commit(&record.key(), &Commit::record(record.clone()))
+        .expect("the commit applies");
+}
+
+/// A store under test, and what keeps it alive (sled: its directory).
+/// Fields drop in order: the store closes before its home goes.
+struct Fixture<H> {
+    store: Box<dyn Storage>,
+    home: H,
+}
+
+/// One test of the suite per function of `suite`, each on a fresh store.
+macro_rules! conformance {
+    (@each $open:path; $($test:ident),+ $(,)?) => {$(
+        #[tokio::test]
+        async fn $test() {
+            let fixture = $open().await;
+            suite::$test(&*fixture.store).await;
+        }
+    )+};
+    ($backend:ident, open: $open:path, reopen: $reopen:path) => {
+        mod $backend {
+            use super::*;
+
+            conformance!(@each $open;
+                commit_moves_the_schedule_index,
+                remove_schedule_entry_drops_only_that_entry,
+                commit_many_applies_every_change,
+                next_due_case_is_the_earliest,
+                due_outbox_takes_what_is_due_earliest_first,
+                an_outbox_entry_is_rescheduled_in_one_commit,
+                erasure_removes_the_case_and_what_holds_its_data,
+                erasure_destroys_what_it_does_not_name,
+                a_case_twice_in_one_batch_is_shredded_whole,
+                a_delivered_mark_lasts_as_long_as_its_outbox_entry,
+                contacts_are_keyed_by_channel_and_normalised_address,
+                cases_of_follows_the_customer_address,
+                opt_out_and_opt_in_round_trip,
+                claim_send_paces_one_recipient,
+                idempotent_answers_are_kept_until_pruned,
+                scans_yield_every_case,
+                flush_completes_and_a_store_with_space_has_room,
+                a_backup_verifies,
+            );
+
+            #[tokio::test]
+            async fn a_reopened_store_keeps_what_was_flushed() {
+                suite::a_reopened_store_keeps_what_was_flushed($open().await, $reopen).await;
+            }
+        }
+    };
+}
+
+/// The tests, each given a fresh, empty store.
+mod suite {
+    use super::*;
+
+    pub async fn commit_moves_the_schedule_index(store: &dyn Storage) {
+        let k = key("C-1");
+        assert_eq!(store.get(&k).expect("get"), None);
+        assert_eq!(store.next_due_case().expect("next due"), None);
+
+        let mut r = maria("C-1", Some(at(60)));
+        commit_record(store, &r);
+        assert_eq!(store.get(&k).expect("get"), Some(r.clone()));
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(60), k.clone()))
+        );
+
+        // Later: a stale entry at the old instant would come first.
+        r.schedule.due_at = Some(at(180));
+        commit_record(store, &r);
+        assert_eq!(store.get(&k).expect("get"), Some(r.clone()));
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(180), k.clone()))
+        );
+
+        // Earlier: once its entry goes, nothing is left of the later one.
+        r.schedule.due_at = Some(at(30));
+        commit_record(store, &r);
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(30), k.clone()))
+        );
+        store
+            .remove_schedule_entry(at(30), &k)
+            .expect("remove the entry");
+        assert_eq!(store.next_due_case().expect("next due"), None);
+
+        // Put it back, then leave the index with `due_at: None`.
+        r.schedule.due_at = Some(at(30));
+        commit_record(store, &r);
+        r.schedule.due_at = None;
+        commit_record(store, &r);
+        assert_eq!(store.next_due_case().expect("next due"), None);
+        assert_eq!(store.get(&k).expect("get"), Some(r.clone()), "still stored");
+
+        // And from unscheduled back into the index.
+        r.schedule.due_at = Some(at(90));
+        commit_record(store, &r);
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(90), k.clone()))
+        );
+
+        // A commit without a record leaves the case and its entry alone.
+        store
+            .commit(&k, &Commit::default())
+            .expect("an empty commit applies");
+        assert_eq!(store.get(&k).expect("get"), Some(r));
+        assert_eq!(store.next_due_case().expect("next due"), Some((at(90), k)));
+    }
+
+    pub async fn remove_schedule_entry_drops_only_that_entry(store: &dyn Storage) {
+        let (one, two) = (maria("C-1", Some(at(10))), jan("C-2", Some(at(20))));
+        commit_record(store, &one);
+        commit_record(store, &two);
+        // An entry that names another case or instant is not this one.
+        store
+            .remove_schedule_entry(at(10), &key("C-2"))
+            .expect("remove a missing entry");
+        store
+            .remove_schedule_entry(at(11), &key("C-1"))
+            .expect("remove a missing entry");
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(10), key("C-1")))
+        );
+        store
+            .remove_schedule_entry(at(10), &key("C-1"))
+            .expect("remove the entry");
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(20), key("C-2")))
+        );
+        // The index only: the case itself stays.
+        assert_eq!(store.get(&key("C-1")).expect("get"), Some(one));
+    }
+
+    pub async fn commit_many_applies_every_change(store: &dyn Storage) {
+        let (one, two) = (maria("C-1", Some(at(60))), jan("C-2", Some(at(30))));
+        let (e1, e2) = (entry(&one.key(), 1, at(0)), entry(&two.key(), 2, at(5)));
+        let c1 = Commit {
+            outbox_put: vec![e1.clone()],
+            ..Commit::record(one.clone())
+        };
+        let c2 = Commit {
+            outbox_put: vec![e2.clone()],
+            idempotency: Some(("req-2".into(), answer(at(0), "C-2"))),
+            ..Commit::record(two.clone())
+        };
+        store
+            .commit_many(&[(&one.key(), &c1), (&two.key(), &c2)])
+            .expect("commit both");
+        assert_eq!(store.get(&one.key()).expect("get"), Some(one));
+        assert_eq!(store.get(&two.key()).expect("get"), Some(two.clone()));
+        assert_eq!(store.outbox_entry(e1.id).expect("entry"), Some(e1));
+        assert_eq!(store.outbox_entry(e2.id).expect("entry"), Some(e2));
+        assert_eq!(store.outbox_len(), 2);
+        assert_eq!(
+            store.idempotent_response("req-2").expect("answer"),
+            Some(answer(at(0), "C-2"))
+        );
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(30), two.key()))
+        );
+    }
+
+    pub async fn next_due_case_is_the_earliest(store: &dyn Storage) {
+        for (id, due) in [("C-1", 180), ("C-2", 60), ("C-3", 120)] {
+            commit_record(store, &maria(id, Some(at(due))));
+        }
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(60), key("C-2")))
+        );
+        // Unscheduling the earliest hands over to the next.
+        commit_record(store, &maria("C-2", None));
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(120), key("C-3")))
+        );
+        // Two cases due at one instant both stay in the index.
+        commit_record(store, &maria("C-4", Some(at(20))));
+        commit_record(store, &jan("C-5", Some(at(20))));
+        let (when, first) = store
+            .next_due_case()
+            .expect("next due")
+            .expect("a case is due");
+        assert_eq!(when, at(20));
+        store
+            .remove_schedule_entry(when, &first)
+            .expect("remove the entry");
+        let (when, second) = store
+            .next_due_case()
+            .expect("next due")
+            .expect("a case is due");
+        assert_eq!(when, at(20));
+        assert_eq!(sorted(vec![first, second]), vec![key("C-4"), key("C-5")]);
+    }
+
+    pub async fn due_outbox_takes_what_is_due_earliest_first(store: &dyn Storage) {
+        let r = maria("C-1", Some(at(600)));
+        let k = r.key();
+        commit_record(store, &r);
+        assert_eq!(store.outbox_len(), 0);
+        assert_eq!(store.outbox_head().expect("head"), None);
+        assert_eq!(
+            store.due_outbox(at(0), 10, &no_busy()).expect("due"),
+            (vec![], None)
+        );
+
+        let (a, b, c, d) = (
+            entry(&k, 1, at(-10)),
+            entry(&k, 2, at(-5)),
+            entry(&k, 3, at(0)),
+            entry(&k, 4, at(60)),
+        );
+        // Outbox-only: the case and its schedule entry stay as they are.
+        let put = Commit {
+            outbox_put: vec![d.clone(), b.clone(), a.clone(), c.clone()],
+            ..Commit::default()
+        };
+        store.commit(&k, &put).expect("put");
+        assert_eq!(store.get(&k).expect("get"), Some(r));
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(600), k.clone()))
+        );
+        for e in [&a, &b, &c, &d] {
+            assert_eq!(store.outbox_entry(e.id).expect("entry"), Some(e.clone()));
+        }
+        assert_eq!(
+            store.outbox_entry(Uuid::from_u128(99)).expect("entry"),
+            None
+        );
+        assert_eq!(store.outbox_len(), 4);
+        assert_eq!(store.outbox_head().expect("head"), Some(at(-10)));
+
+        // Due means at or before `now`; the next one not taken is reported.
+        assert_eq!(
+            store.due_outbox(at(0), 10, &no_busy()).expect("due"),
+            (vec![a.clone(), b.clone(), c.clone()], Some(at(60)))
+        );
+        // At most `limit`: the next not taken may be due already.
+        assert_eq!(
+            store.due_outbox(at(0), 2, &no_busy()).expect("due"),
+            (vec![a.clone(), b.clone()], Some(at(0)))
+        );
+        // Busy entries (in flight) are skipped.
+        let busy: HashSet<Uuid> = [a.id, c.id].into();
+        assert_eq!(
+            store.due_outbox(at(0), 10, &busy).expect("due"),
+            (vec![b.clone()], Some(at(60)))
+        );
+        assert_eq!(
+            store.due_outbox(at(-20), 10, &no_busy()).expect("due"),
+            (vec![], Some(at(-10)))
+        );
+        assert_eq!(
+            store.due_outbox(at(120), 10, &no_busy()).expect("due"),
+            (vec![a.clone(), b.clone(), c.clone(), d.clone()], None)
+        );
+        // Taking does not remove.
+        assert_eq!(store.outbox_len(), 4);
+
+        let drop_two = Commit {
+            outbox_remove: removing(&[&a, &b]),
+            ..Commit::default()
+        };
+        store.commit(&k, &drop_two).expect("remove");
+        assert_eq!(store.outbox_entry(a.id).expect("entry"), None);
+        assert_eq!(store.outbox_entry(b.id).expect("entry"), None);
+        assert_eq!(store.outbox_len(), 2);
+        assert_eq!(store.outbox_head().expect("head"), Some(at(0)));
+        assert_eq!(
+            store.due_outbox(at(0), 10, &no_busy()).expect("due"),
+            (vec![c.clone()], Some(at(60)))
+        );
+
+        let drop_rest = Commit {
+            outbox_remove: removing(&[&c, &d]),
+            ..Commit::default()
+        };
+        store.commit(&k, &drop_rest).expect("remove");
+        assert_eq!(store.outbox_len(), 0);
+        assert_eq!(store.outbox_head().expect("head"), None);
+        assert_eq!(
+            store.due_outbox(at(120), 10, &no_busy()).expect("due"),
+            (vec![], None)
+        );
+    }
+
+    pub async fn an_outbox_entry_is_rescheduled_in_one_commit(store: &dyn Storage) {
+        let r = maria("C-1", Some(at(600)));
+        let k = r.key();
+        let first = entry(&k, 1, at(0));
+        let put = Commit {
+            outbox_put: vec![first.clone()],
+            ..Commit::record(r)
+        };
+        store.commit(&k, &put).expect("put");
+        // A retry: the same id, removed under its old instant and put
+        // under its new one, in one commit.
+        let retry = OutboxEntry {
+            attempts: 1,
+            next_attempt_at: at(30),
+            ..first.clone()
+        };
+        let move_it = Commit {
+            outbox_remove: removing(&[&first]),
+            outbox_put: vec![retry.clone()],
+            ..Commit::default()
+        };
+        store.commit(&k, &move_it).expect("reschedule");
+        assert_eq!(
+            store.outbox_entry(first.id).expect("entry"),
+            Some(retry.clone())
+        );
+        assert_eq!(store.outbox_len(), 1);
+        assert_eq!(store.outbox_head().expect("head"), Some(at(30)));
+        assert_eq!(
+            store.due_outbox(at(0), 10, &no_busy()).expect("due"),
+            (vec![], Some(at(30)))
+        );
+        assert_eq!(
+            store.due_outbox(at(30), 10, &no_busy()).expect("due"),
+            (vec![retry], None)
+        );
+    }
+
+    pub async fn erasure_removes_the_case_and_what_holds_its_data(store: &dyn Storage) {
+        // Maria has two cases; C-1 goes, C-2 stays.
+        let mut one = maria("C-1", Some(at(60)));
+        one.idempotency_keys = vec!["req-1".into()];
+        let two = maria("C-2", Some(at(120)));
+        let (e1, e2) = (entry(&one.key(), 1, at(0)), entry(&one.key(), 2, at(5)));
+        let e3 = entry(&two.key(), 3, at(10));
+        let write_one = Commit {
+            outbox_put: vec![e1.clone(), e2.clone()],
+            idempotency: Some(("req-1".into(), answer(at(0), "C-1"))),
+            ..Commit::record(one.clone())
+        };
+        let write_two = Commit {
+            outbox_put: vec![e3.clone()],
+            idempotency: Some(("req-2".into(), answer(at(0), "C-2"))),
+            ..Commit::record(two.clone())
+        };
+        store
+            .commit_many(&[(&one.key(), &write_one), (&two.key(), &write_two)])
+            .expect("commit");
+        let email = store.contact(Channel::Email, MARIA_EMAIL);
+        let phone = store.contact(Channel::Sms, MARIA_PHONE);
+        store.opt_out(phone, "sms_stop", at(1)).expect("opt out");
+        assert_eq!(
+            sorted(store.cases_of(email).expect("cases of")),
+            vec![one.key(), two.key()]
+        );
+
+        let erase = Commit {
+            erase: true,
+            outbox_remove: removing(&[&e1, &e2]),
+            idempotency_remove: one.idempotency_keys.clone(),
+            ..Commit::default()
+        };
+        store.commit(&one.key(), &erase).expect("erase");
+        store.flush().await.expect("flush");
+
+        assert_eq!(store.get(&one.key()).expect("get"), None);
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(120), two.key())),
+            "C-1's schedule entry went with it"
+        );
+        assert_eq!(store.outbox_entry(e1.id).expect("entry"), None);
+        assert_eq!(store.outbox_entry(e2.id).expect("entry"), None);
+        assert_eq!(store.outbox_len(), 1);
+        assert_eq!(
+            store.due_outbox(at(600), 10, &no_busy()).expect("due"),
+            (vec![e3.clone()], None)
+        );
+        assert_eq!(store.idempotent_response("req-1").expect("answer"), None);
+        assert_eq!(store.cases_of(email).expect("cases of"), vec![two.key()]);
+        assert_eq!(store.cases_of(phone).expect("cases of"), vec![two.key()]);
+        let scanned: Vec<CaseRecord> = store.scan_cases().collect::<Result<_, _>>().expect("scan");
+        assert_eq!(scanned, vec![two.clone()]);
+
+        // The other case keeps everything; the opt-out outlives the erasure.
+        assert_eq!(store.get(&two.key()).expect("get"), Some(two.clone()));
+        assert_eq!(store.outbox_entry(e3.id).expect("entry"), Some(e3));
+        assert_eq!(
+            store.idempotent_response("req-2").expect("answer"),
+            Some(answer(at(0), "C-2"))
+        );
+        assert_eq!(
+            store.opted_out(phone).expect("opted out"),
+            Some(OptOut {
+                at: at(1),
+                via: "sms_stop".into()
+            })
+        );
+
+        // The erased key can hold a new case afterwards.
+        let again = jan("C-1", Some(at(30)));
+        commit_record(store, &again);
+        assert_eq!(store.get(&again.key()).expect("get"), Some(again.clone()));
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(30), again.key()))
+        );
+        assert_eq!(store.cases_of(email).expect("cases of"), vec![two.key()]);
+        assert_eq!(
+            store
+                .cases_of(store.contact(Channel::Email, JAN_EMAIL))
+                .expect("cases of"),
+            vec![again.key()]
+        );
+    }
+
+    /// "Erasure destroys what the store keeps of a case": an answer or an
+    /// outbox entry committed with the case, but not named by the erasure,
+    /// is not readable once the erasure is durable.
+    pub async fn erasure_destroys_what_it_does_not_name(store: &dyn Storage) {
+        let r = maria("C-1", Some(at(60)));
+        let leftover = entry(&r.key(), 1, at(0));
+        let write = Commit {
+            outbox_put: vec![leftover.clone()],
+            idempotency: Some(("req-1".into(), answer(at(0), "C-1"))),
+            ..Commit::record(r.clone())
+        };
+        store.commit(&r.key(), &write).expect("commit");
+        let erase = Commit {
+            erase: true,
+            ..Commit::default()
+        };
+        store.commit(&r.key(), &erase).expect("erase");
+        store.flush().await.expect("flush");
+
+        assert_eq!(store.get(&r.key()).expect("get"), None);
+        assert_eq!(store.idempotent_response("req-1").expect("answer"), None);
+        assert_eq!(
+            store.outbox_entry(leftover.id).expect("read"),
+            None,
+            "the leftover entry does not read back"
+        );
+        assert_eq!(
+            store.due_outbox(at(600), 10, &no_busy()).expect("due"),
+            (vec![], None),
+            "nothing is left to send"
+        );
+    }
+
+    /// A case named twice in one batch (a digest filing, a fallback) has
+    /// one key: erasing it shreds what both changes wrote.
+    pub async fn a_case_twice_in_one_batch_is_shredded_whole(store: &dyn Storage) {
+        let r = maria("C-1", Some(at(60)));
+        let (first, second) = (entry(&r.key(), 1, at(0)), entry(&r.key(), 2, at(0)));
+        let a = Commit {
+            outbox_put: vec![first.clone()],
+            ..Commit::record(r.clone())
+        };
+        let b = Commit {
+            outbox_put: vec![second.clone()],
+            ..Commit::default()
+        };
+        store
+            .commit_many(&[(&r.key(), &a), (&r.key(), &b)])
+            .expect("one batch");
+        assert!(store.outbox_entry(second.id).expect("read").is_some());
+        let erase = Commit {
+            erase: true,
+            ..Commit::default()
+        };
+        store.commit(&r.key(), &erase).expect("erase");
+        store.flush().await.expect("flush");
+        for e in [&first, &second] {
+            assert_eq!(store.outbox_entry(e.id).expect("read"), None, "{}", e.id);
+        }
+    }
+
+    pub async fn a_delivered_mark_lasts_as_long_as_its_outbox_entry(store: &dyn Storage) {
+        let r = maria("C-1", Some(at(60)));
+        let (sent, other) = (entry(&r.key(), 1, at(0)), entry(&r.key(), 2, at(0)));
+        let put = Commit {
+            outbox_put: vec![sent.clone(), other.clone()],
+            ..Commit::record(r.clone())
+        };
+        store.commit(&r.key(), &put).expect("put");
+        assert_eq!(store.delivered_mark(sent.id).expect("mark"), None);
+
+        store
+            .mark_delivered(sent.id, Some("SM0123456789".into()), at(1))
+            .await
+            .expect("mark delivered");
+        store
+            .mark_delivered(other.id, None, at(2))
+            .await
+            .expect("mark delivered");
+        assert_eq!(
+            store.delivered_mark(sent.id).expect("mark"),
+            Some(DeliveredMark {
+                at: at(1),
+                provider_id: Some("SM0123456789".into())
+            })
+        );
+        assert_eq!(
+            store.delivered_mark(other.id).expect("mark"),
+            Some(DeliveredMark {
+                at: at(2),
+                provider_id: None
+            })
+        );
+        assert_eq!(
+            store.delivered_mark(Uuid::from_u128(99)).expect("mark"),
+            None
+        );
+
+        let done = Commit {
+            outbox_remove: removing(&[&sent]),
+            ..Commit::default()
+        };
+        store.commit(&r.key(), &done).expect("remove");
+        assert_eq!(store.delivered_mark(sent.id).expect("mark"), None);
+        assert!(store.delivered_mark(other.id).expect("mark").is_some());
+    }
+
+    pub async fn contacts_are_keyed_by_channel_and_normalised_address(store: &dyn Storage) {
+        let email = store.contact(Channel::Email, MARIA_EMAIL);
+        assert_eq!(
+            store.contact(Channel::Email, "  Maria.Hernandez@EXAMPLE.com\n"),
+            email
+        );
+        assert_ne!(store.contact(Channel::Sms, MARIA_EMAIL), email);
+        assert_ne!(store.contact(Channel::Email, JAN_EMAIL), email);
+        let phone = store.contact(Channel::Sms, MARIA_PHONE);
+        assert_eq!(store.contact(Channel::Sms, " +12125550143 "), phone);
+        assert_ne!(store.contact(Channel::Email, MARIA_PHONE), phone);
+
+        // The salt the store hands out keys contacts the same way (the
+        // engine computes them from it).
+        let salt = store.contact_salt();
+        assert_eq!(contact_of(&salt, Channel::Email, MARIA_EMAIL), email);
+        assert_eq!(contact_of(&salt, Channel::Sms, MARIA_PHONE), phone);
+        assert_eq!(store.contact_salt(), salt, "stable");
+        assert_eq!(
+            store.generated_unsubscribe_key(),
+            store.generated_unsubscribe_key(),
+            "stable"
+        );
+
+        let both = case("C-1", Some(MARIA_EMAIL), Some(MARIA_PHONE));
+        assert_eq!(
+            store.contacts_of(&both).into_iter().collect::<HashSet<_>>(),
+            HashSet::from([email, phone])
+        );
+        assert_eq!(store.contacts_of(&both).len(), 2);
+        let email_only = case("C-2", Some(MARIA_EMAIL), None);
+        assert_eq!(store.contacts_of(&email_only), vec![email]);
+        let phone_only = case("C-3", None, Some(JAN_PHONE));
+        assert_eq!(
+            store.contacts_of(&phone_only),
+            vec![store.contact(Channel::Sms, JAN_PHONE)]
+        );
+    }
+
+    pub async fn cases_of_follows_the_customer_address(store: &dyn Storage) {
+        let email = store.contact(Channel::Email, MARIA_EMAIL);
+        let phone = store.contact(Channel::Sms, MARIA_PHONE);
+        let jan_email = store.contact(Channel::Email, JAN_EMAIL);
+        assert_eq!(store.cases_of(email).expect("cases of"), vec![]);
+
+        let mut one = maria("C-1", Some(at(60)));
+        commit_record(store, &one);
+        commit_record(store, &maria("C-2", None));
+        commit_record(store, &jan("C-3", Some(at(10))));
+        assert_eq!(
+            sorted(store.cases_of(email).expect("cases of")),
+            vec![key("C-1"), key("C-2")]
+        );
+        assert_eq!(
+            sorted(store.cases_of(phone).expect("cases of")),
+            vec![key("C-1"), key("C-2")]
+        );
+        assert_eq!(
+            store.cases_of(jan_email).expect("cases of"),
+            vec![key("C-3")]
+        );
+
+        // C-1's customer changes address and drops the phone.
+        one.case = case("C-1", Some(JAN_EMAIL), None);
+        commit_record(store, &one);
+        assert_eq!(store.cases_of(email).expect("cases of"), vec![key("C-2")]);
+        assert_eq!(store.cases_of(phone).expect("cases of"), vec![key("C-2")]);
+        assert_eq!(
+            sorted(store.cases_of(jan_email).expect("cases of")),
+            vec![key("C-1"), key("C-3")]
+        );
+    }
+
+    pub async fn opt_out_and_opt_in_round_trip(store: &dyn Storage) {
+        let email = store.contact(Channel::Email, MARIA_EMAIL);
+        let phone = store.contact(Channel::Sms, MARIA_PHONE);
+        assert_eq!(store.opted_out(email).expect("opted out"), None);
+        assert!(!store.opt_in(email).expect("opt in"), "nothing to lift");
+
+        store
+            .opt_out(email, "unsubscribe_link", at(5))
+            .expect("opt out");
+        assert_eq!(
+            store.opted_out(email).expect("opted out"),
+            Some(OptOut {
+                at: at(5),
+                via: "unsubscribe_link".into()
+            })
+        );
+        assert_eq!(
+            store.opted_out(phone).expect("opted out"),
+            None,
+            "per channel"
+        );
+        assert_eq!(
+            store
+                .opted_out(store.contact(Channel::Sms, MARIA_EMAIL))
+                .expect("opted out"),
+            None,
+            "the same text on another channel is another contact"
+        );
+
+        // A second opt-out replaces the first.
+        store.opt_out(email, "provider", at(6)).expect("opt out");
+        assert_eq!(
+            store.opted_out(email).expect("opted out"),
+            Some(OptOut {
+                at: at(6),
+                via: "provider".into()
+            })
+        );
+
+        assert!(store.opt_in(email).expect("opt in"), "there was one");
+        assert_eq!(store.opted_out(email).expect("opted out"), None);
+        assert!(!store.opt_in(email).expect("opt in"), "already lifted");
+    }
+
+    pub async fn claim_send_paces_one_recipient(store: &dyn Storage) {
+        let gap = Duration::hours(1);
+        let maria = store.contact(Channel::Email, MARIA_EMAIL);
+        let jan = store.contact(Channel::Email, JAN_EMAIL);
+
+        assert_eq!(store.claim_send(maria, gap, at(0)).expect("claim"), Ok(()));
+        // The claim counts as the last send.
+        assert_eq!(
+            store.claim_send(maria, gap, at(10)).expect("claim"),
+            Err(at(60))
+        );
+        assert_eq!(
+            store.claim_send(maria, gap, at(10)).expect("claim"),
+            Err(at(60)),
+            "a refusal claims nothing"
+        );
+        assert_eq!(store.claim_send(jan, gap, at(10)).expect("claim"), Ok(()));
+        assert_eq!(store.claim_send(maria, gap, at(60)).expect("claim"), Ok(()));
+        assert_eq!(
+            store.claim_send(maria, gap, at(61)).expect("claim"),
+            Err(at(120))
+        );
+        // A zero gap never refuses.
+        assert_eq!(
+            store
+                .claim_send(maria, Duration::zero(), at(61))
+                .expect("claim"),
+            Ok(())
+        );
+
+        // A send recorded directly counts the same way.
+        store.set_last_sent(jan, at(300)).expect("set last sent");
+        assert_eq!(
+            store.claim_send(jan, gap, at(330)).expect("claim"),
+            Err(at(360))
+        );
+        assert_eq!(store.claim_send(jan, gap, at(360)).expect("claim"), Ok(()));
+    }
+
+    /// The sled store drops every answer older than `before` (and any whose
+    /// case was erased), whether or not a live case lists its key in
+    /// `idempotency_keys`; answers at or after `before` stay. The answers
+    /// here are listed by no case, so both readings of the trait's doc
+    /// agree on them.
+    pub async fn idempotent_answers_are_kept_until_pruned(store: &dyn Storage) {
+        assert_eq!(store.idempotent_response("req-old").expect("answer"), None);
+        let k = key("C-1");
+        let writes = [
+            ("req-old", at(-3 * 24 * 60)),
+            ("req-edge", at(-24 * 60)),
+            ("req-new", at(0)),
+        ];
+        // The first comes with the case, the others on their own.
+        let mut commit = Commit::record(maria("C-1", Some(at(60))));
+        for (req, when) in writes {
+            commit.idempotency = Some((req.into(), answer(when, "C-1")));
+            store.commit(&k, &commit).expect("commit");
+            commit = Commit::default();
+        }
+        for (req, when) in writes {
+            assert_eq!(
+                store.idempotent_response(req).expect("answer"),
+                Some(answer(when, "C-1"))
+            );
+        }
+        assert_eq!(
+            store.idempotent_response("req-other").expect("answer"),
+            None
+        );
+
+        assert_eq!(
+            store.prune_idempotency(at(-24 * 60)).expect("prune"),
+            1,
+            "only the answer older than `before`"
+        );
+        assert_eq!(store.idempotent_response("req-old").expect("answer"), None);
+        assert_eq!(
+            store.idempotent_response("req-edge").expect("answer"),
+            Some(answer(at(-24 * 60), "C-1")),
+            "exactly at `before` is not older"
+        );
+        assert!(
+            store
+                .idempotent_response("req-new")
+                .expect("answer")
+                .is_some()
+        );
+        assert_eq!(store.prune_idempotency(at(-24 * 60)).expect("prune"), 0);
+        // The case the answers were committed with is untouched.
+        assert!(store.get(&k).expect("get").is_some());
+    }
+
+    pub async fn scans_yield_every_case(store: &dyn Storage) {
+        assert_eq!(store.scan_cases().count(), 0);
+        assert_eq!(store.scan_case_statuses().count(), 0);
+        let mut records = Vec::new();
+        for (id, status) in [
+            ("C-3", Status::OnHold),
+            ("C-1", Status::Open),
+            ("C-2", Status::Resolved),
+            ("C-4", Status::Open),
+        ] {
+            let mut r = maria(id, Some(at(60)));
+            r.case.status = status;
+            commit_record(store, &r);
+            records.push(r);
+        }
+        // Another source sorts by source first.
+        let mut other = jan("Z-9", None);
+        other.case.source = "billing".into();
+        commit_record(store, &other);
+        records.push(other);
+
+        let scanned: Vec<CaseRecord> = store.scan_cases().collect::<Result<_, _>>().expect("scan");
+        let keys: Vec<CaseKey> = scanned.iter().map(CaseRecord::key).collect();
+        assert_eq!(
+            keys,
+            sorted(records.iter().map(CaseRecord::key).collect()),
+            "in key order"
+        );
+        records.sort_by_key(CaseRecord::key);
+        assert_eq!(scanned, records);
+
+        let statuses: Vec<Status> = store
+            .scan_case_statuses()
+            .collect::<Result<_, _>>()
+            .expect("scan statuses");
+        assert_eq!(
+            sorted(statuses),
+            sorted(records.iter().map(|r| r.case.status).collect())
+        );
+    }
+
+    pub async fn flush_completes_and_a_store_with_space_has_room(store: &dyn Storage) {
+        store.flush().await.expect("flush an empty store");
+        commit_record(store, &maria("C-1", Some(at(60))));
+        store.flush().await.expect("flush");
+        // Concurrent flushes both finish.
+        let (a, b) = tokio::join!(store.flush(), store.flush());
+        a.expect("flush");
+        b.expect("flush");
+        store.room(Writer::Intake).expect("room for intake");
+        store
+            .room(Writer::Internal)
+            .expect("room for internal writes");
+    }
+
+    pub async fn a_backup_verifies(store: &dyn Storage) {
+        let r = maria("C-1", Some(at(60)));
+        let write = Commit {
+            outbox_put: vec![entry(&r.key(), 1, at(0))],
+            idempotency: Some(("req-1".into(), answer(at(0), "C-1"))),
+            ..Commit::record(r.clone())
+        };
+        store.commit(&r.key(), &write).expect("commit");
+        store
+            .opt_out(store.contact(Channel::Sms, MARIA_PHONE), "sms_stop", at(1))
+            .expect("opt out");
+
+        let mut bytes = Vec::new();
+        let made = store.backup(&mut bytes).await.expect("backup");
+        assert!(made.entries > 0, "the backup holds entries");
+        let checked = verify_backup(&bytes).expect("the backup verifies");
+        assert_eq!(checked.entries, made.entries);
+        assert_eq!(checked.sha256, made.sha256);
+        assert_eq!(checked.trees, made.trees);
+
+        let mut damaged = bytes.clone();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 1;
+        assert!(
+            verify_backup(&damaged).is_err(),
+            "a damaged copy is refused"
+        );
+        // Taking a backup changes nothing.
+        assert_eq!(store.get(&r.key()).expect("get"), Some(r));
+    }
+
+    pub async fn a_reopened_store_keeps_what_was_flushed<H, F>(
+        fixture: Fixture<H>,
+        reopen: impl FnOnce(Fixture<H>) -> F,
+    ) where
+        F: Future<Output = Fixture<H>>,
+    {
+        let mut r = maria("C-1", Some(at(60)));
+        r.idempotency_keys = vec!["req-1".into()];
+        let e = entry(&r.key(), 1, at(0));
+        let (salt, unsubscribe_key, email, phone) = {
+            let store = &*fixture.store;
+            let write = Commit {
+                outbox_put: vec![e.clone()],
+                idempotency: Some(("req-1".into(), answer(at(0), "C-1"))),
+                ..Commit::record(r.clone())
+            };
+            store.commit(&r.key(), &write).expect("commit");
+            let email = store.contact(Channel::Email, MARIA_EMAIL);
+            let phone = store.contact(Channel::Sms, MARIA_PHONE);
+            store.opt_out(phone, "sms_stop", at(1)).expect("opt out");
+            assert_eq!(
+                store
+                    .claim_send(email, Duration::hours(1), at(2))
+                    .expect("claim"),
+                Ok(())
+            );
+            store
+                .mark_delivered(e.id, Some("SM1".into()), at(3))
+                .await
+                .expect("mark delivered");
+            store.flush().await.expect("flush");
+            (
+                store.contact_salt(),
+                store.generated_unsubscribe_key(),
+                email,
+                phone,
+            )
+        };
+
+        let fixture = reopen(fixture).await;
+        let store = &*fixture.store;
+        assert_eq!(store.get(&r.key()).expect("get"), Some(r.clone()));
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(60), r.key()))
+        );
+        assert_eq!(store.outbox_entry(e.id).expect("entry"), Some(e.clone()));
+        assert_eq!(store.outbox_len(), 1);
+        assert_eq!(store.outbox_head().expect("head"), Some(at(0)));
+        assert_eq!(
+            store.idempotent_response("req-1").expect("answer"),
+            Some(answer(at(0), "C-1"))
+        );
+        assert_eq!(
+            store.delivered_mark(e.id).expect("mark"),
+            Some(DeliveredMark {
+                at: at(3),
+                provider_id: Some("SM1".into())
+            })
+        );
+        // Contacts key the same way, so opt-outs and pacing still apply.
+        assert_eq!(store.contact_salt(), salt);
+        assert_eq!(store.contact(Channel::Email, MARIA_EMAIL), email);
+        assert_eq!(store.generated_unsubscribe_key(), unsubscribe_key);
+        assert_eq!(
+            store.opted_out(phone).expect("opted out"),
+            Some(OptOut {
+                at: at(1),
+                via: "sms_stop".into()
+            })
+        );
+        assert_eq!(
+            store
+                .claim_send(email, Duration::hours(1), at(30))
+                .expect("claim"),
+            Err(at(62))
+        );
+        assert_eq!(store.cases_of(email).expect("cases of"), vec![r.key()]);
+
+        // And it still works: an erasure after the reopen takes it all.
+        let erase = Commit {
+            erase: true,
+            outbox_remove: removing(&[&e]),
+            idempotency_remove: r.idempotency_keys.clone(),
+            ..Commit::default()
+        };
+        store.commit(&r.key(), &erase).expect("erase");
+        store.flush().await.expect("flush");
+        assert_eq!(store.get(&r.key()).expect("get"), None);
+        assert_eq!(store.next_due_case().expect("next due"), None);
+        assert_eq!(store.outbox_len(), 0);
+        assert_eq!(store.idempotent_response("req-1").expect("answer"), None);
+        assert_eq!(store.cases_of(email).expect("cases of"), vec![]);
+    }
+}
+
+// Backends.
+
+async fn open_sled() -> Fixture<tempfile::TempDir> {
+    let home = tempfile::tempdir().expect("a temporary directory");
+    let store = SledStore::open(home.path()).expect("a fresh sled store opens");
+    Fixture {
+        store: Box::new(store),
+        home,
+    }
+}
+
+async fn reopen_sled(fixture: Fixture<tempfile::TempDir>) -> Fixture<tempfile::TempDir> {
+    let Fixture { store, home } = fixture;
+    drop(store);
+    let store = SledStore::open(home.path()).expect("the sled store opens again");
+    Fixture {
+        store: Box::new(store),
+        home,
+    }
+}
+
+conformance!(sled, open: open_sled, reopen: reopen_sled);
