@@ -7,3 +7,4 @@ pub mod render;
 pub mod rules;
 pub mod schedule;
 pub mod settle;
+pub mod supersede;

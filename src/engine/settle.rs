@@ -35,6 +35,8 @@ pub enum Settlement {
     /// falls back too; `provider` when the provider reported the opt-out
     /// (so the store must record it).
     OptedOut { reason: String, provider: bool },
+    /// Not sent: a newer update replaced it (its promise has passed).
+    Superseded { reason: String },
 }
 
 impl Settlement {
@@ -53,7 +55,8 @@ impl Settlement {
             Self::Failed { .. } | Self::OptedOut { provider: true, .. } => DeliveryStatus::Failed,
             Self::OptedOut {
                 provider: false, ..
-            } => DeliveryStatus::Cancelled,
+            }
+            | Self::Superseded { .. } => DeliveryStatus::Cancelled,
         }
     }
 
@@ -69,8 +72,52 @@ impl Settlement {
             }
             Self::Retry { reason, .. }
             | Self::Failed { reason }
-            | Self::OptedOut { reason, .. } => msg.error = Some(reason.clone()),
+            | Self::OptedOut { reason, .. }
+            | Self::Superseded { reason } => msg.error = Some(reason.clone()),
         }
+    }
+}
+
+/// What became of an outbox entry this time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// It was handed to the provider, which answered this.
+    Attempt(Outcome),
+    /// The recipient opted out on this channel (how); nothing was sent.
+    OptedOut(String),
+    /// A progress update whose promise passed before it could go out.
+    Stale,
+}
+
+impl Report {
+    /// Whether this counts as a delivery attempt.
+    pub fn counts(&self) -> bool {
+        matches!(self, Self::Attempt(_))
+    }
+}
+
+/// Settles a report: `attempts` as it was before this one.
+pub fn settle_report(
+    report: &Report,
+    attempts_before: u32,
+    policy: &DeliveryPolicy,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Settlement {
+    let attempts = attempts_before + u32::from(report.counts());
+    match report {
+        Report::Attempt(outcome) => settle(outcome, attempts, false, policy, now, jitter),
+        Report::OptedOut(via) => settle(
+            &Outcome::permanent(format!("recipient opted out ({via})")),
+            attempts,
+            true,
+            policy,
+            now,
+            jitter,
+        ),
+        Report::Stale => Settlement::Superseded {
+            reason: crate::engine::supersede::SUPERSEDED.to_owned(),
+        },
     }
 }
 
@@ -289,6 +336,34 @@ mod tests {
     }
 
     #[test]
+    fn reports_settle_like_their_outcomes() {
+        let p = policy();
+        assert_eq!(
+            settle_report(&Report::Attempt(Outcome::sent()), 0, &p, t0(), 1.0),
+            Settlement::Sent { provider_id: None }
+        );
+        assert_eq!(
+            settle_report(&Report::Attempt(transient(None)), 2, &p, t0(), 1.0),
+            Settlement::Failed {
+                reason: "gave up after 3 attempts: 451 try later".into()
+            },
+            "the third attempt was the last"
+        );
+        assert_eq!(
+            settle_report(&Report::OptedOut("sms_stop".into()), 1, &p, t0(), 1.0),
+            Settlement::OptedOut {
+                reason: "recipient opted out (sms_stop)".into(),
+                provider: false
+            }
+        );
+        assert!(matches!(
+            settle_report(&Report::Stale, 0, &p, t0(), 1.0),
+            Settlement::Superseded { .. }
+        ));
+        assert!(!Report::Stale.counts() && !Report::OptedOut(String::new()).counts());
+    }
+
+    #[test]
     fn a_settlement_says_whether_the_update_falls_back() {
         let failed = Settlement::Failed { reason: "x".into() };
         let opted = Settlement::OptedOut {
@@ -302,6 +377,9 @@ mod tests {
         let sent = Settlement::Sent { provider_id: None };
         assert!(failed.falls_back() && opted.falls_back());
         assert!(!retry.falls_back() && !sent.falls_back());
+        let stale = Settlement::Superseded { reason: "x".into() };
+        assert!(!stale.falls_back());
+        assert_eq!(stale.status(), DeliveryStatus::Cancelled);
         assert_eq!(opted.status(), DeliveryStatus::Cancelled);
         let refused = Settlement::OptedOut {
             reason: "x".into(),

@@ -20,7 +20,8 @@ use crate::channels::Outcome;
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
 use crate::domain::{CaseKey, CaseRecord, Channel, DeliveryStatus, MessageRecord, OutboxEntry};
-use crate::engine::settle::{DeliveryPolicy, Settlement, settle};
+use crate::engine::settle::{DeliveryPolicy, Report, Settlement, settle_report};
+use crate::engine::supersede::stale;
 use crate::runtime::supervise::Heartbeat;
 use crate::service::{Scope, Service, ServiceError};
 use crate::store::{Commit, StoreError};
@@ -43,8 +44,8 @@ enum Gate {
     Open,
     /// Not before this instant (quiet hours, minimum gap).
     Later(DateTime<Utc>, &'static str),
-    /// Never: the recipient opted out (how).
-    OptedOut(String),
+    /// Never: the recipient opted out, or the update went stale.
+    Closed(Report),
 }
 
 impl Dispatcher {
@@ -125,7 +126,7 @@ impl Dispatcher {
                 let outcome = Outcome::Sent {
                     provider_id: mark.provider_id,
                 };
-                if let Err(e) = self.record(&entry, &outcome, false).await {
+                if let Err(e) = self.record(&entry, Report::Attempt(outcome)).await {
                     tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
                 }
                 return;
@@ -153,13 +154,10 @@ impl Dispatcher {
                 {
                     tracing::error!(error = %e, msg_id = %entry.id, "marking a message delivered failed");
                 }
-                self.record(&entry, &outcome, false).await
+                self.record(&entry, Report::Attempt(outcome)).await
             }
             Ok(Gate::Later(at, why)) => self.defer(&entry, at, why).await,
-            Ok(Gate::OptedOut(via)) => {
-                let outcome = Outcome::permanent(format!("recipient opted out ({via})"));
-                self.record(&entry, &outcome, true).await
-            }
+            Ok(Gate::Closed(report)) => self.record(&entry, report).await,
             Err(e) => Err(e.into()),
         };
         if let Err(e) = result {
@@ -176,9 +174,12 @@ impl Dispatcher {
         let store = &self.svc.store;
         let contact = store.contact(entry.channel, &entry.to);
         if let Some(o) = store.opted_out(contact)? {
-            return Ok(Gate::OptedOut(o.via));
+            return Ok(Gate::Closed(Report::OptedOut(o.via)));
         }
         let now = self.svc.now();
+        if stale(&entry.kind, entry.promised, now) {
+            return Ok(Gate::Closed(Report::Stale));
+        }
         if let (Some(q), Some(tz)) = (
             self.svc.engine.load().channel_quiet(entry.channel).copied(),
             entry.tz,
@@ -233,20 +234,15 @@ impl Dispatcher {
     /// Files an attempt's outcome: settles it (`engine::settle`), records
     /// it on every history the message belongs to, puts a retry back in
     /// the outbox or plans the fallback, and makes all of it durable.
-    async fn record(
-        &self,
-        entry: &OutboxEntry,
-        outcome: &Outcome,
-        opted_out: bool,
-    ) -> Result<(), ServiceError> {
+    async fn record(&self, entry: &OutboxEntry, report: Report) -> Result<(), ServiceError> {
         let keys: Vec<CaseKey> = entry.cases().cloned().collect();
-        let attempts = entry.attempts + u32::from(!opted_out);
+        let attempts = entry.attempts + u32::from(report.counts());
         let jitter: f64 = rand::rng().random();
         let store = &self.svc.store;
         let (verdict, fallback_to) = self
             .svc
             .change(Scope::internal(&keys), |records, now| {
-                let verdict = settle(outcome, attempts, opted_out, &self.delivery, now, jitter);
+                let verdict = settle_report(&report, entry.attempts, &self.delivery, now, jitter);
                 // A case erased while we were sending simply drops out.
                 let mut live: Vec<(usize, CaseRecord)> = records
                     .into_iter()
@@ -309,6 +305,9 @@ impl Dispatcher {
             }
             Settlement::Retry { at, reason } => {
                 tracing::warn!(case = %entry.case, msg_id = %entry.id, channel, attempts, reason = %reason, retry_at = %at, "delivery failed, will retry")
+            }
+            Settlement::Superseded { reason } => {
+                tracing::info!(case = %entry.case, msg_id = %entry.id, channel, reason = %reason, "message not sent")
             }
             Settlement::Failed { reason } | Settlement::OptedOut { reason, .. } => {
                 tracing::warn!(case = %entry.case, msg_id = %entry.id, channel, attempts, reason = %reason, fallback = fallback_to.map(Channel::as_str), "message not delivered")

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{CaseKey, CaseRecord};
+use crate::engine::supersede::supersede;
 use crate::runtime::supervise::{Heartbeat, injected_panic};
 use crate::service::{Scope, Service, ServiceError};
 use crate::store::{Commit, StoreError};
@@ -100,6 +101,7 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError
             );
             let mut commits = vec![Commit::default(); keys.len()];
             let mut messages = 0;
+            let mut superseded = 0;
             for (slot, (mut record, outbox_put)) in slots.into_iter().zip(planned) {
                 messages += outbox_put.len();
                 if let Some(r) = record.as_mut()
@@ -109,21 +111,33 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError
                     // ever fail to, look again in a second rather than spin.
                     r.schedule.due_at = Some(now + chrono::Duration::seconds(1));
                 }
+                // One pending progress update per case and channel: the
+                // fresh one replaces an unsent older one.
+                let mut outbox_remove = Vec::new();
+                if let Some(r) = record.as_mut() {
+                    for id in supersede(r, &outbox_put) {
+                        if let Some(old) = svc.store.outbox_entry(id)? {
+                            outbox_remove.push((id, old.next_attempt_at));
+                        }
+                        superseded += 1;
+                    }
+                }
                 commits[slot] = Commit {
                     record,
                     outbox_put,
+                    outbox_remove,
                     ..Commit::default()
                 };
             }
             let cases = commits.iter().filter(|c| !c.is_empty()).count();
-            Ok((commits, Some((messages, cases, now))))
+            Ok((commits, Some((messages, cases, superseded, now))))
         })
         .await?;
-    if let Some((messages, cases, now)) = planned
+    if let Some((messages, cases, superseded, now)) = planned
         && messages > 0
     {
         let late_ms = (now - at).num_milliseconds();
-        tracing::info!(case = %key, messages, cases, late_ms, "due messages queued");
+        tracing::info!(case = %key, messages, cases, superseded, late_ms, "due messages queued");
     }
     Ok(None)
 }

@@ -14,9 +14,11 @@ use crate::domain::{CaseRecord, OutboxEntry};
 impl SledStore {
     /// Every stored case, in key order: one pass over the cases tree.
     pub fn scan_cases(&self) -> impl Iterator<Item = Result<CaseRecord>> + '_ {
-        self.cases.iter().map(|item| {
-            let (k, v) = item?;
-            self.read(&k, &v)
+        // A case erased while the walk runs (its key already destroyed) is
+        // simply not there any more.
+        self.cases.iter().filter_map(|item| match item {
+            Ok((k, v)) => self.read_if_live(&k, &v).transpose(),
+            Err(e) => Some(Err(e.into())),
         })
     }
 
@@ -31,9 +33,12 @@ impl SledStore {
         struct OnlyCase {
             status: Status,
         }
-        self.cases.iter().map(|item| {
-            let (k, v) = item?;
-            self.read::<Only>(&k, &v).map(|o| o.case.status)
+        self.cases.iter().filter_map(|item| match item {
+            Ok((k, v)) => self
+                .read_if_live::<Only>(&k, &v)
+                .map(|o| o.map(|o| o.case.status))
+                .transpose(),
+            Err(e) => Some(Err(e.into())),
         })
     }
 
@@ -65,6 +70,10 @@ pub struct BackupSummary {
     pub format: u32,
     pub trees: std::collections::BTreeMap<String, u64>,
     pub entries: u64,
+    /// Values left sealed under destroyed keys (pieces of erased cases),
+    /// not copied.
+    #[serde(default)]
+    pub shredded: u64,
     pub sha256: String,
 }
 
@@ -128,9 +137,20 @@ impl SledStore {
                 // The backup holds values in the clear (it is a file of its
                 // own, not tied to this store's keyring); restore seals
                 // them again under keys of the new store.
-                let plain = self.keyring.open_value(&v).map_err(|e| {
-                    BackupError::Format(format!("a stored value does not open: {e}"))
-                })?;
+                let plain = match self.keyring.open_value(&v) {
+                    Ok(plain) => plain,
+                    // Sealed under a destroyed key: what is left of an
+                    // erased case, unreadable by design; not copied.
+                    Err(super::SealError::MissingKey) => {
+                        summary.shredded += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(BackupError::Format(format!(
+                            "a stored value does not open: {e}"
+                        )));
+                    }
+                };
                 w.put(b"E")?;
                 w.put_chunk(&k)?;
                 w.put_chunk(&plain)?;
