@@ -330,25 +330,45 @@ async fn a_broken_rules_file_on_sighup_is_rejected_and_the_old_rules_keep_servin
 }
 
 #[tokio::test]
-async fn a_valid_change_on_sighup_reschedules_open_cases() {
+async fn a_valid_change_on_sighup_reschedules_open_cases_and_keeps_promises_made() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
     let case = daemon.put_case("CASE-1").await;
+    // The acknowledgement promised the first update an hour from now.
     let hourly = next_update_at(&case);
+    let reload = |every: &str| {
+        std::fs::write(
+            tmp.path().join("rules/rules.yaml"),
+            HOURLY.replace("every: 1h", every),
+        )
+        .expect("rules");
+    };
 
-    std::fs::write(
-        tmp.path().join("rules/rules.yaml"),
-        HOURLY.replace("every: 1h", "every: 5h"),
-    )
-    .expect("rules");
+    // A faster rule brings the next update forward.
+    reload("every: 30m");
     daemon.signal("-HUP");
     daemon
         .wait_metric(r#"tidings_reload_total{result="success"}"#, 1.0)
         .await;
     let after: serde_json::Value = daemon.get_case("CASE-1").await.json().await.expect("json");
-    let five_hourly = next_update_at(&after);
-    let moved = hours_between(hourly, five_hourly);
-    assert!((3.99..=4.01).contains(&moved), "moved by {moved} h");
+    let moved = hours_between(next_update_at(&after), hourly);
+    assert!((0.49..=0.51).contains(&moved), "moved forward by {moved} h");
+
+    // A slower one does not move it past the promise already made: the
+    // hour stands, the five-hour cadence starts after it.
+    reload("every: 5h");
+    daemon.signal("-HUP");
+    daemon
+        .wait_metric(r#"tidings_reload_total{result="success"}"#, 2.0)
+        .await;
+    let after: serde_json::Value = daemon.get_case("CASE-1").await.json().await.expect("json");
+    assert_eq!(next_update_at(&after), hourly, "the promise is kept");
+    let fresh = daemon.put_case("CASE-2").await;
+    let gap = hours_between(chrono::Utc::now(), next_update_at(&fresh));
+    assert!(
+        (4.9..=5.01).contains(&gap),
+        "a new case runs on the new rule: {gap} h"
+    );
     assert!(
         daemon.log().contains("configuration reloaded"),
         "{}",

@@ -547,6 +547,15 @@ impl Engine {
                 s.last_contact_at,
             )
         });
+        // A promise already made is kept: a slower rule (after a reload, or
+        // a status that matches another rule) starts after it.
+        if let (Some(next), Some(promised)) = (
+            s.next_update_at,
+            outstanding_promise(&record.messages, s.last_contact_at, now),
+        ) && promised < next
+        {
+            s.next_update_at = Some(promised);
+        }
         let escalation_at = rule.and_then(|r| {
             let esc = r.escalate.as_ref()?;
             (!s.escalated).then(|| case.created_at + to_chrono(esc.after))
@@ -700,4 +709,23 @@ fn push(
 
 fn to_chrono(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The next update the customer was last promised, if it is still ahead
+/// and nothing has reached them since the message that promised it (a
+/// public agent reply counts as contact).
+fn outstanding_promise(
+    messages: &[MessageRecord],
+    last_contact_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    messages
+        .iter()
+        .filter(|m| {
+            !m.internal && matches!(m.status, DeliveryStatus::Sent | DeliveryStatus::Pending)
+        })
+        .filter_map(|m| Some((m.due_at, m.promised_next_update_at?)))
+        .max_by_key(|(due, _)| *due)
+        .filter(|(due, promised)| *due >= last_contact_at && *promised > now)
+        .map(|(_, promised)| promised)
 }
