@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::domain::Status;
 use crate::domain::{CaseRecord, DeliveryStatus, OutboxEntry};
+use crate::domain::{Channel, Status};
 
 pub const CASES_OPEN: &str = "tidings_cases_open";
 pub const MESSAGES: &str = "tidings_messages_total";
@@ -30,6 +30,7 @@ pub const OUTBOX_OLDEST_AGE: &str = "tidings_outbox_oldest_age_seconds";
 pub const DUE_LATENESS: &str = "tidings_due_lateness_seconds";
 pub const RELOADS: &str = "tidings_reload_total";
 pub const HTTP_REQUESTS: &str = "tidings_http_requests_total";
+pub const DIGEST_FALLBACKS: &str = "tidings_digest_fallbacks_total";
 
 /// Lateness buckets: a scheduler in good health is within a second.
 const LATENESS_BUCKETS: &[f64] = &[
@@ -82,6 +83,13 @@ fn describe() {
     );
     metrics::describe_counter!(RELOADS, "Configuration reloads by result");
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by response status");
+    metrics::describe_counter!(
+        DIGEST_FALLBACKS,
+        "Digests not made (a template failed, or too large); their cases got their own messages"
+    );
+    for channel in ["email", "sms"] {
+        counter!(DIGEST_FALLBACKS, "channel" => channel).absolute(0);
+    }
     for result in ["success", "failure"] {
         counter!(RELOADS, "result" => result).absolute(0);
     }
@@ -183,6 +191,11 @@ pub fn due_lateness(due: DateTime<Utc>, now: DateTime<Utc>) {
 /// A reload finished.
 pub fn reload(ok: bool) {
     counter!(RELOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+}
+
+/// A digest fell back to per-case messages.
+pub fn digest_fallback(channel: Channel) {
+    counter!(DIGEST_FALLBACKS, "channel" => channel.as_str()).increment(1);
 }
 
 /// Middleware: counts every response by status code.

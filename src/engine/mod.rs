@@ -2,6 +2,7 @@
 //! planning and the delivery outcome. The clock and ids are passed in; no
 //! I/O besides loading rule and template files at build time.
 
+pub mod pace;
 pub mod plan;
 pub mod render;
 pub mod rules;

@@ -22,6 +22,35 @@ use crate::engine::schedule::{QuietHours, first_allowed_all, next_due};
 /// The template digests are rendered with.
 pub const DIGEST_TEMPLATE: &str = "digest";
 
+/// The most cases one digest covers; more go in further digests.
+pub const MAX_DIGEST_CASES: usize = 20;
+
+/// The largest digest (text and HTML together); a larger one is not sent,
+/// its cases get their own messages.
+pub const MAX_DIGEST_BYTES: usize = 256 * 1024;
+
+/// One case of a group as planned: the record to store (if it changed)
+/// and the outbox entries to commit with it.
+pub type PlannedCase = (Option<CaseRecord>, Vec<OutboxEntry>);
+
+/// A digest that could not be made; its cases got their own messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestFallback {
+    pub channel: Channel,
+    pub cases: usize,
+    pub reason: String,
+}
+
+/// The size of a rendered message.
+fn content_len(c: &Content) -> usize {
+    match c {
+        Content::Email(e) => {
+            e.subject.len() + e.text.len() + e.html.as_ref().map_or(0, String::len)
+        }
+        Content::Sms(s) => s.text.len(),
+    }
+}
+
 /// Rules and templates: everything planning needs besides the case.
 #[derive(Debug)]
 pub struct Engine {
@@ -264,7 +293,19 @@ impl Engine {
         records: Vec<CaseRecord>,
         now: DateTime<Utc>,
         horizon: DateTime<Utc>,
-    ) -> Vec<(Option<CaseRecord>, Vec<OutboxEntry>)> {
+    ) -> Vec<PlannedCase> {
+        self.due_group_reporting(records, now, horizon).0
+    }
+
+    /// `due_group`, and the digests that could not be made (a template
+    /// that failed or a message too large), whose cases got their own
+    /// messages instead: for the caller to log and count.
+    pub fn due_group_reporting(
+        &self,
+        records: Vec<CaseRecord>,
+        now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    ) -> (Vec<PlannedCase>, Vec<DigestFallback>) {
         let mut planned: Vec<(CaseRecord, Vec<OutboxEntry>, Option<Intent>)> = records
             .into_iter()
             .map(|r| self.due_one(r, now, horizon))
@@ -285,57 +326,91 @@ impl Engine {
             }
         }
         let update = self.ids.next_id();
+        let mut fallbacks = Vec::new();
+        // Each case's own update, when it does not go in a digest.
+        let single = |planned: &mut Vec<(CaseRecord, Vec<OutboxEntry>, Option<Intent>)>,
+                      i: usize,
+                      channel: Channel| {
+            let (record, outbox, intent) = &mut planned[i];
+            let Some(intent) = intent.as_ref() else {
+                return;
+            };
+            let msg = self.message(
+                &[&*record],
+                Kind::Progress,
+                &intent.template,
+                Some(intent.rule.clone()),
+                channel,
+                now,
+                intent.promised,
+                None,
+                update,
+            );
+            push(record, msg, outbox);
+        };
         for ((channel, _), members) in buckets {
             if members.len() == 1 || !self.templates.has(DIGEST_TEMPLATE, channel) {
                 for i in members {
-                    let (record, outbox, intent) = &mut planned[i];
-                    let Some(intent) = intent.as_ref() else {
-                        continue;
-                    };
-                    let msg = self.message(
-                        &[&*record],
-                        Kind::Progress,
-                        &intent.template,
-                        Some(intent.rule.clone()),
-                        channel,
-                        now,
-                        intent.promised,
-                        None,
-                        update,
-                    );
-                    push(record, msg, outbox);
+                    single(&mut planned, i, channel);
                 }
                 continue;
             }
-            // A digest: the earliest promise among the cases is the one it makes.
-            let promised = members
-                .iter()
-                .filter_map(|i| planned[*i].2.as_ref().and_then(|x| x.promised))
-                .min();
-            let rule = planned[members[0]].2.as_ref().map(|x| x.rule.clone());
-            let (msg, entry) = {
-                let group: Vec<&CaseRecord> = members.iter().map(|i| &planned[*i].0).collect();
-                self.message(
-                    &group,
-                    Kind::Progress,
-                    DIGEST_TEMPLATE,
-                    rule,
-                    channel,
-                    now,
-                    promised,
-                    None,
-                    update,
-                )
-            };
-            for (n, i) in members.iter().enumerate() {
-                let (record, outbox, _) = &mut planned[*i];
-                record.messages.push(msg.clone());
-                if n == 0 {
-                    outbox.extend(entry.clone());
+            for chunk in members.chunks(MAX_DIGEST_CASES) {
+                if chunk.len() == 1 {
+                    single(&mut planned, chunk[0], channel);
+                    continue;
+                }
+                // A digest: the earliest promise among the cases is the one it makes.
+                let promised = chunk
+                    .iter()
+                    .filter_map(|i| planned[*i].2.as_ref().and_then(|x| x.promised))
+                    .min();
+                let rule = planned[chunk[0]].2.as_ref().map(|x| x.rule.clone());
+                let (msg, entry) = {
+                    let group: Vec<&CaseRecord> = chunk.iter().map(|i| &planned[*i].0).collect();
+                    self.message(
+                        &group,
+                        Kind::Progress,
+                        DIGEST_TEMPLATE,
+                        rule,
+                        channel,
+                        now,
+                        promised,
+                        None,
+                        update,
+                    )
+                };
+                let problem = match &entry {
+                    None => msg.error.clone().or_else(|| Some("not rendered".into())),
+                    Some(e) if content_len(&e.content) > MAX_DIGEST_BYTES => Some(format!(
+                        "{} bytes, more than {MAX_DIGEST_BYTES}",
+                        content_len(&e.content)
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(reason) = problem {
+                    // Every case still gets its update, on its own.
+                    fallbacks.push(DigestFallback {
+                        channel,
+                        cases: chunk.len(),
+                        reason,
+                    });
+                    for i in chunk {
+                        single(&mut planned, *i, channel);
+                    }
+                    continue;
+                }
+                for (n, i) in chunk.iter().enumerate() {
+                    let (record, outbox, _) = &mut planned[*i];
+                    record.messages.push(msg.clone());
+                    if n == 0 {
+                        outbox.extend(entry.clone());
+                    }
                 }
             }
         }
-        planned.into_iter().map(|(r, o, _)| (Some(r), o)).collect()
+        let planned = planned.into_iter().map(|(r, o, _)| (Some(r), o)).collect();
+        (planned, fallbacks)
     }
 
     /// One case's part of `due_group`: escalations rendered at once, the
@@ -357,7 +432,11 @@ impl Engine {
         {
             if let Some(esc) = &rule.escalate
                 && !record.schedule.escalated
-                && record.case.created_at + to_chrono(esc.after) <= now
+                && record
+                    .case
+                    .created_at
+                    .checked_add_signed(to_chrono(esc.after))
+                    .is_some_and(|at| at <= now)
             {
                 record.schedule.escalated = true;
                 let promised = record.schedule.next_update_at;
@@ -558,7 +637,9 @@ impl Engine {
         }
         let escalation_at = rule.and_then(|r| {
             let esc = r.escalate.as_ref()?;
-            (!s.escalated).then(|| case.created_at + to_chrono(esc.after))
+            (!s.escalated)
+                .then(|| case.created_at.checked_add_signed(to_chrono(esc.after)))
+                .flatten()
         });
         s.due_at = match (s.next_update_at, escalation_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -729,3 +810,6 @@ fn outstanding_promise(
         .filter(|(due, promised)| *due >= last_contact_at && *promised > now)
         .map(|(_, promised)| promised)
 }
+
+#[cfg(test)]
+mod tests;

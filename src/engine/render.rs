@@ -662,3 +662,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod more_tests;

@@ -561,3 +561,6 @@ on:
         assert!(err.to_string().contains("evry"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod more_tests;

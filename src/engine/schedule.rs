@@ -222,7 +222,16 @@ impl QuietHours {
             if self.start > self.end && local.time() >= self.start {
                 date = date.succ_opt().unwrap_or(date);
             }
-            match local_to_utc(date.and_time(self.end), tz).filter(|e| *e > t) {
+            // The end of the window; in a repeated hour (clocks going back)
+            // the later reading when the earlier one has passed.
+            let end = match tz.from_local_datetime(&date.and_time(self.end)) {
+                LocalResult::Ambiguous(a, b) => [a, b]
+                    .into_iter()
+                    .map(|e| e.with_timezone(&Utc))
+                    .find(|e| *e > t),
+                _ => local_to_utc(date.and_time(self.end), tz).filter(|e| *e > t),
+            };
+            match end {
                 Some(end) => t = end,
                 None => return t,
             }
@@ -250,7 +259,10 @@ pub fn next_due(
     last_contact: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     let raw = match cadence {
-        Cadence::Every(d) => last_contact + chrono::Duration::from_std(*d).ok()?,
+        // An interval past the last date chrono can hold never fires.
+        Cadence::Every(d) => {
+            last_contact.checked_add_signed(chrono::Duration::from_std(*d).ok()?)?
+        }
         Cadence::Cron(c) => c.next_after(last_contact, tz)?,
     };
     Some(first_allowed_all(quiet, raw, tz))
@@ -452,3 +464,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod more_tests;

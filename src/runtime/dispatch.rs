@@ -5,7 +5,7 @@
 //! failed them for good), so a crash mid-send means one resend with the
 //! same `Message-ID`, never a lost message.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use crate::channels::Outcome;
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
 use crate::domain::{CaseKey, CaseRecord, Channel, DeliveryStatus, MessageRecord, OutboxEntry};
+use crate::engine::pace::{Recipient, choose, recipient};
 use crate::engine::settle::{DeliveryPolicy, Report, Settlement, settle_report};
 use crate::engine::supersede::stale;
 use crate::runtime::supervise::Heartbeat;
@@ -38,6 +39,29 @@ pub struct Dispatcher {
     pub sms_gap: Duration,
 }
 
+/// What the delivery loop is doing per recipient: the entries in flight or
+/// waiting (not to be fetched again), the recipients with a send under way
+/// on a paced channel, and the entries waiting for each.
+#[derive(Debug, Default)]
+struct Pacing {
+    busy: HashSet<Uuid>,
+    in_flight: HashSet<Recipient>,
+    held: HashMap<Recipient, Vec<Uuid>>,
+}
+
+impl Pacing {
+    /// `entry`'s attempt is over (or never began): its recipient's waiting
+    /// entries may be fetched again.
+    fn finished(&mut self, entry: &OutboxEntry) {
+        self.busy.remove(&entry.id);
+        let who = recipient(entry);
+        self.in_flight.remove(&who);
+        for id in self.held.remove(&who).unwrap_or_default() {
+            self.busy.remove(&id);
+        }
+    }
+}
+
 /// Why a message was not handed to its provider this time.
 enum Gate {
     /// Send now.
@@ -52,9 +76,10 @@ impl Dispatcher {
     /// Runs until `cancel` fires, then waits up to `grace` for sends in
     /// flight; whatever is left stays in the outbox for the next start.
     pub async fn run(self, cancel: CancellationToken, grace: Duration, heartbeat: Heartbeat) {
-        let busy: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+        let pacing: Arc<Mutex<Pacing>> = Arc::default();
         let permits = Arc::new(Semaphore::new(self.delivery.concurrency));
         let tracker = TaskTracker::new();
+        let paced = |c: Channel| !self.gap(c).is_zero();
         loop {
             heartbeat.beat();
             let now = self.svc.now();
@@ -65,28 +90,49 @@ impl Dispatcher {
                 .store
                 .room(crate::store::Writer::Internal)
                 .and_then(|()| {
-                    let in_flight = busy.lock().unwrap_or_else(PoisonError::into_inner);
-                    self.svc.store.due_outbox(now, free, &in_flight)
+                    let p = pacing.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.svc.store.due_outbox(now, free, &p.busy)
                 });
             let wait = match due {
                 Ok((batch, next)) => {
-                    for entry in batch {
-                        let permit = tokio::select! {
-                            () = cancel.cancelled() => break,
-                            p = permits.clone().acquire_owned() => p,
-                        };
-                        let Ok(permit) = permit else { break };
-                        if let Ok(mut b) = busy.lock() {
-                            b.insert(entry.id);
+                    let go = {
+                        let mut p = pacing.lock().unwrap_or_else(PoisonError::into_inner);
+                        let (go, held) = choose(batch, paced, &p.in_flight);
+                        for e in held {
+                            p.busy.insert(e.id);
+                            p.held.entry(recipient(&e)).or_default().push(e.id);
                         }
-                        let this = self.clone();
-                        let busy = busy.clone();
-                        tracker.spawn(async move {
-                            let id = entry.id;
-                            this.attempt(entry).await;
-                            if let Ok(mut b) = busy.lock() {
-                                b.remove(&id);
+                        for e in &go {
+                            p.busy.insert(e.id);
+                            if paced(e.channel) && !e.internal {
+                                p.in_flight.insert(recipient(e));
                             }
+                        }
+                        go
+                    };
+                    let mut go = go.into_iter();
+                    while let Some(entry) = go.next() {
+                        let permit = tokio::select! {
+                            () = cancel.cancelled() => None,
+                            p = permits.clone().acquire_owned() => p.ok(),
+                        };
+                        let Some(permit) = permit else {
+                            // Not started: let them be picked again.
+                            let mut p = pacing.lock().unwrap_or_else(PoisonError::into_inner);
+                            for e in std::iter::once(entry).chain(go.by_ref()) {
+                                p.finished(&e);
+                            }
+                            break;
+                        };
+                        let this = self.clone();
+                        let pacing = pacing.clone();
+                        tracker.spawn(async move {
+                            let done = entry.clone();
+                            this.attempt(entry).await;
+                            pacing
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .finished(&done);
                             drop(permit);
                             this.svc.wake_dispatcher.notify_one();
                         });
@@ -115,6 +161,14 @@ impl Dispatcher {
             tracing::warn!(
                 "sends still in flight at the shutdown deadline; they stay in the outbox"
             );
+        }
+    }
+
+    /// The least time between two messages to one recipient on `channel`.
+    fn gap(&self, channel: Channel) -> Duration {
+        match channel {
+            Channel::Email => self.email_gap,
+            Channel::Sms => self.sms_gap,
         }
     }
 
@@ -187,10 +241,7 @@ impl Dispatcher {
         {
             return Ok(Gate::Later(q.first_allowed(now, tz), "quiet hours"));
         }
-        let gap = match entry.channel {
-            Channel::Email => self.email_gap,
-            Channel::Sms => self.sms_gap,
-        };
+        let gap = self.gap(entry.channel);
         if !gap.is_zero() {
             let gap = chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX);
             if let Err(next) = store.claim_send(contact, gap, now)? {

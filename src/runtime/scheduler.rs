@@ -94,11 +94,15 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError
                 );
             }
             let slots: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
-            let planned = engine.due_group(
+            let (planned, fallbacks) = engine.due_group_reporting(
                 group.into_iter().map(|(_, r)| r).collect(),
                 now,
                 if primary_due { horizon } else { now },
             );
+            for f in &fallbacks {
+                crate::metrics::digest_fallback(f.channel);
+                tracing::warn!(case = %key, channel = f.channel.as_str(), cases = f.cases, reason = %f.reason, "digest not made; each case gets its own update");
+            }
             let mut commits = vec![Commit::default(); keys.len()];
             let mut messages = 0;
             let mut superseded = 0;
