@@ -25,18 +25,6 @@ use peers::*;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-const RULES: &str = "rules:
-  - name: fast
-    when: { status: [open] }
-    every: 2s
-    max_updates: 2
-    channels: [email]
-    template: progress
-on:
-  created:  { template: acknowledgement, channels: [email] }
-  note:     { template: note, channels: [email] }
-";
-
 /// A tiny deterministic generator, so a seed replays the same run.
 struct Rng(u64);
 
@@ -88,7 +76,7 @@ struct Acked {
 
 #[tokio::test]
 async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_message() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let kills = env_u64("TIDINGS_CRASH_KILLS", 6);
     let seed = env_u64("TIDINGS_CRASH_SEED", 1).max(1);
     // Milliseconds between a restart and the next kill, drawn uniformly.
@@ -103,7 +91,12 @@ async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_messag
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(if kills >= 20 { 0.1 } else { 100.0 });
     let sink = Sink::start(&bin).await;
-    let mut daemon = Daemon::start_with(sink.port, RULES, "digest:\n  window: 0s\n").await;
+    // Two progress updates per case, 2 s apart, each message its own.
+    let mut daemon = Setup::new(rules("capped", &[]))
+        .smtp(sink.port)
+        .extra("digest:\n  window: 0s\n")
+        .start()
+        .await;
     let base = daemon.url("");
     let acked = Arc::new(Mutex::new(Acked::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,6 +142,7 @@ async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_messag
                 if !ok {
                     a.refused += 1;
                     drop(a);
+                    // The daemon is down (a kill): try again shortly.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
@@ -168,6 +162,7 @@ async fn kill_9_at_random_instants_loses_no_acknowledged_write_and_no_due_messag
     let mut kill_at = Vec::new();
     let started = Instant::now();
     for _ in 0..kills {
+        // The scenario: a kill at a random instant.
         tokio::time::sleep(Duration::from_millis(rng.between(gap.0, gap.1))).await;
         kill_at.push(std::time::SystemTime::now());
         daemon.kill();

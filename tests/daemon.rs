@@ -2,19 +2,28 @@
 //! server implementation, sled on disk.
 
 mod common;
+mod peers;
 
 use std::time::Duration;
 
-use common::{FAST_RULES, OTHER_TOKEN, SmtpMode, TOKEN, TestApp, case_body};
+use common::{SmtpMode, TestApp};
+use peers::{OTHER_TOKEN, TOKEN, eventually, rules};
 use serde_json::json;
+
+/// Updates every `every` while a case is open, two reminders a second
+/// apart while it waits on the customer.
+fn updates(every: &str) -> String {
+    rules("updates", &[("every", every)])
+}
+
+/// The sample case, email only.
+fn case_body() -> serde_json::Value {
+    peers::case_on(&["email"])
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_case_gets_an_acknowledgement_naming_the_customer() {
-    let app = TestApp::spawn(
-        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
-        SmtpMode::Accept,
-    )
-    .await;
+    let app = TestApp::spawn(&updates("1h"), SmtpMode::Accept).await;
     let r = app.put_case("CASE-1", &case_body()).await;
     assert_eq!(r.status(), 201);
     let mails = app
@@ -46,7 +55,7 @@ async fn new_case_gets_an_acknowledgement_naming_the_customer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_updates_keep_coming_until_one_resolution_then_silence() {
-    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    let app = TestApp::spawn(&updates("1s"), SmtpMode::Accept).await;
     assert_eq!(app.put_case("CASE-2", &case_body()).await.status(), 201);
     app.wait_mails(Duration::from_secs(5), |m| m.len() >= 3)
         .await;
@@ -60,9 +69,25 @@ async fn progress_updates_keep_coming_until_one_resolution_then_silence() {
         .await;
     assert_eq!(r.status(), 200);
     let before = app.mails().len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Settled: the resolution (and any update already under way) sent, and
+    // the server holds every message the history records.
+    let case = eventually(Duration::from_secs(5), "the resolution sent", async || {
+        let case = app.get_case("CASE-2").await;
+        let msgs = case["messages"].as_array().cloned().unwrap_or_default();
+        let settled = msgs.last().is_some_and(|m| m["kind"] == "resolved")
+            && msgs.iter().all(|m| m["status"] == "sent")
+            && app.mails().len() == msgs.len();
+        if settled {
+            Ok(case)
+        } else {
+            Err(case.to_string())
+        }
+    })
+    .await;
+    // Then silence: with updates every second, two seconds in which nothing
+    // may arrive (deliberate: this is the scenario's "then silence").
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let mails = app.mails();
-    let case = app.get_case("CASE-2").await;
     let kinds: Vec<&str> = case["messages"]
         .as_array()
         .expect("messages")
@@ -87,16 +112,14 @@ async fn progress_updates_keep_coming_until_one_resolution_then_silence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reply_pushes_the_next_update_a_full_interval() {
-    let app = TestApp::spawn(
-        &FAST_RULES.replace("every: 1s", "every: 2s"),
-        SmtpMode::Accept,
-    )
-    .await;
+    let app = TestApp::spawn(&updates("2s"), SmtpMode::Accept).await;
     app.put_case("CASE-3", &case_body()).await;
     app.wait_mails(Duration::from_secs(2), |m| m.len() == 1)
         .await;
+    // The reply comes 1.2 s into the 2 s interval (the scenario's timing).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let replied = chrono::Utc::now();
+    let replied_at = std::time::Instant::now();
     let case: serde_json::Value = app
         .event("CASE-3", json!({"type": "agent_reply"}))
         .await
@@ -113,23 +136,19 @@ async fn agent_reply_pushes_the_next_update_a_full_interval() {
         (1800..=2300).contains(&gap),
         "next update {gap} ms after the reply"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        app.mails().len(),
-        1,
-        "no progress update within the interval after a reply"
-    );
-    app.wait_mails(Duration::from_secs(2), |m| m.len() == 2)
+    let mails = app
+        .wait_mails(Duration::from_secs(4), |m| m.len() >= 2)
         .await;
+    let after = mails[1].at - replied_at;
+    assert!(
+        after >= Duration::from_millis(1800),
+        "a progress update {after:?} after the reply, within the interval"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_cases_and_sends_nothing_twice() {
-    let app = TestApp::spawn(
-        &FAST_RULES.replace("every: 1s", "every: 2s"),
-        SmtpMode::Accept,
-    )
-    .await;
+    let app = TestApp::spawn(&updates("2s"), SmtpMode::Accept).await;
     app.put_case("CASE-4", &case_body()).await;
     app.wait_mails(Duration::from_secs(2), |m| m.len() == 1)
         .await;
@@ -157,7 +176,7 @@ async fn answer(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_4xx() {
-    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    let app = TestApp::spawn(&updates("1s"), SmtpMode::Accept).await;
     let c = &app.client;
     let url = app.url("/v1/cases/C-9");
     let events = app.url("/v1/cases/C-9/events");
@@ -224,7 +243,7 @@ async fn bad_input_gets_a_clear_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_replays_the_first_answer() {
-    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    let app = TestApp::spawn(&updates("1s"), SmtpMode::Accept).await;
     let send = |body: serde_json::Value| {
         app.client
             .post(app.url("/v1/cases/C-5/events"))
@@ -254,50 +273,43 @@ async fn idempotency_key_replays_the_first_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_smtp_failure_is_recorded_with_the_reply() {
-    let app = TestApp::spawn(
-        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
-        SmtpMode::RejectRcpt,
-    )
-    .await;
+    let app = TestApp::spawn(&updates("1h"), SmtpMode::RejectRcpt).await;
     app.put_case("C-6", &case_body()).await;
-    let start = std::time::Instant::now();
-    loop {
+    let case = eventually(Duration::from_secs(3), "the message failed", async || {
         let case = app.get_case("C-6").await;
-        let m = &case["messages"][0];
-        if m["status"] == "failed" {
-            let err = m["error"].as_str().expect("error");
-            assert!(err.contains("550"), "{err}");
-            assert!(!err.contains("maria"), "the reply is scrubbed: {err}");
-            assert_eq!(m["attempts"], 1);
-            break;
+        if case["messages"][0]["status"] == "failed" {
+            Ok(case)
+        } else {
+            Err(case.to_string())
         }
-        assert!(start.elapsed() < Duration::from_secs(3), "{case}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    let m = &case["messages"][0];
+    let err = m["error"].as_str().expect("error");
+    assert!(err.contains("550"), "{err}");
+    assert!(!err.contains("maria"), "the reply is scrubbed: {err}");
+    assert_eq!(m["attempts"], 1);
     assert!(app.mails().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_smtp_failures_are_retried_until_accepted() {
-    let app = TestApp::spawn(
-        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
-        SmtpMode::DeferRcpt(2),
-    )
-    .await;
+    let app = TestApp::spawn(&updates("1h"), SmtpMode::DeferRcpt(2)).await;
     app.put_case("C-7", &case_body()).await;
     let mails = app
         .wait_mails(Duration::from_secs(5), |m| !m.is_empty())
         .await;
     assert_eq!(mails.len(), 1);
     // The history is updated a moment after the server's acceptance.
-    let start = std::time::Instant::now();
-    let case = loop {
+    let case = eventually(Duration::from_secs(3), "recorded as sent", async || {
         let case = app.get_case("C-7").await;
-        if case["messages"][0]["status"] == "sent" || start.elapsed() > Duration::from_secs(3) {
-            break case;
+        if case["messages"][0]["status"] == "sent" {
+            Ok(case)
+        } else {
+            Err(case.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(case["messages"][0]["status"], "sent");
     assert_eq!(case["messages"][0]["attempts"], 3);
 }
@@ -305,11 +317,7 @@ async fn transient_smtp_failures_are_retried_until_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_erases_the_case_and_cancels_pending_messages() {
     // Every attempt is deferred, so the acknowledgement stays pending.
-    let app = TestApp::spawn(
-        FAST_RULES.replace("every: 1s", "every: 1h").as_str(),
-        SmtpMode::DeferRcpt(1000),
-    )
-    .await;
+    let app = TestApp::spawn(&updates("1h"), SmtpMode::DeferRcpt(1000)).await;
     app.put_case("C-8", &case_body()).await;
     let r = app
         .client
@@ -328,6 +336,8 @@ async fn delete_erases_the_case_and_cancels_pending_messages() {
         .expect("req");
     assert_eq!(r.status(), 404);
     let attempts = *app.smtp_attempts.lock().expect("lock");
+    // Deliberate: a second (several backoffs of 100-400 ms) in which no
+    // retry may reach the server.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         *app.smtp_attempts.lock().expect("lock") <= attempts + 1,
@@ -337,12 +347,24 @@ async fn delete_erases_the_case_and_cancels_pending_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reminders_stop_after_max_updates() {
-    let app = TestApp::spawn(FAST_RULES, SmtpMode::Accept).await;
+    let app = TestApp::spawn(&updates("1s"), SmtpMode::Accept).await;
     let mut body = case_body();
     body["status"] = json!("pending_customer");
     app.put_case("C-10", &body).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let case = app.get_case("C-10").await;
+    // Done once nothing more is planned and every message is sent.
+    let case = eventually(Duration::from_secs(6), "the reminders over", async || {
+        let case = app.get_case("C-10").await;
+        let msgs = case["messages"].as_array().cloned().unwrap_or_default();
+        let done = case["next_update_at"].is_null()
+            && msgs.len() >= 3
+            && msgs.iter().all(|m| m["status"] == "sent");
+        if done {
+            Ok(case)
+        } else {
+            Err(case.to_string())
+        }
+    })
+    .await;
     let reminders = case["messages"]
         .as_array()
         .expect("messages")
@@ -350,24 +372,12 @@ async fn reminders_stop_after_max_updates() {
         .filter(|m| m["kind"] == "progress")
         .count();
     assert_eq!(reminders, 2, "{case}");
-    assert!(case["next_update_at"].is_null());
     assert_eq!(app.mails().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_case_escalates_once_to_operations() {
-    let rules = r#"
-rules:
-  - name: slow
-    when: { status: [open] }
-    every: 1h
-    channels: [email]
-    template: progress
-    escalate: { after: 1s, to: "ops@example.com", template: stale-case }
-on:
-  created: { template: acknowledgement, channels: [email] }
-"#;
-    let app = TestApp::spawn(rules, SmtpMode::Accept).await;
+    let app = TestApp::spawn(&rules("escalate", &[]), SmtpMode::Accept).await;
     app.put_case("C-11", &case_body()).await;
     let mails = app
         .wait_mails(Duration::from_secs(4), |m| m.len() >= 2)
@@ -378,6 +388,8 @@ on:
         .collect();
     assert_eq!(ops.len(), 1);
     assert!(ops[0].text().contains("C-11"), "{}", ops[0].text());
+    // Deliberate: a second escalation would come a second later; 1.5 s in
+    // which nothing more may arrive.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.mails().len(), 2, "escalation is sent once");
     // Internal messages stay out of the customer's history.

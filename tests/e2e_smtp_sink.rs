@@ -23,48 +23,16 @@ use chrono::Utc;
 use peers::*;
 use serde_json::{Value, json};
 
-// ---------------------------------------------------------------------------
-// Fixtures
-
-/// `../shared/examples/case-en-newyork.json`, copied so the suite needs
-/// nothing outside the repository, with email as the only channel (this
-/// version sends email only).
+/// The sample case (`tests/fixtures/cases/maria.json`), email only (this
+/// suite runs no SMS peer).
 fn case_body() -> Value {
-    json!({
-        "subject": SUBJECT,
-        "status": "open",
-        "priority": "high",
-        "customer": {
-            "name": "Maria Hernandez",
-            "email": EMAIL,
-            "phone": PHONE,
-            "timezone": "America/New_York",
-            "locale": "en",
-            "channels": ["email"]
-        },
-        "assignee": "Jordan",
-        "eta": "2026-12-03T17:00:00Z",
-        "tags": ["hardware", "rma"],
-        "fields": { "order": "RMA-20931", "plan": "business" }
-    })
+    case_on(&["email"])
 }
 
-/// One rule that sends progress `every` while the case is open, plus the
-/// event messages.
-fn rules(every: &str) -> String {
-    format!(
-        "rules:
-  - name: fast
-    when: {{ status: [open] }}
-    every: {every}
-    channels: [email]
-    template: progress
-on:
-  created:  {{ template: acknowledgement, channels: [email] }}
-  resolved: {{ template: resolution, channels: [email] }}
-  note:     {{ template: note, channels: [email] }}
-"
-    )
+/// A progress update every `every` while the case is open, plus the event
+/// messages.
+fn setup(every: &str, sink: &Sink) -> Setup {
+    Setup::new(rules("updates", &[("every", every)])).smtp(sink.port)
 }
 
 // ---------------------------------------------------------------------------
@@ -72,9 +40,9 @@ on:
 
 #[tokio::test]
 async fn acknowledgement_and_progress_arrive_then_one_resolution_and_silence() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
-    let daemon = Daemon::start(sink.port, &rules("3s")).await;
+    let daemon = setup("3s", &sink).start().await;
 
     let t0 = Instant::now();
     let t0_wall = SystemTime::now();
@@ -179,9 +147,9 @@ async fn acknowledgement_and_progress_arrive_then_one_resolution_and_silence() {
 
 #[tokio::test]
 async fn agent_reply_pushes_the_next_update_a_full_interval() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
-    let daemon = Daemon::start(sink.port, &rules("3s")).await;
+    let daemon = setup("3s", &sink).start().await;
 
     let t0 = Instant::now();
     daemon.put_case("NY-2", &case_body()).await;
@@ -189,6 +157,7 @@ async fn agent_reply_pushes_the_next_update_a_full_interval() {
         .wait_for(t0 + Duration::from_millis(2500), |m| !m.is_empty())
         .await;
     assert!(ok, "no acknowledgement within 2.5 s");
+    // The scenario: the agent replies 1.5 s into the 3 s interval.
     tokio::time::sleep_until((t0 + Duration::from_millis(1500)).into()).await;
 
     // R: the instant the reply is reported (the daemon sees it a few ms later).
@@ -241,11 +210,14 @@ async fn agent_reply_pushes_the_next_update_a_full_interval() {
 
 #[tokio::test]
 async fn kill_and_restart_loses_nothing_and_sends_nothing_twice() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
     // Five cases of one customer: digests off, so each case's updates are
     // its own messages and can be counted one by one.
-    let mut daemon = Daemon::start_with(sink.port, &rules("2s"), "digest:\n  window: 0s\n").await;
+    let mut daemon = setup("2s", &sink)
+        .extra("digest:\n  window: 0s\n")
+        .start()
+        .await;
     let ids: Vec<String> = (1..=5).map(|i| format!("NY-K{i}")).collect();
 
     for id in &ids {
@@ -263,6 +235,7 @@ async fn kill_and_restart_loses_nothing_and_sends_nothing_twice() {
         "the first progress round did not arrive: {} messages",
         wave.len()
     );
+    // Deliberate: the kill comes 300 ms after the wave (see above).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before_kill = sink.mails().len();
     let kill_sys = SystemTime::now();
@@ -270,13 +243,21 @@ async fn kill_and_restart_loses_nothing_and_sends_nothing_twice() {
     daemon.kill();
     // Down for 5 s: with `every: 2s` two update instants of every case fall
     // due meanwhile, so one catch-up per case is distinguishable from one
-    // per missed interval.
+    // per missed interval. (A deliberate outage, part of the scenario.)
     tokio::time::sleep(Duration::from_secs(5)).await;
     let restarted_at = Utc::now();
     daemon.spawn().await;
     let ready_at = Utc::now();
     let ready_s = secs(ready_at - restarted_at);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Every case catches up (an update planned after the kill, sent).
+    for id in &ids {
+        daemon
+            .wait_history(id, Duration::from_secs(10), "the catch-up sent", |h| {
+                h.iter()
+                    .any(|m| m.kind == "progress" && m.status == "sent" && m.due_at >= killed_at)
+            })
+            .await;
+    }
 
     // Resolve everything, so the comparison below runs on a quiet daemon.
     for id in &ids {
@@ -405,9 +386,9 @@ async fn kill_and_restart_loses_nothing_and_sends_nothing_twice() {
 
 #[tokio::test]
 async fn log_holds_no_address_phone_or_body() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
-    let daemon = Daemon::start(sink.port, &rules("1h")).await;
+    let daemon = setup("1h", &sink).start().await;
     let note = "Courier picked up the replacement at 10:05";
 
     let t0 = Instant::now();
@@ -431,18 +412,19 @@ async fn log_holds_no_address_phone_or_body() {
         "no message carries the note, so the log check below proves little"
     );
     // The daemon records (and logs) each outcome after the sink accepted it.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let h = history(&daemon.get_case("NY-4").await);
-        if h.len() == 2 && h.iter().all(|m| m.status == "sent") {
-            break;
+    daemon
+        .wait_history("NY-4", Duration::from_secs(3), "both sent", |h| {
+            h.len() == 2 && h.iter().all(|m| m.status == "sent")
+        })
+        .await;
+    let log = eventually(Duration::from_secs(3), "both sends logged", async || {
+        let log = daemon.log();
+        match log.matches("message sent").count() {
+            n if n >= 2 => Ok(log),
+            n => Err(format!("{n} sends in the log")),
         }
-        assert!(Instant::now() < deadline, "not all sent: {h:?}");
-        tokio::time::sleep(POLL).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let log = daemon.log();
+    })
+    .await;
     assert!(!log.trim().is_empty(), "the daemon logged nothing");
     let lower = log.to_lowercase();
     for secret in [EMAIL, PHONE, "2125550143", note, TOKEN] {
@@ -459,15 +441,13 @@ async fn log_holds_no_address_phone_or_body() {
 
 #[tokio::test]
 async fn sigterm_during_a_burst_exits_in_time_and_loses_or_repeats_nothing() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     // A slow peer (a second per DATA), so sends are in flight at SIGTERM.
     let sink = Sink::start_with(&bin, &["-w", "1"]).await;
-    let mut daemon = Daemon::start_with(
-        sink.port,
-        &rules("1h"),
-        "shutdown:\n  grace: 5s\ndigest:\n  window: 0s\n",
-    )
-    .await;
+    let mut daemon = setup("1h", &sink)
+        .extra("shutdown:\n  grace: 5s\ndigest:\n  window: 0s\n")
+        .start()
+        .await;
     let ids: Vec<String> = (1..=24).map(|i| format!("BURST-{i}")).collect();
     for id in &ids {
         daemon.put_case(id, &case_body()).await;
@@ -511,7 +491,17 @@ async fn sigterm_during_a_burst_exits_in_time_and_loses_or_repeats_nothing() {
         println!("{}", daemon.log());
     }
     assert!(ok, "after restart only {} of 24 arrived", mails.len());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The slow sink answers a while after it has written a message, and
+    // the history is updated when the answer comes: once every history
+    // says sent, nothing more is on its way.
+    for id in &ids {
+        let h = daemon
+            .wait_history(id, Duration::from_secs(30), "recorded as sent", |h| {
+                h.first().is_some_and(|m| m.status == "sent")
+            })
+            .await;
+        assert_eq!(kinds(&h), ["created"], "{id}: {h:?}");
+    }
     let mails = sink.mails();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for m in &mails {
@@ -525,18 +515,4 @@ async fn sigterm_during_a_burst_exits_in_time_and_loses_or_repeats_nothing() {
     );
     assert_eq!(seen.len(), 24, "every acknowledgement arrived");
     assert_eq!(duplicates, 0, "nothing was sent twice");
-    // The slow sink answers a while after it has written a message, and
-    // the history is updated when the answer comes.
-    for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let h = loop {
-            let h = history(&daemon.get_case(id).await);
-            if h.first().is_some_and(|m| m.status == "sent") || Instant::now() > deadline {
-                break h;
-            }
-            tokio::time::sleep(POLL).await;
-        };
-        assert_eq!(kinds(&h), ["created"], "{id}: {h:?}");
-        assert_eq!(h[0].status, "sent", "{id}: {h:?}; log:\n{}", daemon.log());
-    }
 }

@@ -44,85 +44,51 @@ fn sms_config(prism: &Prism, dir: &std::path::Path, extra: &str) -> String {
     )
 }
 
-fn case_with(channels: &[&str]) -> Value {
-    json!({
-        "subject": SUBJECT,
-        "status": "open",
-        "priority": "high",
-        "customer": {
-            "name": "Maria Hernandez",
-            "email": EMAIL,
-            "phone": PHONE,
-            "timezone": "America/New_York",
-            "locale": "en",
-            "channels": channels
-        },
-        "assignee": "Jordan"
-    })
-}
-
+/// Progress updates `every` on the `progress` channels, the acknowledgement
+/// on `created`.
 fn rules(every: &str, progress: &str, created: &str) -> String {
-    format!(
-        "rules:
-  - name: fast
-    when: {{ status: [open] }}
-    every: {every}
-    channels: [{progress}]
-    template: progress
-on:
-  created:  {{ template: acknowledgement, channels: [{created}] }}
-  resolved: {{ template: resolution, channels: [email] }}
-"
+    peers::rules(
+        "updates",
+        &[
+            ("every", every),
+            ("progress", progress),
+            ("created", created),
+        ],
     )
 }
 
-/// Everything a test needs; `None` when a peer is missing and we skip.
-fn peers() -> Option<(std::path::PathBuf, &'static Prism)> {
-    let sink = sink_binary()?;
-    let prism = Prism::shared()?;
-    Some((sink, prism))
+/// What a test runs against: smtp-sink, Prism, and the daemon sending to
+/// both (its Twilio token file in `_secrets`).
+struct Run {
+    sink: Sink,
+    prism: &'static Prism,
+    d: Daemon,
+    _secrets: tempfile::TempDir,
 }
 
-/// Starts the daemon with its config dir prepared for the token file.
-async fn daemon(
-    sink: &Sink,
-    prism: &Prism,
-    rules: &str,
-    extra: &str,
-) -> (Daemon, tempfile::TempDir) {
+/// smtp-sink (started with `sink_flags`), the shared Prism and a daemon on
+/// `rules` with `extra` in its `sms:` section; `None` when a peer is
+/// missing and the test skips.
+async fn start_all(sink_flags: &[&str], rules: &str, extra: &str) -> Option<Run> {
+    let bin = smtp_sink()?;
+    let prism = prism()?;
+    let sink = Sink::start_with(&bin, sink_flags).await;
     let secrets = tempfile::tempdir().expect("secrets dir");
     let cfg = sms_config(prism, secrets.path(), extra);
-    (Daemon::start_with(sink.port, rules, &cfg).await, secrets)
+    let d = Setup::new(rules).smtp(sink.port).extra(&cfg).start().await;
+    Some(Run {
+        sink,
+        prism,
+        d,
+        _secrets: secrets,
+    })
 }
 
-/// The messages of a case as JSON objects.
-async fn messages(d: &Daemon, id: &str) -> Vec<Value> {
-    d.get_case(id).await["messages"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn wait_messages(
-    d: &Daemon,
-    id: &str,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let m = messages(d, id).await;
-        if pred(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: timed out; history: {}",
-            serde_json::to_string_pretty(&m).unwrap_or_default()
-        );
-        tokio::time::sleep(POLL).await;
-    }
+/// Two updates were cancelled (an opt-out held for two of them), and
+/// nothing is waiting after them.
+fn two_cancelled(m: &[Value]) -> bool {
+    m.iter().filter(|m| m["status"] == "cancelled").count() >= 2
+        && m.last().is_some_and(|m| m["status"] == "cancelled")
 }
 
 fn is(m: &Value, channel: &str, status: &str) -> bool {
@@ -199,25 +165,20 @@ fn assert_log_clean(d: &Daemon, extra: &[&str]) {
 
 #[tokio::test]
 async fn sms_acknowledgement_and_progress_pass_twilio_spec_validation() {
-    let Some((bin, prism)) = peers() else { return };
-    let sink = Sink::start(&bin).await;
-    let (d, _s) = daemon(
-        &sink,
-        prism,
-        &rules("2s", "sms", "sms"),
-        "  quiet_hours: off\n",
-    )
-    .await;
+    let Some(run) = start_all(&[], &rules("2s", "sms", "sms"), "  quiet_hours: off\n").await else {
+        return;
+    };
+    let (sink, prism, d) = (&run.sink, run.prism, &run.d);
     let t0 = Instant::now();
-    d.put_case("SMS-1", &case_with(&["sms"])).await;
-    let h = wait_messages(
-        &d,
-        "SMS-1",
-        Duration::from_secs(15),
-        "ack + 2 progress by SMS",
-        |m| m.iter().filter(|m| is(m, "sms", "sent")).count() >= 3,
-    )
-    .await;
+    d.put_case("SMS-1", &case_on(&["sms"])).await;
+    let h = d
+        .wait_messages(
+            "SMS-1",
+            Duration::from_secs(15),
+            "ack + 2 progress by SMS",
+            |m| m.iter().filter(|m| is(m, "sms", "sent")).count() >= 3,
+        )
+        .await;
     let kinds: Vec<&str> = h.iter().filter_map(|m| m["kind"].as_str()).collect();
     assert_eq!(&kinds[..3], ["created", "progress", "progress"], "{h:?}");
     for m in h.iter().take(3) {
@@ -238,31 +199,32 @@ async fn sms_acknowledgement_and_progress_pass_twilio_spec_validation() {
         ("MessageSid", "SMaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
         ("MessageStatus", "delivered"),
     ];
-    let (code, _) = webhook(&d, &query, &params, None).await;
+    let (code, _) = webhook(d, &query, &params, None).await;
     assert_eq!(code, 204);
-    let h = messages(&d, "SMS-1").await;
+    let h = d.messages("SMS-1").await;
     assert_eq!(h[0]["provider_status"], "delivered", "{h:?}");
-    let (code, _) = webhook(&d, &query, &params, Some(Some("Zm9yZ2Vk"))).await;
+    let (code, _) = webhook(d, &query, &params, Some(Some("Zm9yZ2Vk"))).await;
     assert_eq!(code, 403, "a forged delivery report is refused");
-    assert_log_clean(&d, &[]);
+    assert_log_clean(d, &[]);
 }
 
 #[tokio::test]
 async fn signed_stop_silences_sms_on_every_case_start_restores_forgery_is_refused() {
-    let Some((bin, prism)) = peers() else { return };
-    let sink = Sink::start(&bin).await;
-    let (d, _s) = daemon(
-        &sink,
-        prism,
+    let Some(run) = start_all(
+        &[],
         &rules("1s", "sms", "sms"),
         "  quiet_hours: off\ndigest:\n  window: 0s\n",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
+    let (prism, d) = (run.prism, &run.d);
     for id in ["STOP-1", "STOP-2"] {
-        d.put_case(id, &case_with(&["sms"])).await;
+        d.put_case(id, &case_on(&["sms"])).await;
     }
     for id in ["STOP-1", "STOP-2"] {
-        wait_messages(&d, id, Duration::from_secs(10), "first progress SMS", |m| {
+        d.wait_messages(id, Duration::from_secs(10), "first progress SMS", |m| {
             m.iter()
                 .any(|m| m["kind"] == "progress" && is(m, "sms", "sent"))
         })
@@ -277,40 +239,58 @@ async fn signed_stop_silences_sms_on_every_case_start_restores_forgery_is_refuse
         ]
     };
 
-    // Forged and missing signatures change nothing.
+    // Forged and missing signatures change nothing: SMS keep coming.
+    let forged = Utc::now();
     let (code, _) = webhook(
-        &d,
+        d,
         "/v1/sms/inbound",
         &inbound("STOP"),
         Some(Some("bm90IGEgc2lnbmF0dXJl")),
     )
     .await;
     assert_eq!(code, 403);
-    let (code, _) = webhook(&d, "/v1/sms/inbound", &inbound("STOP"), Some(None)).await;
+    let (code, _) = webhook(d, "/v1/sms/inbound", &inbound("STOP"), Some(None)).await;
     assert_eq!(code, 403);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     for id in ["STOP-1", "STOP-2"] {
-        let h = messages(&d, id).await;
+        let h = d
+            .wait_messages(
+                id,
+                Duration::from_secs(10),
+                "an SMS after the forgeries",
+                |m| {
+                    m.iter()
+                        .any(|m| is(m, "sms", "sent") && sent_at(m).is_some_and(|t| t > forged))
+                },
+            )
+            .await;
         assert!(
             !h.iter().any(|m| m["status"] == "cancelled"),
             "a forged STOP took effect on {id}: {h:?}"
         );
     }
 
-    let (code, twiml) = webhook(&d, "/v1/sms/inbound", &inbound("HELP"), None).await;
+    let (code, twiml) = webhook(d, "/v1/sms/inbound", &inbound("HELP"), None).await;
     assert_eq!(code, 200);
     assert!(
         twiml.contains("<Message>") && twiml.contains("STOP"),
         "{twiml}"
     );
 
-    let (code, _) = webhook(&d, "/v1/sms/inbound", &inbound("Stop"), None).await;
+    let (code, _) = webhook(d, "/v1/sms/inbound", &inbound("Stop"), None).await;
     assert_eq!(code, 200);
     let stopped = Utc::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
     let mut cancelled = 0;
     for id in ["STOP-1", "STOP-2"] {
-        let h = messages(&d, id).await;
+        // Two updates due after the STOP, both cancelled: two seconds in
+        // which no SMS may have gone out.
+        let h = d
+            .wait_messages(
+                id,
+                Duration::from_secs(10),
+                "updates cancelled after STOP",
+                two_cancelled,
+            )
+            .await;
         let late: Vec<&Value> = h
             .iter()
             .filter(|m| {
@@ -336,35 +316,30 @@ async fn signed_stop_silences_sms_on_every_case_start_restores_forgery_is_refuse
         "updates after STOP should be cancelled, got {cancelled}"
     );
 
-    let (code, _) = webhook(&d, "/v1/sms/inbound", &inbound("START"), None).await;
+    let (code, _) = webhook(d, "/v1/sms/inbound", &inbound("START"), None).await;
     assert_eq!(code, 200);
     let started = Utc::now();
     for id in ["STOP-1", "STOP-2"] {
-        wait_messages(
-            &d,
-            id,
-            Duration::from_secs(5),
-            "SMS again after START",
-            |m| {
-                m.iter()
-                    .any(|m| is(m, "sms", "sent") && sent_at(m).is_some_and(|t| t > started))
-            },
-        )
+        d.wait_messages(id, Duration::from_secs(5), "SMS again after START", |m| {
+            m.iter()
+                .any(|m| is(m, "sms", "sent") && sent_at(m).is_some_and(|t| t > started))
+        })
         .await;
     }
     assert_prism_happy(prism, 4);
     println!(
         "stop: 0 SMS later than 1 s after STOP on 2 cases, {cancelled} updates cancelled; START restored both"
     );
-    assert_log_clean(&d, &[]);
+    assert_log_clean(d, &[]);
 }
 
 #[tokio::test]
 async fn one_click_unsubscribe_stops_email_and_cannot_be_forged() {
-    let Some((bin, prism)) = peers() else { return };
-    let sink = Sink::start(&bin).await;
-    let (d, _s) = daemon(&sink, prism, &rules("1s", "email", "email"), "").await;
-    d.put_case("UNSUB-1", &case_with(&["email"])).await;
+    let Some(run) = start_all(&[], &rules("1s", "email", "email"), "").await else {
+        return;
+    };
+    let (sink, d) = (&run.sink, &run.d);
+    d.put_case("UNSUB-1", &case_on(&["email"])).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mails, ok) = sink.wait_for(deadline, |m| !m.is_empty()).await;
     assert!(ok, "no email arrived");
@@ -409,11 +384,12 @@ async fn one_click_unsubscribe_stops_email_and_cannot_be_forged() {
         assert_eq!(r.status(), 404, "forged token {bad} accepted");
     }
     let before = sink.mails().len();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        sink.mails().len() > before,
-        "email stopped after a forged unsubscribe"
-    );
+    let (_, kept_coming) = sink
+        .wait_for(Instant::now() + Duration::from_secs(10), |m| {
+            m.len() > before
+        })
+        .await;
+    assert!(kept_coming, "email stopped after a forged unsubscribe");
 
     let r = d
         .http
@@ -424,45 +400,51 @@ async fn one_click_unsubscribe_stops_email_and_cannot_be_forged() {
         .expect("answer");
     assert_eq!(r.status(), 200);
     let unsubscribed = std::time::SystemTime::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Two updates due after the unsubscribe, both cancelled: two seconds
+    // in which no email may have gone out.
+    d.wait_messages(
+        "UNSUB-1",
+        Duration::from_secs(10),
+        "updates cancelled after unsubscribe",
+        two_cancelled,
+    )
+    .await;
     let late = sink
         .mails()
         .into_iter()
         .filter(|m| m.since(unsubscribed) > 1.0)
         .count();
     assert_eq!(late, 0, "email kept coming after the one-click unsubscribe");
-    let h = messages(&d, "UNSUB-1").await;
-    assert!(
-        h.iter().any(|m| m["status"] == "cancelled"),
-        "no update was cancelled after unsubscribe: {h:?}"
-    );
     // GET works too (a person clicking the link in the text body).
     let r = d.http.get(&link).send().await.expect("answer");
     assert_eq!(r.status(), 200);
     println!("unsubscribe: 0 emails after the one-click POST; 3 forged tokens refused with 404");
-    assert_log_clean(&d, &[&token]);
+    assert_log_clean(d, &[&token]);
 }
 
 #[tokio::test]
 async fn permanent_email_failure_falls_back_to_sms_for_the_same_update() {
-    let Some((bin, prism)) = peers() else { return };
-    let sink = Sink::start_with(&bin, &["-f", "RCPT"]).await;
-    let (d, _s) = daemon(
-        &sink,
-        prism,
+    let Some(run) = start_all(
+        &["-f", "RCPT"],
         &rules("1h", "email", "email"),
         "  quiet_hours: off\n",
     )
-    .await;
-    d.put_case("FALL-1", &case_with(&["email", "sms"])).await;
-    let h = wait_messages(
-        &d,
-        "FALL-1",
-        Duration::from_secs(10),
-        "email failed, SMS sent",
-        |m| m.iter().any(|m| is(m, "email", "failed")) && m.iter().any(|m| is(m, "sms", "sent")),
-    )
-    .await;
+    .await
+    else {
+        return;
+    };
+    let (prism, d) = (run.prism, &run.d);
+    d.put_case("FALL-1", &case_on(&["email", "sms"])).await;
+    let h = d
+        .wait_messages(
+            "FALL-1",
+            Duration::from_secs(10),
+            "email failed, SMS sent",
+            |m| {
+                m.iter().any(|m| is(m, "email", "failed")) && m.iter().any(|m| is(m, "sms", "sent"))
+            },
+        )
+        .await;
     assert_eq!(h.len(), 2, "{h:?}");
     let (email, sms) = (&h[0], &h[1]);
     assert_eq!(email["kind"], "created");
@@ -481,13 +463,11 @@ async fn permanent_email_failure_falls_back_to_sms_for_the_same_update() {
     );
     assert_prism_happy(prism, 1);
     println!("fallback: acknowledgement email refused with 5xx, the same update went out by SMS");
-    assert_log_clean(&d, &[]);
+    assert_log_clean(d, &[]);
 }
 
 #[tokio::test]
 async fn no_sms_inside_quiet_hours_and_the_promise_names_the_first_allowed_instant() {
-    let Some((bin, prism)) = peers() else { return };
-    let sink = Sink::start(&bin).await;
     // Quiet hours from an hour ago until the start of the minute after
     // next, in the customer's zone (UTC here, to keep the arithmetic plain).
     let now = Utc::now();
@@ -501,24 +481,18 @@ async fn no_sms_inside_quiet_hours_and_the_promise_names_the_first_allowed_insta
         start.format("%H:%M"),
         end.format("%H:%M")
     );
-    let (d, _s) = daemon(
-        &sink,
-        prism,
-        &rules("2s", "sms, email", "email, sms"),
-        &quiet,
-    )
-    .await;
-    let mut case = case_with(&["email", "sms"]);
+    let Some(run) = start_all(&[], &rules("2s", "sms, email", "email, sms"), &quiet).await else {
+        return;
+    };
+    let (sink, d) = (&run.sink, &run.d);
+    let mut case = case_on(&["email", "sms"]);
     case["customer"]["timezone"] = json!("UTC");
     d.put_case("QUIET-1", &case).await;
-    let h = wait_messages(
-        &d,
-        "QUIET-1",
-        Duration::from_secs(10),
-        "email ack sent",
-        |m| m.iter().any(|m| is(m, "email", "sent")),
-    )
-    .await;
+    let h = d
+        .wait_messages("QUIET-1", Duration::from_secs(10), "email ack sent", |m| {
+            m.iter().any(|m| is(m, "email", "sent"))
+        })
+        .await;
     let email = h
         .iter()
         .find(|m| m["channel"] == "email")
@@ -540,8 +514,10 @@ async fn no_sms_inside_quiet_hours_and_the_promise_names_the_first_allowed_insta
         .and_then(|s| s.parse().ok())
         .expect("due");
     assert_eq!(due, end, "the SMS waits for the end of quiet hours");
+    // Deliberate: five seconds inside the quiet hours (two and a half
+    // intervals of the rule) in which no SMS and no update may go out.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let h = messages(&d, "QUIET-1").await;
+    let h = d.messages("QUIET-1").await;
     assert!(
         !h.iter().any(|m| is(m, "sms", "sent")),
         "an SMS went out inside quiet hours: {h:?}"
@@ -553,25 +529,28 @@ async fn no_sms_inside_quiet_hours_and_the_promise_names_the_first_allowed_insta
     println!(
         "quiet: SMS held until {end}, the email promised {promised}; nothing sent inside the window"
     );
-    assert_log_clean(&d, &[]);
+    assert_log_clean(d, &[]);
 }
 
 #[tokio::test]
 async fn three_cases_of_one_customer_due_together_yield_one_digest() {
-    let Some((bin, prism)) = peers() else { return };
-    let sink = Sink::start(&bin).await;
-    let (d, _s) = daemon(
-        &sink,
-        prism,
+    let Some(run) = start_all(
+        &[],
         &rules("3s", "email", "email"),
         "digest:\n  window: 1m\n",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
+    let (sink, d) = (&run.sink, &run.d);
     let ids = ["DIG-1", "DIG-2", "DIG-3"];
     for (n, id) in ids.iter().enumerate() {
-        let mut c = case_with(&["email"]);
+        let mut c = case_on(&["email"]);
         c["subject"] = json!(format!("Digest subject number {}", n + 1));
         d.put_case(id, &c).await;
+        // The scenario: the cases arrive 300 ms apart, so they fall due
+        // apart too, within one digest window.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -581,7 +560,15 @@ async fn three_cases_of_one_customer_due_together_yield_one_digest() {
         "expected 3 acknowledgements and a digest, got {}",
         mails.len()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Settled once every case records its update as sent (one digest, or
+    // updates of their own): whatever was sent is in the sink then.
+    for id in ids {
+        d.wait_messages(id, Duration::from_secs(10), "the update sent", |m| {
+            m.iter()
+                .any(|m| m["kind"] != "created" && m["status"] == "sent")
+        })
+        .await;
+    }
     let mails = sink.mails();
     let digests: Vec<&Mail> = mails.iter().skip(3).collect();
     assert_eq!(
@@ -599,9 +586,9 @@ async fn three_cases_of_one_customer_due_together_yield_one_digest() {
         );
     }
     let histories = [
-        messages(&d, ids[0]).await,
-        messages(&d, ids[1]).await,
-        messages(&d, ids[2]).await,
+        d.messages(ids[0]).await,
+        d.messages(ids[1]).await,
+        d.messages(ids[2]).await,
     ];
     let digest_id = digest.id().to_owned();
     for h in &histories {
@@ -613,25 +600,27 @@ async fn three_cases_of_one_customer_due_together_yield_one_digest() {
         assert_eq!(m["status"], "sent");
     }
     println!("digest: 3 cases due within the window, 1 message covering all three");
-    assert_log_clean(&d, &[]);
+    assert_log_clean(d, &[]);
 }
 
 #[tokio::test]
 async fn min_gap_spaces_sms_to_one_number() {
-    let Some((bin, prism)) = peers() else { return };
-    let sink = Sink::start(&bin).await;
-    let (d, _s) = daemon(
-        &sink,
-        prism,
+    let Some(run) = start_all(
+        &[],
         &rules("1s", "sms", "sms"),
         "  quiet_hours: off\n  min_gap: 3s\ndigest:\n  window: 0s\n",
     )
-    .await;
-    d.put_case("GAP-1", &case_with(&["sms"])).await;
-    let h = wait_messages(&d, "GAP-1", Duration::from_secs(15), "three SMS", |m| {
-        m.iter().filter(|m| is(m, "sms", "sent")).count() >= 3
-    })
-    .await;
+    .await
+    else {
+        return;
+    };
+    let (prism, d) = (run.prism, &run.d);
+    d.put_case("GAP-1", &case_on(&["sms"])).await;
+    let h = d
+        .wait_messages("GAP-1", Duration::from_secs(15), "three SMS", |m| {
+            m.iter().filter(|m| is(m, "sms", "sent")).count() >= 3
+        })
+        .await;
     let mut times: Vec<DateTime<Utc>> = h
         .iter()
         .filter(|m| is(m, "sms", "sent"))
@@ -648,5 +637,5 @@ async fn min_gap_spaces_sms_to_one_number() {
         "SMS closer than the minimum gap: {gaps:?}"
     );
     assert_prism_happy(prism, 3);
-    assert_log_clean(&d, &[]);
+    assert_log_clean(d, &[]);
 }

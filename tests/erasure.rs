@@ -10,9 +10,9 @@
 mod peers;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use peers::{Daemon, POLL, TOKEN, config_head, free_port};
+use peers::{Daemon, Sent, Setup, TOKEN, rules};
 use serde_json::json;
 
 const EMAIL: &str = "quintessa.erasure-canary.7f3a9@example.org";
@@ -24,49 +24,34 @@ const NAME: &str = "Quintessa Erasurefield";
 const SUBJECT: &str = "Canary subject 5d1e: broken heat pump";
 const NOTE: &str = "Canary note 9c2b: the engineer replaced the compressor valve";
 
-const RULES: &str = r#"
-rules:
-  - name: slow
-    when: { status: [open] }
-    every: 30d
-    channels: [email]
-    template: progress
-on:
-  created: { template: acknowledgement, channels: [email, sms] }
-  note:    { template: note, channels: [email, sms] }
-"#;
-
-async fn start(dir: tempfile::TempDir) -> Daemon {
-    let port = free_port();
-    let config = config_head(dir.path(), port, RULES)
-        + &format!(
+/// The acknowledgement and notes by email and SMS, progress a month away;
+/// file transports, so the messages land in `outbox/` beside the store.
+async fn start() -> Daemon {
+    let rules = rules(
+        "updates",
+        &[
+            ("every", "30d"),
+            ("created", "email, sms"),
+            ("note", "email, sms"),
+        ],
+    );
+    Setup::new(rules)
+        .email("file_dir: outbox/email")
+        .email("quiet_hours: off")
+        .email("min_gap: 1h")
+        .delivery(3, "200ms", "1s")
+        .extra(
             "log:
   level: tidings=debug,info
-email:
-  transport: file
-  file_dir: {mail:?}
-  from: \"Support <support@example.com>\"
-  quiet_hours: off
-  min_gap: 1h
 sms:
   transport: file
-  file_dir: {sms:?}
+  file_dir: outbox/sms
   quiet_hours: off
   min_gap: 0s
-delivery:
-  max_attempts: 3
-  backoff: {{ initial: 200ms, max: 1s }}
 ",
-            mail = dir.path().join("outbox/email").display().to_string(),
-            sms = dir.path().join("outbox/sms").display().to_string(),
-        );
-    Daemon::start_in(dir, port, &config).await
-}
-
-/// SIGTERM, then wait: the daemon flushes the store on its way out.
-fn stop_gracefully(d: &mut Daemon) {
-    let (_, status) = d.terminate();
-    assert!(status.success(), "tidings exited with {status}");
+        )
+        .start()
+        .await
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -112,37 +97,20 @@ fn scan(dir: &Path, needles: &[(&str, &str)]) -> (usize, u64, Vec<(String, Strin
     (files.len(), bytes, found)
 }
 
-/// Polls the case until `done(sent, pending)`; every answer must be 200.
+/// Waits until `done(sent, pending)` holds for the case's messages.
 async fn wait_for(d: &Daemon, done: impl Fn(usize, usize) -> bool) -> (usize, usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let resp = d
-            .http
-            .get(d.url("/v1/cases/ERASE-1"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("GET");
-        assert_eq!(resp.status(), 200, "GET ERASE-1; log:\n{}", d.log());
-        let c: serde_json::Value = resp.json().await.expect("json");
-        let msgs = c["messages"].as_array().cloned().unwrap_or_default();
-        let count = |status: &str| msgs.iter().filter(|m| m["status"] == status).count();
-        let (sent, pending) = (count("sent"), count("pending"));
-        if done(sent, pending) {
-            return (sent, pending);
-        }
-        assert!(Instant::now() < deadline, "messages not as expected: {c}");
-        tokio::time::sleep(POLL).await;
-    }
+    let count = |h: &[Sent], status: &str| h.iter().filter(|m| m.status == status).count();
+    let h = d
+        .wait_history("ERASE-1", Duration::from_secs(20), "messages", |h| {
+            done(count(h, "sent"), count(h, "pending"))
+        })
+        .await;
+    (count(&h, "sent"), count(&h, "pending"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_leaves_no_personal_data_in_the_store_files() {
-    let dir = tempfile::Builder::new()
-        .prefix("tidings-erasure-")
-        .tempdir()
-        .expect("temp dir");
-    let mut d = start(dir).await;
+    let mut d = start().await;
 
     // A neighbour case that stays: the store must still be readable and
     // hold it afterwards (erasure must not take others with it).
@@ -202,7 +170,8 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
     }
     let (sent, pending) = wait_for(&d, |sent, pending| sent >= 5 && pending >= 1).await;
     println!("before DELETE: {sent} sent, {pending} pending");
-    // Let sled's periodic flush write the sent state out as well.
+    // Deliberate: let sled's periodic flush (every 500 ms) write the sent
+    // state out too, so the erasure has old log segments to deal with.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let del = d.http.delete(d.url("/v1/cases/ERASE-1")).bearer_auth(TOKEN);
@@ -210,7 +179,8 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
     assert_eq!(resp.status(), 204);
     let gone = d.http.get(d.url("/v1/cases/ERASE-1")).bearer_auth(TOKEN);
     assert_eq!(gone.send().await.expect("GET").status(), 404);
-    stop_gracefully(&mut d);
+    // SIGTERM, then wait: the daemon flushes the store on its way out.
+    d.stop();
 
     let needles = [
         ("email", EMAIL),
@@ -254,7 +224,7 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
     );
     let gone = d.http.get(d.url("/v1/cases/ERASE-1")).bearer_auth(TOKEN);
     assert_eq!(gone.send().await.expect("GET").status(), 404);
-    stop_gracefully(&mut d);
+    d.stop();
 
     assert!(
         in_outbox.iter().any(|(_, w, _)| w == "email"),

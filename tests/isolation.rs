@@ -4,8 +4,10 @@
 //! the answer about a case id that was never used at all.
 
 mod common;
+mod peers;
 
-use common::{OTHER_TOKEN, SmtpMode, TOKEN, TestApp, case_body};
+use common::{SmtpMode, TestApp};
+use peers::{OTHER_TOKEN, TOKEN};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -65,19 +67,16 @@ async fn answer_with(
     }
 }
 
-/// Immediate messages only, so nothing changes the owner's case while the
-/// intruder tries.
-const RULES: &str = r#"
-rules:
-  - name: slow
-    when: { status: [open] }
-    every: 30d
-    channels: [email]
-    template: progress
-on:
-  created: { template: acknowledgement, channels: [email] }
-  note:    { template: note, channels: [email] }
-"#;
+/// Immediate messages only (the next update is a month away), so nothing
+/// changes the owner's case while the intruder tries.
+fn rules() -> String {
+    peers::rules("updates", &[("every", "30d")])
+}
+
+/// The sample case, email only.
+fn case_body() -> Value {
+    peers::case_on(&["email"])
+}
 
 /// The events an intruder might try, valid and invalid.
 fn events() -> Vec<Value> {
@@ -95,7 +94,7 @@ fn events() -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_sources_case_is_indistinguishable_from_no_case() {
-    let app = TestApp::spawn(RULES, SmtpMode::Accept).await;
+    let app = TestApp::spawn(&rules(), SmtpMode::Accept).await;
     // The owner (source `helpdesk`, TOKEN) files a case, with an
     // idempotency key, and a note on it.
     let owned = "ISO-OWNED-1";

@@ -3,265 +3,22 @@
 //! with a temp config, the shipped templates and the file email transport.
 
 mod common;
+mod peers;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use peers::{ADMIN_TOKEN, Setup, TOKEN, case_named, eventually, metric, rules, tidings};
 
-const TOKEN: &str = "ops-test-token-helpdesk-01";
-const ADMIN_TOKEN: &str = "ops-test-admin-token-0001";
-
-const HOURLY: &str = r#"
-rules:
-  - name: hourly
-    when: { status: [open] }
-    every: 1h
-    channels: [email]
-    template: progress
-on:
-  created: { template: acknowledgement, channels: [email] }
-"#;
-
-/// The acceptance check's broken set: a duration that is not one and a
-/// channel that does not exist.
-const BROKEN: &str = r#"
-rules:
-  - name: hourly
-    when: { status: [open] }
-    every: soon
-    channels: [email, pigeon]
-    template: progress
-on:
-  created: { template: acknowledgement, channels: [email] }
-"#;
-
-const FILE_EMAIL: &str = r#"email:
-  transport: file
-  from: "Example Support <support@example.com>"
-"#;
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+/// The daemon these tests run: admin endpoints open, the file email
+/// transport, a progress update `every` while a case is open.
+fn setup(every: &str) -> Setup {
+    Setup::new(rules("updates", &[("every", every)])).admin()
 }
 
-fn sha(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// A plain-HTTP client; reqwest is built without a default TLS provider.
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A daemon process on its own config, data dir and port.
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-    client: reqwest::Client,
-}
-
-impl Daemon {
-    /// Writes `tidings.yaml` and `rules/rules.yaml` into `dir` (kept if
-    /// present) and starts `tidings serve`, waiting until it is ready.
-    async fn start(dir: &Path, rules: &str) -> Self {
-        Self::start_with(dir, rules, FILE_EMAIL).await
-    }
-
-    /// As `start`, with this `email:` section and any further config.
-    async fn start_with(dir: &Path, rules: &str, more_config: &str) -> Self {
-        let port = free_port();
-        std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
-        std::fs::write(dir.join("rules/rules.yaml"), rules).expect("rules");
-        std::fs::write(
-            dir.join("tidings.yaml"),
-            format!("{}{more_config}", config(port)),
-        )
-        .expect("config");
-        let mut d = Self {
-            child: None,
-            dir: dir.to_owned(),
-            port,
-            client: client(),
-        };
-        d.spawn().await;
-        d
-    }
-
-    async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("log"))
-            .expect("log file");
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_tidings"))
-                .args(["serve", "--config"])
-                .arg(self.dir.join("tidings.yaml"))
-                .env_remove("NOTIFY_SOCKET")
-                .stderr(log)
-                .spawn()
-                .expect("spawn tidings"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon never became ready; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(&mut self) {
-        if self.child.is_some() {
-            self.signal("-TERM");
-        }
-        if let Some(mut child) = self.child.take() {
-            let status = child.wait().expect("wait");
-            assert!(status.success(), "{status:?}; log:\n{}", self.log());
-        }
-    }
-
-    async fn put_case(&self, id: &str) -> serde_json::Value {
-        let body: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(repo("examples/case-en-newyork.json")).expect("case"),
-        )
-        .expect("json");
-        let r = self
-            .client
-            .put(self.url(&format!("/v1/cases/{id}")))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success(), "{}", r.status());
-        r.json().await.expect("json")
-    }
-
-    async fn get_case(&self, id: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(&format!("/v1/cases/{id}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("GET")
-    }
-
-    async fn metrics(&self) -> String {
-        let r = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("scrape");
-        assert_eq!(r.status(), 200);
-        r.text().await.expect("text")
-    }
-
-    /// Polls `/metrics` until the series (name with labels, as rendered)
-    /// reaches `at_least`, and returns its value.
-    async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = self.metrics().await;
-            let value = metric(&text, series);
-            if value.is_some_and(|v| v >= at_least) {
-                return value.unwrap_or_default();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} never reached {at_least}; scrape:\n{text}\nlog:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn emails(&self) -> usize {
-        std::fs::read_dir(self.dir.join("data/mail"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn config(port: u16) -> String {
-    format!(
-        r#"listen: 127.0.0.1:{port}
-data_dir: ./data
-rules: ./rules
-templates: {templates}
-api:
-  tokens:
-    - source: helpdesk
-      token_sha256: {api}
-admin:
-  token_sha256: {admin}
-"#,
-        templates = repo("templates").display(),
-        api = sha(TOKEN),
-        admin = sha(ADMIN_TOKEN),
-    )
-}
-
-/// The value of one series in a Prometheus text scrape.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+/// The sample case, as the ticket system sends it.
+fn case() -> serde_json::Value {
+    case_named("maria")
 }
 
 fn next_update_at(case: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
@@ -277,12 +34,11 @@ fn hours_between(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::U
 
 #[tokio::test]
 async fn a_broken_rules_file_on_sighup_is_rejected_and_the_old_rules_keep_serving() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
-    let before = daemon.put_case("CASE-1").await;
+    let mut daemon = setup("1h").start().await;
+    let before = daemon.put_case("CASE-1", &case()).await;
     let promised = next_update_at(&before);
 
-    std::fs::write(tmp.path().join("rules/rules.yaml"), BROKEN).expect("rules");
+    daemon.write_rules(&rules("broken", &[]));
     daemon.signal("-HUP");
     let failures = daemon
         .wait_metric(r#"tidings_reload_total{result="failure"}"#, 1.0)
@@ -295,13 +51,8 @@ async fn a_broken_rules_file_on_sighup_is_rejected_and_the_old_rules_keep_servin
     );
 
     // Every problem `tidings check` finds is logged, with file:line:column.
-    let check = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["check", "--config"])
-        .arg(tmp.path().join("tidings.yaml"))
-        .output()
-        .expect("tidings check");
-    assert_eq!(check.status.code(), Some(1));
-    let diagnostics = String::from_utf8_lossy(&check.stderr).into_owned();
+    let (code, _, diagnostics) = tidings(&["check", "--config", &daemon.config_arg()], &[]);
+    assert_eq!(code, 1);
     assert!(diagnostics.contains("rules.yaml:6:"), "{diagnostics}");
     let log = daemon.log();
     for line in diagnostics.lines() {
@@ -310,60 +61,51 @@ async fn a_broken_rules_file_on_sighup_is_rejected_and_the_old_rules_keep_servin
     assert!(log.contains("pigeon"), "{log}");
 
     // Still serving, still planning under the hourly rule, still sending.
-    let r = daemon.get_case("CASE-1").await;
-    assert_eq!(r.status(), 200);
-    let after: serde_json::Value = r.json().await.expect("json");
+    let after = daemon.get_case("CASE-1").await;
     assert_eq!(next_update_at(&after), promised);
-    let fresh = daemon.put_case("CASE-2").await;
+    let fresh = daemon.put_case("CASE-2", &case()).await;
     let gap = hours_between(chrono::Utc::now(), next_update_at(&fresh));
     assert!((0.9..=1.01).contains(&gap), "{gap} h");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.emails() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the acknowledgements were not sent"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the acknowledgements sent",
+        async || match daemon.emails().len() {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} email files")),
+        },
+    )
+    .await;
     assert!(!log.contains("maria.hernandez@example.com"), "{log}");
     daemon.stop();
 }
 
 #[tokio::test]
 async fn a_valid_change_on_sighup_reschedules_open_cases_and_keeps_promises_made() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
-    let case = daemon.put_case("CASE-1").await;
+    let mut daemon = setup("1h").start().await;
+    let first = daemon.put_case("CASE-1", &case()).await;
     // The acknowledgement promised the first update an hour from now.
-    let hourly = next_update_at(&case);
-    let reload = |every: &str| {
-        std::fs::write(
-            tmp.path().join("rules/rules.yaml"),
-            HOURLY.replace("every: 1h", every),
-        )
-        .expect("rules");
-    };
+    let hourly = next_update_at(&first);
 
     // A faster rule brings the next update forward.
-    reload("every: 30m");
+    daemon.write_rules(&rules("updates", &[("every", "30m")]));
     daemon.signal("-HUP");
     daemon
         .wait_metric(r#"tidings_reload_total{result="success"}"#, 1.0)
         .await;
-    let after: serde_json::Value = daemon.get_case("CASE-1").await.json().await.expect("json");
+    let after = daemon.get_case("CASE-1").await;
     let moved = hours_between(next_update_at(&after), hourly);
     assert!((0.49..=0.51).contains(&moved), "moved forward by {moved} h");
 
     // A slower one does not move it past the promise already made: the
     // hour stands, the five-hour cadence starts after it.
-    reload("every: 5h");
+    daemon.write_rules(&rules("updates", &[("every", "5h")]));
     daemon.signal("-HUP");
     daemon
         .wait_metric(r#"tidings_reload_total{result="success"}"#, 2.0)
         .await;
-    let after: serde_json::Value = daemon.get_case("CASE-1").await.json().await.expect("json");
+    let after = daemon.get_case("CASE-1").await;
     assert_eq!(next_update_at(&after), hourly, "the promise is kept");
-    let fresh = daemon.put_case("CASE-2").await;
+    let fresh = daemon.put_case("CASE-2", &case()).await;
     let gap = hours_between(chrono::Utc::now(), next_update_at(&fresh));
     assert!(
         (4.9..=5.01).contains(&gap),
@@ -379,42 +121,31 @@ async fn a_valid_change_on_sighup_reschedules_open_cases_and_keeps_promises_made
 
 #[tokio::test]
 async fn reload_over_http_needs_the_admin_token_and_reports_problems() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
+    let mut daemon = setup("1h").start().await;
     let url = daemon.url("/-/reload");
-    let r = daemon.client.post(&url).send().await.expect("POST");
-    assert_eq!(r.status(), 401);
+    let reload = async |token: Option<&str>| {
+        let mut req = daemon.http.post(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("POST");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    };
+    assert_eq!(reload(None).await.0, 401);
     // A ticket system's token is not an admin token.
-    let r = daemon
-        .client
-        .post(&url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(r.status(), 401);
+    assert_eq!(reload(Some(TOKEN)).await.0, 401);
 
-    let r = daemon
-        .client
-        .post(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.expect("json");
+    let (status, body) = reload(Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
     assert_eq!(body["rescheduled"], 0, "{body}");
 
-    std::fs::write(tmp.path().join("rules/rules.yaml"), BROKEN).expect("rules");
-    let r = daemon
-        .client
-        .post(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(r.status(), 422);
-    let body: serde_json::Value = r.json().await.expect("json");
+    daemon.write_rules(&rules("broken", &[]));
+    let (status, body) = reload(Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 422);
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("rules.yaml:6:23"), "{body}");
     let scrape = daemon.metrics().await;
@@ -431,14 +162,12 @@ async fn reload_over_http_needs_the_admin_token_and_reports_problems() {
 
 #[tokio::test]
 async fn metrics_expose_the_operations_series_after_a_case_is_sent() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let rules = HOURLY.replace("every: 1h", "every: 1s");
-    let mut daemon = Daemon::start(tmp.path(), &rules).await;
-    daemon.put_case("CASE-1").await;
+    let mut daemon = setup("1s").start().await;
+    daemon.put_case("CASE-1", &case()).await;
     // The acknowledgement, then at least one scheduled progress update.
     daemon
         .wait_metric(
-            r#"tidings_messages_total{channel="email",rule="hourly",result="sent"}"#,
+            r#"tidings_messages_total{channel="email",rule="progress",result="sent"}"#,
             1.0,
         )
         .await;
@@ -479,15 +208,12 @@ async fn metrics_expose_the_operations_series_after_a_case_is_sent() {
     assert!(!text.contains("example.com"), "{text}");
 
     // The open-case gauge follows status changes and survives a restart.
-    let r = daemon
-        .client
-        .post(daemon.url("/v1/cases/CASE-1/events"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"type": "status", "status": "on_hold"}))
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(r.status(), 200);
+    daemon
+        .event(
+            "CASE-1",
+            serde_json::json!({"type": "status", "status": "on_hold"}),
+        )
+        .await;
     let text = daemon.metrics().await;
     assert_eq!(
         metric(&text, r#"tidings_cases_open{status="open"}"#),
@@ -524,30 +250,43 @@ fn shutdown_grace_is_a_duration_with_a_ten_second_default() {
 }
 
 /// An SMTP peer that accepts connections and never says a word: a send to
-/// it stays in flight until the client's timeout.
-fn silent_smtp_peer() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+/// it stays in flight until the client's timeout. Counts the connections.
+fn silent_smtp_peer() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = peers::listener();
     let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for conn in listener.incoming().flatten() {
             held.push(conn);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
-    port
+    (port, accepted)
 }
 
 #[tokio::test]
 async fn sigterm_waits_for_sends_in_flight_no_longer_than_the_configured_grace() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let smtp = silent_smtp_peer();
-    let more = format!(
-        "email:\n  transport: smtp\n  smtp_url: smtp://127.0.0.1:{smtp}\n  from: \"Example Support <support@example.com>\"\n  timeout: 60s\nshutdown:\n  grace: 1s\n"
-    );
-    let mut daemon = Daemon::start_with(tmp.path(), HOURLY, &more).await;
-    daemon.put_case("CASE-1").await;
-    // Let the dispatcher pick the acknowledgement up and hang on the peer.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (smtp, accepted) = silent_smtp_peer();
+    let mut daemon = setup("1h")
+        .smtp(smtp)
+        .email("timeout: 60s")
+        .extra("shutdown:\n  grace: 1s\n")
+        .start()
+        .await;
+    daemon.put_case("CASE-1", &case()).await;
+    // The dispatcher has picked the acknowledgement up once it is connected
+    // to the peer, where the send hangs.
+    eventually(
+        Duration::from_secs(10),
+        "the daemon connected to the SMTP peer",
+        async || match accepted.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Err("no connection".into()),
+            _ => Ok(()),
+        },
+    )
+    .await;
     let started = Instant::now();
     daemon.stop();
     let took = started.elapsed();
@@ -569,27 +308,14 @@ async fn sigterm_waits_for_sends_in_flight_no_longer_than_the_configured_grace()
     daemon.stop();
 }
 
-fn tidings(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run tidings");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn backup_of_a_running_daemon_restores_the_case_after_the_store_is_wiped() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::start(tmp.path(), HOURLY).await;
-    let stored = daemon.put_case("CASE-1").await;
-    let cfg = tmp.path().join("tidings.yaml");
-    let cfg = cfg.to_str().expect("utf-8");
-    let online = tmp.path().join("backup-online");
+    let mut daemon = setup("1h").start().await;
+    let stored = daemon.put_case("CASE-1", &case()).await;
+    let cfg = daemon.config_arg();
+    let cfg = cfg.as_str();
+    let dir = daemon.dir.path().to_owned();
+    let online = dir.join("backup-online");
     let online = online.to_str().expect("utf-8");
 
     // Online: the store is locked by the daemon, which makes the copy.
@@ -617,21 +343,19 @@ async fn backup_of_a_running_daemon_restores_the_case_after_the_store_is_wiped()
     assert!(err.contains("--force"), "{err}");
 
     // Offline: the daemon is stopped, the command reads the store itself.
-    let offline = tmp.path().join("backup-offline");
+    let offline = dir.join("backup-offline");
     let offline = offline.to_str().expect("utf-8");
     let (code, out, err) = tidings(&["backup", "--config", cfg, "--to", offline], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("read from the stopped store"), "{out}");
 
     // Wipe, restore, and the case is back as it was.
-    std::fs::remove_dir_all(tmp.path().join("data/db")).expect("wipe");
+    std::fs::remove_dir_all(dir.join("data/db")).expect("wipe");
     let (code, out, err) = tidings(&["restore", "--config", cfg, "--from", online], &[]);
     assert_eq!(code, 0, "{err}");
     println!("{out}");
     daemon.spawn().await;
-    let r = daemon.get_case("CASE-1").await;
-    assert_eq!(r.status(), 200);
-    let restored: serde_json::Value = r.json().await.expect("json");
+    let restored = daemon.get_case("CASE-1").await;
     assert_eq!(restored["next_update_at"], stored["next_update_at"]);
     assert_eq!(restored["subject"], stored["subject"]);
     assert_eq!(restored["messages"][0]["kind"], "created");
@@ -644,7 +368,7 @@ async fn backup_of_a_running_daemon_restores_the_case_after_the_store_is_wiped()
     );
     assert_eq!(code, 0, "{err}");
     daemon.spawn().await;
-    assert_eq!(daemon.get_case("CASE-1").await.status(), 200);
+    daemon.get_case("CASE-1").await;
     daemon.stop();
 }
 
@@ -664,22 +388,23 @@ async fn metrics_count_retried_and_failed_deliveries() {
         (SmtpMode::DeferRcpt(1), r#"result="retried""#),
         (SmtpMode::RejectRcpt, r#"result="failed""#),
     ] {
-        let tmp = tempfile::tempdir().expect("tempdir");
         let (smtp, _, _) = common::smtp_server(mode);
-        let more = format!(
-            "email:\n  transport: smtp\n  smtp_url: smtp://{smtp}\n  from: \"Example Support <support@example.com>\"\n  timeout: 5s\ndelivery:\n  max_attempts: 3\n  backoff: {{ initial: 100ms, max: 400ms }}\n"
-        );
-        let mut daemon = Daemon::start_with(tmp.path(), HOURLY, &more).await;
-        daemon.put_case("CASE-1").await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let text = loop {
+        let mut daemon = setup("1h")
+            .smtp(smtp.port())
+            .email("timeout: 5s")
+            .delivery(3, "100ms", "400ms")
+            .start()
+            .await;
+        daemon.put_case("CASE-1", &case()).await;
+        let text = eventually(Duration::from_secs(20), result, async || {
             let text = daemon.metrics().await;
             if metric_sum(&text, "tidings_messages_total", &[result]) >= 1.0 {
-                break text;
+                Ok(text)
+            } else {
+                Err(text)
             }
-            assert!(Instant::now() < deadline, "no {result}:\n{text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        })
+        .await;
         let labels = [r#"channel="email""#, r#"rule="created""#, result];
         assert_eq!(
             metric_sum(&text, "tidings_messages_total", &labels),

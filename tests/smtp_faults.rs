@@ -14,16 +14,13 @@ use std::time::{Duration, Instant};
 use peers::*;
 use serde_json::json;
 
-const RULES: &str = "rules: []
-on:
-  created: { template: acknowledgement, channels: [email] }
-";
+/// The acknowledgement is the only message.
+fn setup(smtp_port: u16) -> Setup {
+    Setup::new(rules("ack-only", &[])).smtp(smtp_port)
+}
 
 fn case() -> serde_json::Value {
-    json!({
-        "subject": SUBJECT, "status": "open", "priority": "normal",
-        "customer": { "name": "Maria Hernandez", "email": EMAIL, "timezone": "UTC", "locale": "en", "channels": ["email"] }
-    })
+    case_on(&["email"])
 }
 
 /// The acknowledgement's attempts, status and error, as the history says.
@@ -40,25 +37,25 @@ async fn ack(d: &Daemon) -> (u64, String, String) {
 /// Faulty first (or no server at all), then a normal sink on the same
 /// port: the message gets there once.
 async fn transient(fault: Option<&[&str]>, what: &str) {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let port = free_port();
     let faulty = match fault {
         Some(flags) => Some(Sink::start_on(&bin, flags, port).await),
         None => None,
     };
-    let d = Daemon::start(port, RULES).await;
+    let d = setup(port).start().await;
     d.put_case("SMTP-1", &case()).await;
     // Let it fail a few times (backoff 200 ms doubling, jittered).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (attempts, error) = loop {
+    let (attempts, error) = eventually(Duration::from_secs(15), what, async || {
         let (attempts, status, error) = ack(&d).await;
         assert_eq!(status, "pending", "{what}: {error}");
         if attempts >= 2 {
-            break (attempts, error);
+            Ok((attempts, error))
+        } else {
+            Err(format!("{attempts} attempts, no retry"))
         }
-        assert!(Instant::now() < deadline, "{what}: no retry");
-        tokio::time::sleep(POLL).await;
-    };
+    })
+    .await;
     if let Some(f) = &faulty {
         assert!(
             f.mails().is_empty(),
@@ -71,17 +68,15 @@ async fn transient(fault: Option<&[&str]>, what: &str) {
         .wait_for(Instant::now() + Duration::from_secs(20), |m| !m.is_empty())
         .await;
     assert!(ok, "{what}: nothing arrived after recovery");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Once the history says sent, nothing more is on its way.
+    let h = d
+        .wait_history("SMTP-1", Duration::from_secs(5), what, |h| {
+            h[0].status == "sent"
+        })
+        .await;
     assert_eq!(good.mails().len(), 1, "{what}: exactly one copy arrived");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (total, status, _) = loop {
-        let a = ack(&d).await;
-        if a.1 == "sent" || Instant::now() > deadline {
-            break a;
-        }
-        tokio::time::sleep(POLL).await;
-    };
-    assert_eq!(status, "sent", "{what}");
+    let (total, _, _) = ack(&d).await;
+    assert_eq!(h.len(), 1, "{what}: {h:?}");
     println!(
         "smtp {what}: retried ({attempts} failed attempts, last error: {error}); delivered once on attempt {total} after recovery"
     );
@@ -113,22 +108,20 @@ async fn connection_dropped_mid_data() {
 
 #[tokio::test]
 async fn hard_5xx_fails_at_once() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start_with(&bin, &["-f", "RCPT"]).await;
-    let d = Daemon::start(sink.port, RULES).await;
+    let d = setup(sink.port).start().await;
     d.put_case("SMTP-1", &case()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (attempts, status, error) = ack(&d).await;
-        if status == "failed" {
-            assert_eq!(attempts, 1, "a permanent failure is not retried");
-            assert!(error.contains("SMTP 5"), "{error}");
-            println!("smtp 5xx on RCPT: failed on attempt 1 ({error})");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not failed: {status} {error}");
-        tokio::time::sleep(POLL).await;
-    }
+    let h = d
+        .wait_messages("SMTP-1", Duration::from_secs(10), "failed", |h| {
+            h[0]["status"] == "failed"
+        })
+        .await;
+    let (attempts, error) = (&h[0]["attempts"], h[0]["error"].as_str().unwrap_or(""));
+    assert_eq!(attempts, 1, "a permanent failure is not retried");
+    assert!(error.contains("SMTP 5"), "{error}");
+    println!("smtp 5xx on RCPT: failed on attempt 1 ({error})");
+    // Deliberate: a second (several backoffs) in which no retry may happen.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         ack(&d).await.0,
@@ -139,16 +132,20 @@ async fn hard_5xx_fails_at_once() {
 
 #[tokio::test]
 async fn a_slow_server_gets_the_message_once() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start_with(&bin, &["-w", "3"]).await;
-    let d = Daemon::start(sink.port, RULES).await;
+    let d = setup(sink.port).start().await;
     let t = Instant::now();
     d.put_case("SMTP-1", &case()).await;
     let (_, ok) = sink
         .wait_for(Instant::now() + Duration::from_secs(20), |m| !m.is_empty())
         .await;
     assert!(ok, "nothing arrived from a slow server");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once the history says sent, nothing more is on its way.
+    d.wait_history("SMTP-1", Duration::from_secs(10), "recorded as sent", |h| {
+        h[0].status == "sent"
+    })
+    .await;
     assert_eq!(sink.mails().len(), 1);
     let (attempts, status, _) = ack(&d).await;
     assert_eq!((attempts, status.as_str()), (1, "sent"));
@@ -175,9 +172,12 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_refusing_relay_gets_bounded_retries_and_memory_stays_flat() {
     const CASES: usize = 200;
-    const MAX_ATTEMPTS: usize = 10; // Daemon::start's delivery.max_attempts
+    const MAX_ATTEMPTS: usize = 10;
     let (port, transactions) = refusing_relay();
-    let d = Daemon::start(port, RULES).await;
+    let d = setup(port)
+        .delivery(MAX_ATTEMPTS as u32, "200ms", "2s")
+        .start()
+        .await;
     let pid = d.child.as_ref().expect("running").id();
     for n in 0..CASES {
         let mut body = case();
@@ -188,6 +188,7 @@ async fn a_refusing_relay_gets_bounded_retries_and_memory_stays_flat() {
     let mut rss = vec![rss_kib(pid)];
     let deadline = started + Duration::from_secs(60);
     let failed = loop {
+        // Polling, and sampling the daemon's memory, once a second.
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss.push(rss_kib(pid));
         let mut failed = 0;
@@ -202,7 +203,8 @@ async fn a_refusing_relay_gets_bounded_retries_and_memory_stays_flat() {
         }
     };
     assert_eq!(failed, CASES, "every message failed after its attempts");
-    // Nothing more is tried once they failed.
+    // Nothing more is tried once they failed: a deliberate two seconds in
+    // which the relay must see no transaction.
     tokio::time::sleep(Duration::from_secs(2)).await;
     rss.push(rss_kib(pid));
     let seen = *transactions.lock().expect("count");
@@ -256,7 +258,7 @@ fn refusing_relay() -> (u16, std::sync::Arc<std::sync::Mutex<usize>>) {
         }
     }
     let count = std::sync::Arc::new(std::sync::Mutex::new(0));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = listener();
     let port = listener.local_addr().expect("addr").port();
     let mut server = mailin_embedded::Server::new(Refuse(count.clone()));
     server

@@ -7,13 +7,11 @@
 
 mod peers;
 
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mailin_embedded::{Handler, Response, Server, SslConfig, response};
-use peers::{Daemon, EMAIL, POLL, config_head, free_port};
-use serde_json::json;
+use peers::{Daemon, Setup, case_on, eventually, listener, rules};
 
 /// Every message the server accepted, raw.
 #[derive(Clone, Default)]
@@ -61,7 +59,7 @@ fn private_pki(dir: &std::path::Path) -> (String, String, String) {
 fn starttls_server(cert: &str, key: &str) -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
     let inbox = Inbox::default();
     let mails = inbox.mails.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = listener();
     let port = listener.local_addr().expect("addr").port();
     let mut server = Server::new(inbox);
     server
@@ -93,9 +91,9 @@ async fn tls_front(cert: &str, key: &str, backend: u16) -> u16 {
         .with_single_cert(certs, key)
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = listener();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
@@ -116,41 +114,30 @@ async fn tls_front(cert: &str, key: &str, backend: u16) -> u16 {
 }
 
 async fn daemon(smtp_url: &str, ca: Option<&str>) -> Daemon {
-    let dir = tempfile::Builder::new()
-        .prefix("tidings-tls-")
-        .tempdir()
-        .expect("temp dir");
-    let port = free_port();
-    let rules = "rules: []\non:\n  created: { template: acknowledgement, channels: [email] }\n";
-    let ca = ca.map_or(String::new(), |p| format!("  tls_ca_file: {p:?}\n"));
-    let config = config_head(dir.path(), port, rules)
-        + &format!(
-            "email:
-  transport: smtp
-  smtp_url: {smtp_url}
-  from: \"Support <support@example.com>\"
-  timeout: 5s
-{ca}delivery:
-  max_attempts: 3
-  backoff: {{ initial: 200ms, max: 500ms }}
-"
-        );
-    Daemon::start_in(dir, port, &config).await
+    let mut setup = Setup::new(rules("ack-only", &[]))
+        .smtp_url(smtp_url)
+        .email("timeout: 5s")
+        .delivery(3, "200ms", "500ms");
+    if let Some(ca) = ca {
+        setup = setup.email(&format!("tls_ca_file: {ca:?}"));
+    }
+    setup.start().await
 }
 
 fn case() -> serde_json::Value {
-    json!({"subject": "Router over TLS", "customer": {"name": "Maria", "email": EMAIL}})
+    let mut case = case_on(&["email"]);
+    case["subject"] = "Router over TLS".into();
+    case
 }
 
-async fn wait_for_mail(mails: &Mutex<Vec<Vec<u8>>>, n: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if mails.lock().expect("inbox").len() >= n {
-            return true;
+async fn wait_for_mail(mails: &Mutex<Vec<Vec<u8>>>, n: usize, what: &str) {
+    eventually(Duration::from_secs(15), what, async || {
+        match mails.lock().expect("inbox").len() {
+            got if got >= n => Ok(()),
+            got => Err(format!("{got} messages at the server")),
         }
-        tokio::time::sleep(POLL).await;
-    }
-    false
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -164,29 +151,25 @@ async fn starttls_and_implicit_tls_with_a_private_authority() {
     // STARTTLS, required: the acknowledgement arrives.
     let d = daemon(&format!("smtp://localhost:{port}?tls=required"), Some(&ca)).await;
     d.put_case("TLS-1", &case()).await;
-    assert!(wait_for_mail(&mails, 1).await, "nothing over STARTTLS");
+    wait_for_mail(&mails, 1, "a message over STARTTLS").await;
     let got = String::from_utf8_lossy(&mails.lock().expect("inbox")[0]).into_owned();
     assert!(got.contains("[TLS-1]"), "{got}");
 
     // Implicit TLS through the front.
     let d2 = daemon(&format!("smtps://localhost:{front}"), Some(&ca)).await;
     d2.put_case("TLS-2", &case()).await;
-    assert!(wait_for_mail(&mails, 2).await, "nothing over smtps");
+    wait_for_mail(&mails, 2, "a message over smtps").await;
 
     // Without the authority the certificate is refused: nothing arrives,
     // the history says why (a TLS error, retried, then failed).
     let d3 = daemon(&format!("smtp://localhost:{port}?tls=required"), None).await;
     d3.put_case("TLS-3", &case()).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let error = loop {
-        let c = d3.get_case("TLS-3").await;
-        let m = &c["messages"][0];
-        if m["status"] == "failed" {
-            break m["error"].as_str().unwrap_or_default().to_owned();
-        }
-        assert!(Instant::now() < deadline, "still {m}");
-        tokio::time::sleep(POLL).await;
-    };
+    let h = d3
+        .wait_messages("TLS-3", Duration::from_secs(15), "failed", |h| {
+            h[0]["status"] == "failed"
+        })
+        .await;
+    let error = h[0]["error"].as_str().unwrap_or_default().to_owned();
     assert_eq!(
         mails.lock().expect("inbox").len(),
         2,

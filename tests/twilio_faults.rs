@@ -68,6 +68,7 @@ async fn messages(
         s.seen.push((Instant::now(), form));
         s.replies.pop_front().unwrap_or_else(Reply::created)
     };
+    // A scripted slow answer (the daemon's timeout is the subject).
     tokio::time::sleep(reply.delay).await;
     let mut headers = axum::http::HeaderMap::new();
     if let Some(r) = reply.retry_after {
@@ -92,9 +93,9 @@ async fn fake_twilio(replies: Vec<Reply>) -> (u16, Shared) {
             axum::routing::post(messages),
         )
         .with_state(script.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = listener();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -102,17 +103,11 @@ async fn fake_twilio(replies: Vec<Reply>) -> (u16, Shared) {
     (port, script)
 }
 
+/// Hourly progress by SMS, the acknowledgement on `created`.
 fn rules(created: &str) -> String {
-    format!(
-        "rules:
-  - name: slow
-    when: {{ status: [open] }}
-    every: 1h
-    channels: [sms]
-    template: progress
-on:
-  created:  {{ template: acknowledgement, channels: [{created}] }}
-"
+    peers::rules(
+        "updates",
+        &[("every", "1h"), ("progress", "sms"), ("created", created)],
     )
 }
 
@@ -134,39 +129,23 @@ digest:
   window: 0s
 "
     );
-    (Daemon::start_with(sink.port, rules, &sms).await, secrets)
+    let d = Setup::new(rules).smtp(sink.port).extra(&sms).start().await;
+    (d, secrets)
 }
 
 fn case(channels: &[&str]) -> Value {
-    json!({
-        "subject": SUBJECT,
-        "status": "open",
-        "priority": "high",
-        "customer": {
-            "name": "Maria Hernandez", "email": EMAIL, "phone": PHONE,
-            "timezone": "UTC", "locale": "en", "channels": channels
-        }
-    })
+    case_on(channels)
 }
 
+/// Waits (15 s at most) until `pred` holds for the case's messages.
 async fn history_until(
     d: &Daemon,
     id: &str,
     what: &str,
     pred: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let h = d.get_case(id).await["messages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if pred(&h) {
-            return h;
-        }
-        assert!(Instant::now() < deadline, "{what}: {h:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    d.wait_messages(id, Duration::from_secs(15), what, pred)
+        .await
 }
 
 fn seen(script: &Shared) -> Vec<(Instant, HashMap<String, String>)> {
@@ -175,7 +154,7 @@ fn seen(script: &Shared) -> Vec<(Instant, HashMap<String, String>)> {
 
 #[tokio::test]
 async fn a_429_is_retried_no_sooner_than_retry_after() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
     let mut busy = Reply::error(429, 20429);
     busy.retry_after = Some("2");
@@ -210,7 +189,7 @@ async fn a_429_is_retried_no_sooner_than_retry_after() {
 
 #[tokio::test]
 async fn a_500_and_a_timeout_are_retried_until_accepted() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
     let mut hang = Reply::created();
     hang.delay = Duration::from_secs(3);
@@ -231,7 +210,7 @@ async fn a_500_and_a_timeout_are_retried_until_accepted() {
 
 #[tokio::test]
 async fn error_21211_fails_the_sms_and_falls_back_to_email() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
     let (port, script) = fake_twilio(vec![Reply::error(400, 21211)]).await;
     let (d, _s) = daemon(&sink, port, &rules("sms")).await;
@@ -259,7 +238,7 @@ async fn error_21211_fails_the_sms_and_falls_back_to_email() {
 
 #[tokio::test]
 async fn error_21610_opts_the_number_out_for_every_case() {
-    let Some(bin) = sink_binary() else { return };
+    let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
     let (port, script) = fake_twilio(vec![Reply::error(400, 21610)]).await;
     let (d, _s) = daemon(&sink, port, &rules("sms")).await;

@@ -1,20 +1,21 @@
-//! Shared harness: a real daemon on port 0 with a temp sled store, talking
-//! SMTP to an in-process SMTP server (the `mailin-embedded` crate), so tests
-//! assert on what arrived at a mail server.
+//! The in-process harness: the daemon (`tidings::daemon::run`) on a task
+//! of the test's runtime with a temp sled store, talking SMTP to an
+//! in-process SMTP server (the `mailin-embedded` crate), so tests assert
+//! on what arrived at a mail server.
+//!
+//! Built on the shared harness (ports, config, fixtures): a test file
+//! declares `mod peers;` beside `mod common;`.
 
 #![allow(dead_code)]
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mailin_embedded::{Handler, Response, Server, response};
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-pub const TOKEN: &str = "test-token-helpdesk-0001";
-pub const OTHER_TOKEN: &str = "test-token-billing-00002";
+use crate::peers::{OTHER_TOKEN, Setup, TOKEN, eventually, listener};
 
 /// How the test SMTP server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub enum SmtpMode {
 pub struct Mail {
     pub to: Vec<String>,
     pub raw: String,
+    /// When the server had all of it.
+    pub at: Instant,
 }
 
 impl Mail {
@@ -91,6 +94,7 @@ impl Handler for Collector {
         self.mails.lock().expect("lock").push(Mail {
             to: std::mem::take(&mut self.to),
             raw: String::from_utf8_lossy(&self.buf).into_owned(),
+            at: Instant::now(),
         });
         response::OK
     }
@@ -103,7 +107,7 @@ pub type Shared<T> = Arc<Mutex<T>>;
 pub fn smtp_server(mode: SmtpMode) -> (SocketAddr, Shared<Vec<Mail>>, Shared<usize>) {
     let mails = Arc::new(Mutex::new(Vec::new()));
     let attempts = Arc::new(Mutex::new(0));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind smtp");
+    let listener = listener();
     let addr = listener.local_addr().expect("addr");
     let mut server = Server::new(Collector {
         mails: mails.clone(),
@@ -116,28 +120,8 @@ pub fn smtp_server(mode: SmtpMode) -> (SocketAddr, Shared<Vec<Mail>>, Shared<usi
     std::thread::spawn(move || {
         let _ = server.serve();
     });
-    let _: IpAddr = addr.ip();
     (addr, mails, attempts)
 }
-
-pub const FAST_RULES: &str = r#"
-rules:
-  - name: fast
-    when: { status: [open] }
-    every: 1s
-    channels: [email]
-    template: progress
-  - name: waiting
-    when: { status: [pending_customer] }
-    every: 1s
-    max_updates: 2
-    channels: [email]
-    template: reminder
-on:
-  created:  { template: acknowledgement, channels: [email] }
-  resolved: { template: resolution, channels: [email] }
-  note:     { template: note, channels: [email] }
-"#;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -150,44 +134,6 @@ pub struct TestApp {
     pub rules: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-fn sha(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-pub fn config_text(smtp: SocketAddr, rules_dir: &std::path::Path) -> String {
-    format!(
-        r#"
-listen: 127.0.0.1:0
-data_dir: ./data
-rules: {rules}
-templates: {templates}
-default_timezone: UTC
-default_locale: en
-api:
-  tokens:
-    - source: helpdesk
-      token_sha256: {t1}
-    - source: billing
-      token_sha256: {t2}
-email:
-  transport: smtp
-  smtp_url: smtp://{smtp}
-  from: "Example Support <support@example.com>"
-  pool_size: 2
-  timeout: 5s
-delivery:
-  max_attempts: 3
-  backoff: {{ initial: 100ms, max: 400ms }}
-"#,
-        rules = rules_dir.display(),
-        templates = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("templates")
-            .display(),
-        t1 = sha(TOKEN),
-        t2 = sha(OTHER_TOKEN),
-    )
 }
 
 impl TestApp {
@@ -204,16 +150,18 @@ impl TestApp {
         smtp_attempts: Arc<Mutex<usize>>,
         rules: String,
     ) -> Self {
-        let rules_dir = dir.path().join("rules");
-        std::fs::create_dir_all(&rules_dir).expect("rules dir");
-        std::fs::write(rules_dir.join("rules.yaml"), &rules).expect("rules");
-        let cfg_path = dir.path().join("tidings.yaml");
-        std::fs::write(&cfg_path, config_text(smtp, &rules_dir)).expect("config");
-        let config = tidings::config::Config::load(&cfg_path).expect("valid config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = listener();
         let addr = listener.local_addr().expect("addr");
+        let cfg_path = Setup::new(rules.as_str())
+            .smtp_url(&format!("smtp://{smtp}"))
+            .email("pool_size: 2")
+            .email("timeout: 5s")
+            .delivery(3, "100ms", "400ms")
+            .token("billing", OTHER_TOKEN)
+            .write(dir.path(), addr.port());
+        let config = tidings::config::Config::load(&cfg_path).expect("valid config");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(tidings::daemon::run(listener, config, async {
             let _ = rx.await;
@@ -299,23 +247,15 @@ impl TestApp {
 
     /// Waits until `pred` holds on the received mail, or panics at `timeout`.
     pub async fn wait_mails(&self, timeout: Duration, pred: impl Fn(&[Mail]) -> bool) -> Vec<Mail> {
-        let start = Instant::now();
-        loop {
+        eventually(timeout, "mail", async || {
             let mails = self.mails();
             if pred(&mails) {
-                return mails;
+                return Ok(mails);
             }
-            assert!(
-                start.elapsed() < timeout,
-                "timed out after {timeout:?}; got {} mails: {:?}",
-                mails.len(),
-                mails
-                    .iter()
-                    .map(|m| m.header("Subject"))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let subjects: Vec<_> = mails.iter().map(|m| m.header("Subject")).collect();
+            Err(format!("{} mails: {subjects:?}", mails.len()))
+        })
+        .await
     }
 }
 
@@ -325,12 +265,4 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
-}
-
-/// The New York example case, email only.
-pub fn case_body() -> serde_json::Value {
-    let text = include_str!("../../examples/case-en-newyork.json");
-    let mut v: serde_json::Value = serde_json::from_str(text).expect("example case");
-    v["customer"]["channels"] = serde_json::json!(["email"]);
-    v
 }
