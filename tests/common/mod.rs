@@ -132,6 +132,8 @@ pub struct TestApp {
     pub dir: Arc<tempfile::TempDir>,
     pub smtp: SocketAddr,
     pub rules: String,
+    /// The daemon's clock, when the test drives it (`spawn_on_clock`).
+    pub clock: Option<Arc<tidings::domain::clock::ManualClock>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -140,7 +142,28 @@ impl TestApp {
     pub async fn spawn(rules: &str, mode: SmtpMode) -> Self {
         let (smtp, mails, attempts) = smtp_server(mode);
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        Self::start(dir, smtp, mails, attempts, rules.to_owned()).await
+        Self::start(dir, smtp, mails, attempts, rules.to_owned(), None).await
+    }
+
+    /// As `spawn`, with the daemon on a clock the test moves (`advance`):
+    /// hours of schedule in a second of test. The workers look at the
+    /// clock at least once a second, so a wait after `advance` is short.
+    pub async fn spawn_on_clock(
+        rules: &str,
+        mode: SmtpMode,
+        clock: Arc<tidings::domain::clock::ManualClock>,
+    ) -> Self {
+        let (smtp, mails, attempts) = smtp_server(mode);
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::start(dir, smtp, mails, attempts, rules.to_owned(), Some(clock)).await
+    }
+
+    /// Moves the daemon's clock forward.
+    pub fn advance(&self, by: chrono::Duration) {
+        self.clock
+            .as_ref()
+            .expect("spawned on a manual clock")
+            .advance(by);
     }
 
     async fn start(
@@ -149,6 +172,7 @@ impl TestApp {
         mails: Arc<Mutex<Vec<Mail>>>,
         smtp_attempts: Arc<Mutex<usize>>,
         rules: String,
+        clock: Option<Arc<tidings::domain::clock::ManualClock>>,
     ) -> Self {
         let listener = listener();
         let addr = listener.local_addr().expect("addr");
@@ -163,9 +187,15 @@ impl TestApp {
         listener.set_nonblocking(true).expect("nonblocking");
         let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(tidings::daemon::run(listener, config, async {
+        let shutdown = async {
             let _ = rx.await;
-        }));
+        };
+        let task = match clock.clone() {
+            None => tokio::spawn(tidings::daemon::run(listener, config, shutdown)),
+            Some(c) => tokio::spawn(tidings::daemon::run_with_clock(
+                listener, config, shutdown, c,
+            )),
+        };
         Self {
             addr,
             base: format!("http://{addr}"),
@@ -178,6 +208,7 @@ impl TestApp {
             dir,
             smtp,
             rules,
+            clock,
             stop: Some(tx),
             task: Some(task),
         }
@@ -192,6 +223,7 @@ impl TestApp {
             self.mails.clone(),
             self.smtp_attempts.clone(),
             self.rules.clone(),
+            self.clock.clone(),
         )
         .await
     }
