@@ -44,8 +44,15 @@ pub async fn run_with_clock(
 ) -> anyhow::Result<()> {
     let mut engine =
         build_engine(&config, v7_ids(), clock.now()).map_err(|d| anyhow::anyhow!("{d}"))?;
-    std::fs::create_dir_all(&config.data_dir)?;
-    let store = SledStore::open(&config.data_dir.join("db"))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "data_dir {}: cannot create it: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let db = config.data_dir.join("db");
+    let store =
+        SledStore::open(&db).map_err(|e| anyhow::anyhow!("the store in {}: {e}", db.display()))?;
     store.set_reserve(config.storage_reserve);
     let sweeper = store.clone();
     tokio::task::spawn_blocking(move || match sweeper.sweep_keys() {

@@ -382,7 +382,7 @@ impl Service {
         keys.extend(peers.into_iter().filter(|k| *k != key));
         keys.dedup();
         let (status, cancelled) = self
-            .change(Scope::intake(&keys), |mut records, _now| {
+            .change(Scope::intake(&keys), |mut records, now| {
                 let record = records[0].take().ok_or(ServiceError::NotFound)?;
                 let mut erase = Commit {
                     erase: true,
@@ -404,13 +404,14 @@ impl Service {
                 let mut commits = vec![erase];
                 for r in records.into_iter().skip(1) {
                     commits.push(r.map_or_else(Commit::default, |mut r| {
-                        let mut touched = false;
+                        let mut cancelled_at = None;
                         for m in r.messages.iter_mut().filter(|m| digests.contains(&m.id)) {
                             m.status = DeliveryStatus::Cancelled;
                             m.error = Some("digest cancelled: a case it covered was erased".into());
-                            touched = true;
+                            cancelled_at = Some(m.due_at);
                         }
-                        if touched {
+                        if let Some(digest_at) = cancelled_at {
+                            owe_update(&mut r, digest_at, now);
                             Commit::record(r)
                         } else {
                             Commit::default()
@@ -424,4 +425,24 @@ impl Service {
         tracing::info!(case = %key, cancelled, "case erased");
         Ok(())
     }
+}
+
+/// A case whose pending digest was cancelled is still owed the update the
+/// digest carried: unless someone reached the customer since, its schedule
+/// goes back to the last message that did go out, and the scheduler looks
+/// at it at once (it gets its own update now).
+fn owe_update(r: &mut CaseRecord, digest_at: DateTime<Utc>, now: DateTime<Utc>) {
+    let s = &mut r.schedule;
+    if s.last_contact_at > digest_at {
+        return;
+    }
+    s.last_contact_at = r
+        .messages
+        .iter()
+        .filter(|m| !m.internal && m.status == DeliveryStatus::Sent)
+        .map(|m| m.sent_at.unwrap_or(m.due_at))
+        .max()
+        .unwrap_or(r.case.created_at);
+    s.rule_updates = s.rule_updates.saturating_sub(1);
+    s.due_at = Some(now);
 }

@@ -82,7 +82,17 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<St
             format!("must be at most {max} characters"),
         ));
     }
-    Ok(trimmed.to_owned())
+    // Direction overrides and marks (U+202E and kin) would let a case
+    // field reorder what a mail client shows in a subject or a name.
+    Ok(trimmed.chars().filter(|c| !is_bidi_control(*c)).collect())
+}
+
+/// The Unicode bidirectional formatting characters.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 impl CaseInput {
@@ -234,5 +244,22 @@ impl EventInput {
             Self::Status { status } => Event::Status(status),
             Self::Eta { eta } => Event::Eta(eta),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bidi_controls_never_reach_a_subject_or_a_name() {
+        let got = check_text(
+            "subject",
+            "Invoice \u{202E}fdp.exe\u{202C} \u{200F}ok",
+            500,
+            true,
+        );
+        assert_eq!(got, Ok("Invoice fdp.exe ok".to_owned()));
+        assert_eq!(check_text("name", "Zoë", 10, true), Ok("Zoë".to_owned()));
     }
 }

@@ -1,0 +1,280 @@
+//! Promises under load and races, through the binary (smtp-sink as the
+//! relay where one is needed): SIGTERM with many cases due, a relay outage
+//! that must not turn into a backlog of stale promises, one Idempotency-Key
+//! on two cases at once, acknowledgements before progress to a paced
+//! address, a big digest, and addresses no relay can deliver.
+//!
+//! Sizes are small in `cargo test`; `TIDINGS_PROMISES_CASES=N` runs the
+//! load tests with N cases (the figures in RELIABILITY.md used 5,000).
+
+mod peers;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use peers::*;
+use serde_json::{Value, json};
+
+fn cases_under_load() -> usize {
+    std::env::var("TIDINGS_PROMISES_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+/// The sample case with its own address, email only.
+fn case_for(n: usize) -> Value {
+    let mut c = case_on(&["email"]);
+    c["customer"]["email"] = json!(format!("customer{n}@example.com"));
+    c
+}
+
+/// Puts `n` cases (ids `{prefix}-{i}`), one after another.
+async fn put_many(daemon: &Daemon, prefix: &str, n: usize, body: impl Fn(usize) -> Value) {
+    for i in 0..n {
+        daemon.put_case(&format!("{prefix}-{i}"), &body(i)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_many_cases_due_every_second_exits_within_grace() {
+    let Some(bin) = smtp_sink() else { return };
+    // A slow relay (a second per DATA): sends are in flight, the rest due.
+    let sink = Sink::start_with(&bin, &["-w", "1"]).await;
+    let n = cases_under_load();
+    let mut daemon = Setup::new(rules("updates", &[("every", "1s")]))
+        .smtp(sink.port)
+        .extra("shutdown:\n  grace: 3s\ndigest:\n  window: 0s\n")
+        .start()
+        .await;
+    put_many(&daemon, "LOAD", n, case_for).await;
+    // Let the updates fall due while the relay crawls.
+    let depth = eventually(
+        Duration::from_secs(60),
+        "every case due at least once",
+        async || {
+            let m = daemon.metrics().await;
+            let due = metric(&m, "tidings_due_lateness_seconds_count").unwrap_or(0.0);
+            if due >= n as f64 {
+                Ok(metric(&m, "tidings_outbox_depth").unwrap_or(0.0))
+            } else {
+                Err(format!("{due} due instants handled"))
+            }
+        },
+    )
+    .await;
+    let (took, status) = daemon.terminate();
+    println!(
+        "load: {n} cases on every: 1s, slow relay; outbox {depth} at SIGTERM; exited in {:.2}s ({status})",
+        took.as_secs_f64()
+    );
+    assert!(status.success(), "exit {status}; log:\n{}", daemon.log());
+    assert!(
+        took <= Duration::from_secs(4),
+        "took {took:?} with a 3 s grace"
+    );
+    assert!(
+        depth <= (2 * n) as f64,
+        "outbox {depth}: more than an acknowledgement and one update per case"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_outage_leaves_one_current_update_per_case_not_a_burst_of_stale_ones() {
+    let Some(bin) = smtp_sink() else { return };
+    let port = free_port();
+    let n = 20;
+    let daemon = Setup::new(rules("updates", &[("every", "2s")]))
+        .smtp(port)
+        .delivery(100, "200ms", "1s")
+        .extra("digest:\n  window: 0s\n")
+        .start()
+        .await;
+    put_many(&daemon, "OUT", n, case_for).await;
+    // Eight seconds without a relay: four updates fall due per case.
+    let mut deepest = 0.0f64;
+    let outage = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < outage {
+        let m = daemon.metrics().await;
+        deepest = deepest.max(metric(&m, "tidings_outbox_depth").unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sink = Sink::start_on(&bin, &[], port).await;
+    let back = std::time::SystemTime::now();
+    let (_, ok) = sink
+        .wait_for(Instant::now() + Duration::from_secs(30), |m| {
+            m.len() >= 2 * n
+        })
+        .await;
+    assert!(ok, "after the outage not every case heard from us");
+    // What arrived per case in the first 1.5 s after the relay came back
+    // (the cadence allows one or two; a backlog would bring four or more).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut per_case: HashMap<String, usize> = HashMap::new();
+    let mut stale = Vec::new();
+    for i in 0..n {
+        let id = format!("OUT-{i}");
+        for m in daemon.history(&id).await {
+            if m.kind != "progress" || m.status != "sent" {
+                continue;
+            }
+            let sent_at = m.sent_at.expect("a sent message has sent_at");
+            if m.promised.is_some_and(|p| p <= sent_at) {
+                stale.push((id.clone(), m.promised, sent_at));
+            }
+            if sent_at.signed_duration_since(chrono::DateTime::<chrono::Utc>::from(back))
+                <= chrono::Duration::milliseconds(1500)
+            {
+                *per_case.entry(id.clone()).or_default() += 1;
+            }
+        }
+    }
+    let burst = per_case.values().copied().max().unwrap_or(0);
+    println!(
+        "outage: {n} cases on every: 2s, 8 s without a relay: outbox at most {deepest}; in the 1.5 s after it came back at most {burst} progress update(s) per case; {} sent promising a past time",
+        stale.len()
+    );
+    assert!(
+        deepest <= (2 * n) as f64,
+        "outbox reached {deepest}: the backlog grows while the relay is down"
+    );
+    assert!(burst <= 3, "a burst of {burst} updates to one customer");
+    assert!(stale.is_empty(), "sent promising a past time: {stale:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_on_two_cases_at_once_is_fresh_once() {
+    let daemon = Setup::new(rules("updates", &[])).start().await;
+    let mut fresh_twice = 0;
+    for trial in 0..5 {
+        let key = format!("same-key-{trial}");
+        let put = |id: String| {
+            daemon
+                .http
+                .put(daemon.url(&format!("/v1/cases/{id}")))
+                .bearer_auth(TOKEN)
+                .header("Idempotency-Key", key.clone())
+                .json(&case_on(&["email"]))
+                .send()
+        };
+        let (a, b) = tokio::join!(put(format!("A-{trial}")), put(format!("B-{trial}")));
+        let mut codes = [
+            a.expect("PUT").status().as_u16(),
+            b.expect("PUT").status().as_u16(),
+        ];
+        codes.sort_unstable();
+        if codes == [201, 201] {
+            fresh_twice += 1;
+        }
+        assert_eq!(codes, [201, 409], "trial {trial}");
+    }
+    assert_eq!(fresh_twice, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_reach_a_paced_address_before_any_progress_update() {
+    let Some(bin) = smtp_sink() else { return };
+    let sink = Sink::start(&bin).await;
+    let daemon = Setup::new(rules("updates", &[("every", "1s")]))
+        .smtp(sink.port)
+        .email("min_gap: 1s")
+        .extra("digest:\n  window: 0s\n")
+        .start()
+        .await;
+    let n = 4;
+    // One customer, four cases at once.
+    put_many(&daemon, "GAP", n, |_| case_on(&["email"])).await;
+    let (mails, ok) = sink
+        .wait_for(Instant::now() + Duration::from_secs(20), |m| m.len() > n)
+        .await;
+    assert!(ok, "only {} messages", mails.len());
+    let mut kind_of: HashMap<String, String> = HashMap::new();
+    for i in 0..n {
+        for m in daemon.history(&format!("GAP-{i}")).await {
+            kind_of.insert(m.id, m.kind);
+        }
+    }
+    let order: Vec<&str> = mails
+        .iter()
+        .map(|m| kind_of.get(m.id()).map_or("?", String::as_str))
+        .collect();
+    println!("paced arrivals: {order:?}");
+    assert!(
+        order[..n].iter().all(|k| *k == "created"),
+        "the first {n} to arrive are the acknowledgements: {order:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_too_big_to_render_still_brings_every_case_its_update() {
+    let Some(bin) = smtp_sink() else { return };
+    let sink = Sink::start(&bin).await;
+    let daemon = Setup::new(rules("updates", &[("every", "3s")]))
+        .smtp(sink.port)
+        .extra("digest:\n  window: 1h\n")
+        .start()
+        .await;
+    let n = 60;
+    put_many(&daemon, "BIG", n, |_| case_on(&["email"])).await;
+    let note = "🚚📦 The courier is on the way ".repeat(300);
+    for i in 0..n {
+        daemon
+            .event(&format!("BIG-{i}"), json!({ "type": "note", "body": note }))
+            .await;
+    }
+    for i in 0..n {
+        daemon
+            .wait_history(
+                &format!("BIG-{i}"),
+                Duration::from_secs(60),
+                "a progress update sent",
+                |h| h.iter().any(|m| m.kind == "progress" && m.status == "sent"),
+            )
+            .await;
+    }
+    let m = daemon.metrics().await;
+    let fallbacks = metric(&m, r#"tidings_digest_fallbacks_total{channel="email"}"#);
+    println!(
+        "big digest: {n} cases of one customer with {} KiB notes: every case got its update; digest fallbacks {fallbacks:?}",
+        note.len() / 1024
+    );
+    assert!(fallbacks.is_some(), "the fallback counter is exported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_no_relay_can_deliver_are_refused_at_intake() {
+    let daemon = Setup::new(rules("updates", &[])).start().await;
+    for bad in [
+        "\"a b\"@example.com",
+        "a@[127.0.0.1]",
+        "ä@bücher.example",
+        "a..b@example.com",
+    ] {
+        let mut body = case_on(&["email"]);
+        body["customer"]["email"] = json!(bad);
+        let r = daemon
+            .http
+            .put(daemon.url("/v1/cases/ADDR-1"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(r.status().as_u16(), 422, "{bad}");
+        let err: Value = r.json().await.expect("json");
+        assert_eq!(err["error"]["field"], "customer.email", "{bad}: {err}");
+    }
+    let mut body = case_on(&["email"]);
+    body["customer"]["email"] = json!("maria@bücher.example");
+    let case = daemon.put_case("ADDR-2", &body).await;
+    assert_eq!(case["customer"]["email"], "maria@xn--bcher-kva.example");
+    let r = daemon
+        .http
+        .put(daemon.url("/v1/cases/.."))
+        .bearer_auth(TOKEN)
+        .json(&case_on(&["email"]))
+        .send()
+        .await
+        .expect("PUT");
+    assert!(r.status().is_client_error(), "{}", r.status());
+}
