@@ -278,3 +278,61 @@ async fn addresses_no_relay_can_deliver_are_refused_at_intake() {
         .expect("PUT");
     assert!(r.status().is_client_error(), "{}", r.status());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_case_in_a_held_digest_gives_the_others_their_own_update() {
+    // No relay: everything stays in the outbox, retried every 5 s.
+    let daemon = Setup::new(rules("updates", &[("every", "4s")]))
+        .smtp(free_port())
+        .delivery(100, "5s", "5s")
+        .extra("digest:\n  window: 1h\n")
+        .start()
+        .await;
+    daemon.put_case("KEEP", &case_on(&["email"])).await;
+    daemon.put_case("GONE", &case_on(&["email"])).await;
+    let digest_of = |h: &[Value]| {
+        h.iter()
+            .find(|m| m["covers"].as_array().is_some_and(|c| c.len() == 2))
+            .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+    };
+    let held = daemon
+        .wait_messages("KEEP", Duration::from_secs(15), "a digest held", |h| {
+            digest_of(h).is_some()
+        })
+        .await;
+    let digest = digest_of(&held).expect("the digest");
+    let promised = held
+        .iter()
+        .find(|m| m["id"] == digest)
+        .and_then(|m| instant(&m["promised_next_update_at"]))
+        .expect("the digest's promise");
+    let r = daemon
+        .http
+        .delete(daemon.url("/v1/cases/GONE"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status().as_u16(), 204);
+    let after = daemon
+        .wait_messages("KEEP", Duration::from_secs(10), "its own update", |h| {
+            let cancelled = h
+                .iter()
+                .any(|m| m["id"] == digest && m["status"] == "cancelled");
+            // Its own update at once, not a full interval later.
+            let own = h.iter().skip_while(|m| m["id"] != digest).any(|m| {
+                m["kind"] == "progress"
+                    && m["covers"].as_array().is_none_or(|c| c.is_empty())
+                    && instant(&m["due_at"]).is_some_and(|d| d < promised)
+            });
+            cancelled && own
+        })
+        .await;
+    println!(
+        "held digest: after DELETE, KEEP's history: {:?}",
+        after
+            .iter()
+            .map(|m| (m["kind"].clone(), m["status"].clone()))
+            .collect::<Vec<_>>()
+    );
+}
