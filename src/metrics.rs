@@ -177,7 +177,7 @@ pub fn delivery(record: &CaseRecord, entry: &OutboxEntry) {
     counter!(
         MESSAGES,
         "channel" => entry.channel.as_str(),
-        "rule" => msg.rule.clone().unwrap_or_else(|| msg.kind.clone()),
+        "rule" => msg.rule.clone().unwrap_or_else(|| msg.kind.as_str().to_owned()),
         "result" => result,
     )
     .increment(1);

@@ -50,7 +50,7 @@ async fn sigterm_with_many_cases_due_every_second_exits_within_grace() {
     put_many(&daemon, "LOAD", n, case_for).await;
     // Let the updates fall due while the relay crawls.
     let depth = eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(60.max(n as u64 / 100)),
         "every case due at least once",
         async || {
             let m = daemon.metrics().await;
@@ -63,9 +63,10 @@ async fn sigterm_with_many_cases_due_every_second_exits_within_grace() {
         },
     )
     .await;
+    let rss = daemon.peak_rss_mib().unwrap_or(0.0);
     let (took, status) = daemon.terminate();
     println!(
-        "load: {n} cases on every: 1s, slow relay; outbox {depth} at SIGTERM; exited in {:.2}s ({status})",
+        "load: {n} cases on every: 1s, slow relay; outbox {depth} at SIGTERM, peak RSS {rss:.0} MiB; exited in {:.2}s ({status})",
         took.as_secs_f64()
     );
     assert!(status.success(), "exit {status}; log:\n{}", daemon.log());
@@ -77,6 +78,7 @@ async fn sigterm_with_many_cases_due_every_second_exits_within_grace() {
         depth <= (2 * n) as f64,
         "outbox {depth}: more than an acknowledgement and one update per case"
     );
+    assert!(rss <= 512.0, "peak RSS {rss:.0} MiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

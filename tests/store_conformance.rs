@@ -14,8 +14,8 @@ use std::future::Future;
 use chrono::{DateTime, Duration, Utc};
 use tidings::domain::{
     Case, CaseInput, CaseKey, CaseRecord, Channel, Content, CustomerInput, Defaults, DeliveredMark,
-    DeliveryStatus, EmailText, IdempotentResponse, MessageRecord, OptOut, OutboxEntry, Priority,
-    RECORD_VERSION, ScheduleState, Status, contact_of, parse_timezone,
+    DeliveryStatus, EmailText, IdempotentResponse, MessageRecord, OptOut, OptOutVia, OutboxEntry,
+    Priority, RECORD_VERSION, ScheduleState, Status, contact_of, parse_timezone,
 };
 use tidings::store::{Commit, SledStore, Storage, Writer, verify_backup};
 use uuid::Uuid;
@@ -88,7 +88,7 @@ fn record(case: Case, due: Option<DateTime<Utc>>) -> CaseRecord {
         },
         messages: vec![MessageRecord {
             id: Uuid::from_u128(0xACC),
-            kind: "created".into(),
+            kind: tidings::domain::MessageKind::Created,
             template: "acknowledgement".into(),
             rule: None,
             channel: Channel::Email,
@@ -139,7 +139,7 @@ fn entry(case: &CaseKey, n: u128, due: DateTime<Utc>) -> OutboxEntry {
         also: Vec::new(),
         tz: None,
         update: Some(Uuid::from_u128(n << 8)),
-        kind: "progress".into(),
+        kind: tidings::domain::MessageKind::Progress,
         template: "progress".into(),
         rule: Some("slow".into()),
         promised: Some(due + Duration::days(2)),
@@ -530,7 +530,9 @@ mod suite {
             .expect("commit");
         let email = store.contact(Channel::Email, MARIA_EMAIL);
         let phone = store.contact(Channel::Sms, MARIA_PHONE);
-        store.opt_out(phone, "sms_stop", at(1)).expect("opt out");
+        store
+            .opt_out(phone, OptOutVia::SmsStop, at(1))
+            .expect("opt out");
         assert_eq!(
             sorted(store.cases_of(email).expect("cases of")),
             vec![one.key(), two.key()]
@@ -575,7 +577,7 @@ mod suite {
             store.opted_out(phone).expect("opted out"),
             Some(OptOut {
                 at: at(1),
-                via: "sms_stop".into()
+                via: OptOutVia::SmsStop
             })
         );
 
@@ -783,13 +785,13 @@ mod suite {
         assert!(!store.opt_in(email).expect("opt in"), "nothing to lift");
 
         store
-            .opt_out(email, "unsubscribe_link", at(5))
+            .opt_out(email, OptOutVia::UnsubscribeLink, at(5))
             .expect("opt out");
         assert_eq!(
             store.opted_out(email).expect("opted out"),
             Some(OptOut {
                 at: at(5),
-                via: "unsubscribe_link".into()
+                via: OptOutVia::UnsubscribeLink
             })
         );
         assert_eq!(
@@ -806,12 +808,14 @@ mod suite {
         );
 
         // A second opt-out replaces the first.
-        store.opt_out(email, "provider", at(6)).expect("opt out");
+        store
+            .opt_out(email, OptOutVia::Provider, at(6))
+            .expect("opt out");
         assert_eq!(
             store.opted_out(email).expect("opted out"),
             Some(OptOut {
                 at: at(6),
-                via: "provider".into()
+                via: OptOutVia::Provider
             })
         );
 
@@ -976,7 +980,11 @@ mod suite {
         };
         store.commit(&r.key(), &write).expect("commit");
         store
-            .opt_out(store.contact(Channel::Sms, MARIA_PHONE), "sms_stop", at(1))
+            .opt_out(
+                store.contact(Channel::Sms, MARIA_PHONE),
+                OptOutVia::SmsStop,
+                at(1),
+            )
             .expect("opt out");
 
         let mut bytes = Vec::new();
@@ -1017,7 +1025,9 @@ mod suite {
             store.commit(&r.key(), &write).expect("commit");
             let email = store.contact(Channel::Email, MARIA_EMAIL);
             let phone = store.contact(Channel::Sms, MARIA_PHONE);
-            store.opt_out(phone, "sms_stop", at(1)).expect("opt out");
+            store
+                .opt_out(phone, OptOutVia::SmsStop, at(1))
+                .expect("opt out");
             assert_eq!(
                 store
                     .claim_send(email, Duration::hours(1), at(2))
@@ -1066,7 +1076,7 @@ mod suite {
             store.opted_out(phone).expect("opted out"),
             Some(OptOut {
                 at: at(1),
-                via: "sms_stop".into()
+                via: OptOutVia::SmsStop
             })
         );
         assert_eq!(

@@ -61,12 +61,47 @@ pub enum DeliveryStatus {
     Cancelled,
 }
 
+/// Why a message goes out: an event (`created`, `resolved`, `note`,
+/// `status`), a scheduled `progress` update (or digest), or an internal
+/// `escalation`. Stored and shown as those words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Created,
+    Resolved,
+    Note,
+    Status,
+    /// Entries stored before kinds were recorded were progress updates.
+    #[default]
+    Progress,
+    Escalation,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Resolved => "resolved",
+            Self::Note => "note",
+            Self::Status => "status",
+            Self::Progress => "progress",
+            Self::Escalation => "escalation",
+        }
+    }
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One message in a case's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageRecord {
     pub id: Uuid,
-    /// What caused it: `created`, `progress`, `resolved`, `note`, `status`, `escalation`.
-    pub kind: String,
+    /// What caused it.
+    pub kind: MessageKind,
     pub template: String,
     pub rule: Option<String>,
     pub channel: Channel,
@@ -160,7 +195,7 @@ pub struct OutboxEntry {
     #[serde(default)]
     pub update: Option<Uuid>,
     #[serde(default)]
-    pub kind: String,
+    pub kind: MessageKind,
     #[serde(default)]
     pub template: String,
     #[serde(default)]
@@ -193,8 +228,29 @@ pub struct DeliveredMark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OptOut {
     pub at: DateTime<Utc>,
-    /// `sms_stop`, `unsubscribe_link`, `provider` (e.g. Twilio 21610).
-    pub via: String,
+    pub via: OptOutVia,
+}
+
+/// How a recipient opted out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutVia {
+    /// A STOP (or kin) by SMS.
+    SmsStop,
+    /// The signed link in an email.
+    UnsubscribeLink,
+    /// The provider said so (Twilio 21610).
+    Provider,
+}
+
+impl std::fmt::Display for OptOutVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::SmsStop => "sms_stop",
+            Self::UnsubscribeLink => "unsubscribe_link",
+            Self::Provider => "provider",
+        })
+    }
 }
 
 /// A recipient on one channel, as the store knows it: keyed, not in clear.

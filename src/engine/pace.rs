@@ -7,8 +7,7 @@
 
 use std::collections::HashSet;
 
-use crate::domain::{Channel, OutboxEntry};
-use crate::engine::supersede::PROGRESS;
+use crate::domain::{Channel, MessageKind, OutboxEntry};
 
 /// A recipient on a channel, as the outbox names it.
 pub type Recipient = (Channel, String);
@@ -23,7 +22,7 @@ pub fn recipient(e: &OutboxEntry) -> Recipient {
 fn rank(e: &OutboxEntry) -> u8 {
     if e.internal {
         0
-    } else if e.kind == PROGRESS {
+    } else if e.kind == MessageKind::Progress {
         2
     } else {
         1
@@ -64,7 +63,7 @@ mod tests {
     use crate::domain::{CaseKey, Content, SmsText};
     use uuid::Uuid;
 
-    fn e(n: u128, kind: &str, to: &str, channel: Channel) -> OutboxEntry {
+    fn e(n: u128, kind: MessageKind, to: &str, channel: Channel) -> OutboxEntry {
         OutboxEntry {
             v: 1,
             id: Uuid::from_u128(n),
@@ -79,8 +78,8 @@ mod tests {
             also: Vec::new(),
             tz: None,
             update: None,
-            kind: kind.into(),
-            template: kind.into(),
+            kind,
+            template: kind.to_string(),
             rule: None,
             promised: None,
             internal: false,
@@ -95,12 +94,22 @@ mod tests {
     #[test]
     fn one_message_per_recipient_acknowledgements_first_then_oldest() {
         let due = vec![
-            e(1, PROGRESS, "+48601234567", Channel::Sms),
-            e(2, "created", "+48601234567", Channel::Sms),
-            e(3, "created", "+48601234567", Channel::Sms),
-            e(4, PROGRESS, "+12125550143", Channel::Sms),
-            e(5, PROGRESS, "maria@example.com", Channel::Email),
-            e(6, PROGRESS, "maria@example.com", Channel::Email),
+            e(1, MessageKind::Progress, "+48601234567", Channel::Sms),
+            e(2, MessageKind::Created, "+48601234567", Channel::Sms),
+            e(3, MessageKind::Created, "+48601234567", Channel::Sms),
+            e(4, MessageKind::Progress, "+12125550143", Channel::Sms),
+            e(
+                5,
+                MessageKind::Progress,
+                "maria@example.com",
+                Channel::Email,
+            ),
+            e(
+                6,
+                MessageKind::Progress,
+                "maria@example.com",
+                Channel::Email,
+            ),
         ];
         let sms_only = |c: Channel| c == Channel::Sms;
         let (go, wait) = choose(due, sms_only, &HashSet::new());
@@ -113,14 +122,14 @@ mod tests {
     #[test]
     fn a_recipient_with_a_send_in_flight_waits() {
         let due = vec![
-            e(1, "created", "+48601234567", Channel::Sms),
-            e(2, "created", "+12125550143", Channel::Sms),
+            e(1, MessageKind::Created, "+48601234567", Channel::Sms),
+            e(2, MessageKind::Created, "+12125550143", Channel::Sms),
         ];
         let busy: HashSet<Recipient> = [(Channel::Sms, "+48601234567".to_owned())].into();
         let (go, wait) = choose(due, |_| true, &busy);
         assert_eq!((ids(&go), ids(&wait)), (vec![2], vec![1]));
         // Escalations to operations never wait.
-        let mut esc = e(3, "escalation", "+48601234567", Channel::Sms);
+        let mut esc = e(3, MessageKind::Escalation, "+48601234567", Channel::Sms);
         esc.internal = true;
         let (go, wait) = choose(vec![esc], |_| true, &busy);
         assert_eq!((ids(&go), wait.len()), (vec![3], 0));

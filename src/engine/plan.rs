@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::Company;
 use crate::domain::clock::SharedIds;
-use crate::domain::{Case, Channel, Content, Event, Note, SmsText, Status};
+use crate::domain::{Case, Channel, Content, Event, MessageKind, Note, SmsText, Status};
 use crate::domain::{
     CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry, RECORD_VERSION, ScheduleState,
     contact_of,
@@ -105,20 +105,13 @@ pub struct Planned {
     pub outbox: Vec<OutboxEntry>,
 }
 
-/// Why a message goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Event(Trigger),
-    Progress,
-    Escalation,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Event(t) => t.as_str(),
-            Self::Progress => "progress",
-            Self::Escalation => "escalation",
+impl From<Trigger> for MessageKind {
+    fn from(t: Trigger) -> Self {
+        match t {
+            Trigger::Created => Self::Created,
+            Trigger::Resolved => Self::Resolved,
+            Trigger::Note => Self::Note,
+            Trigger::Status => Self::Status,
         }
     }
 }
@@ -226,7 +219,7 @@ impl Engine {
         let promised = record.schedule.next_update_at;
         let (msg, entry) = self.message(
             &[&record],
-            Kind::Progress,
+            MessageKind::Progress,
             &template,
             rule_name,
             channel,
@@ -337,7 +330,7 @@ impl Engine {
             };
             let msg = self.message(
                 &[&*record],
-                Kind::Progress,
+                MessageKind::Progress,
                 &intent.template,
                 Some(intent.rule.clone()),
                 channel,
@@ -370,7 +363,7 @@ impl Engine {
                     let group: Vec<&CaseRecord> = chunk.iter().map(|i| &planned[*i].0).collect();
                     self.message(
                         &group,
-                        Kind::Progress,
+                        MessageKind::Progress,
                         DIGEST_TEMPLATE,
                         rule,
                         channel,
@@ -442,7 +435,7 @@ impl Engine {
                 let promised = record.schedule.next_update_at;
                 let msg = self.message(
                     &[&record],
-                    Kind::Escalation,
+                    MessageKind::Escalation,
                     &esc.template,
                     Some(rule.name.clone()),
                     Channel::Email,
@@ -484,10 +477,7 @@ impl Engine {
         channel: Channel,
         now: DateTime<Utc>,
     ) -> (MessageRecord, Option<OutboxEntry>) {
-        let kind = match failed.kind.as_str() {
-            "progress" => Kind::Progress,
-            k => Trigger::parse(k).map_or(Kind::Progress, Kind::Event),
-        };
+        let kind = failed.kind;
         let (mut msg, entry) = self.message(
             records,
             kind,
@@ -562,7 +552,7 @@ impl Engine {
         for channel in self.allowed(&record.case, &on.channels) {
             let msg = self.message(
                 &[&*record],
-                Kind::Event(trigger),
+                MessageKind::from(trigger),
                 &on.template,
                 None,
                 channel,
@@ -662,7 +652,7 @@ impl Engine {
     fn message(
         &self,
         records: &[&CaseRecord],
-        kind: Kind,
+        kind: MessageKind,
         template: &str,
         rule: Option<String>,
         channel: Channel,
@@ -677,7 +667,7 @@ impl Engine {
         let internal = internal_to.is_some();
         let mut msg = MessageRecord {
             id,
-            kind: kind.as_str().to_owned(),
+            kind,
             template: template.to_owned(),
             rule: rule.clone(),
             channel,
@@ -758,7 +748,7 @@ impl Engine {
             also: records[1..].iter().map(|r| r.key()).collect(),
             tz: Some(tz),
             update: Some(update),
-            kind: kind.as_str().to_owned(),
+            kind,
             template: template.to_owned(),
             rule,
             promised,

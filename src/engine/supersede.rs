@@ -9,10 +9,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::{CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry};
-
-/// The kind of a scheduled progress update.
-pub const PROGRESS: &str = "progress";
+use crate::domain::{CaseRecord, DeliveryStatus, MessageKind, MessageRecord, OutboxEntry};
 
 /// Why a superseded message was not sent.
 pub const SUPERSEDED: &str = "superseded by a newer update before it could be sent";
@@ -25,13 +22,13 @@ pub fn supersede(record: &mut CaseRecord, fresh: &[OutboxEntry]) -> Vec<Uuid> {
     let new_ids: HashSet<Uuid> = fresh.iter().map(|e| e.id).collect();
     let channels: Vec<_> = fresh
         .iter()
-        .filter(|e| e.kind == PROGRESS && !e.internal)
+        .filter(|e| e.kind == MessageKind::Progress && !e.internal)
         .map(|e| e.channel)
         .collect();
     let mut gone = Vec::new();
     for m in &mut record.messages {
         if m.status == DeliveryStatus::Pending
-            && m.kind == PROGRESS
+            && m.kind == MessageKind::Progress
             && !m.internal
             && m.covers.is_empty()
             && channels.contains(&m.channel)
@@ -48,8 +45,8 @@ pub fn supersede(record: &mut CaseRecord, fresh: &[OutboxEntry]) -> Vec<Uuid> {
 /// Whether a progress update has gone stale before it could be sent: the
 /// time it promises has passed, so the next update is already due and
 /// will say more (and promise a time still ahead).
-pub fn stale(kind: &str, promised: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    kind == PROGRESS && promised.is_some_and(|p| p <= now)
+pub fn stale(kind: MessageKind, promised: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    kind == MessageKind::Progress && promised.is_some_and(|p| p <= now)
 }
 
 /// Whether `m` is an update that was superseded.
@@ -66,11 +63,11 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + min * 60, 0).expect("valid")
     }
 
-    fn msg(n: u128, kind: &str, channel: Channel, status: DeliveryStatus) -> MessageRecord {
+    fn msg(n: u128, kind: MessageKind, channel: Channel, status: DeliveryStatus) -> MessageRecord {
         MessageRecord {
             id: Uuid::from_u128(n),
-            kind: kind.into(),
-            template: kind.into(),
+            kind,
+            template: kind.to_string(),
             rule: Some("default".into()),
             channel,
             status,
@@ -103,7 +100,7 @@ mod tests {
             also: Vec::new(),
             tz: None,
             update: None,
-            kind: m.kind.clone(),
+            kind: m.kind,
             template: m.template.clone(),
             rule: None,
             promised: m.promised_next_update_at,
@@ -138,13 +135,13 @@ mod tests {
     #[test]
     fn a_fresh_update_supersedes_the_pending_one_on_its_channel_only() {
         use DeliveryStatus::{Pending, Sent};
-        let old_sms = msg(1, PROGRESS, Channel::Sms, Pending);
-        let old_email = msg(2, PROGRESS, Channel::Email, Pending);
-        let sent_sms = msg(3, PROGRESS, Channel::Sms, Sent);
-        let ack = msg(4, "created", Channel::Sms, Pending);
-        let mut digest = msg(5, PROGRESS, Channel::Sms, Pending);
+        let old_sms = msg(1, MessageKind::Progress, Channel::Sms, Pending);
+        let old_email = msg(2, MessageKind::Progress, Channel::Email, Pending);
+        let sent_sms = msg(3, MessageKind::Progress, Channel::Sms, Sent);
+        let ack = msg(4, MessageKind::Created, Channel::Sms, Pending);
+        let mut digest = msg(5, MessageKind::Progress, Channel::Sms, Pending);
         digest.covers = vec!["C-1".into(), "C-2".into()];
-        let fresh = msg(6, PROGRESS, Channel::Sms, Pending);
+        let fresh = msg(6, MessageKind::Progress, Channel::Sms, Pending);
         let mut r = record(vec![
             old_sms,
             old_email,
@@ -170,17 +167,17 @@ mod tests {
         assert!(was_superseded(&r.messages[0]));
         assert!(!was_superseded(&r.messages[1]));
         // An acknowledgement or other event message supersedes nothing.
-        let mut r2 = record(vec![msg(1, PROGRESS, Channel::Sms, Pending)]);
-        let ack = msg(7, "created", Channel::Sms, Pending);
+        let mut r2 = record(vec![msg(1, MessageKind::Progress, Channel::Sms, Pending)]);
+        let ack = msg(7, MessageKind::Created, Channel::Sms, Pending);
         assert!(supersede(&mut r2, &[entry(&ack)]).is_empty());
     }
 
     #[test]
     fn a_progress_update_whose_promise_has_passed_is_stale() {
-        assert!(stale(PROGRESS, Some(t(0)), t(0)));
-        assert!(stale(PROGRESS, Some(t(0)), t(1)));
-        assert!(!stale(PROGRESS, Some(t(2)), t(1)));
-        assert!(!stale(PROGRESS, None, t(1)));
-        assert!(!stale("created", Some(t(0)), t(1)));
+        assert!(stale(MessageKind::Progress, Some(t(0)), t(0)));
+        assert!(stale(MessageKind::Progress, Some(t(0)), t(1)));
+        assert!(!stale(MessageKind::Progress, Some(t(2)), t(1)));
+        assert!(!stale(MessageKind::Progress, None, t(1)));
+        assert!(!stale(MessageKind::Created, Some(t(0)), t(1)));
     }
 }

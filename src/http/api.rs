@@ -392,7 +392,7 @@ impl From<&CaseRecord> for CaseView {
                 .filter(|m| !m.internal)
                 .map(|m| MessageView {
                     id: m.id.to_string(),
-                    kind: m.kind.clone(),
+                    kind: m.kind.as_str().to_owned(),
                     template: m.template.clone(),
                     rule: m.rule.clone(),
                     channel: m.channel,

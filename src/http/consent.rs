@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::domain::{CaseId, Channel};
-use crate::domain::{CaseKey, Contact, DeliveryStatus};
+use crate::domain::{CaseKey, Contact, DeliveryStatus, OptOutVia};
 use crate::http::state::ApiState;
 use crate::service::Scope;
 use crate::store::Commit;
@@ -166,7 +166,7 @@ pub async fn sms_inbound(
     let kw = keyword(field(&params, "Body").unwrap_or_default());
     let result = match kw {
         Keyword::Stop => store
-            .opt_out(contact, "sms_stop", state.svc.now())
+            .opt_out(contact, OptOutVia::SmsStop, state.svc.now())
             .map(|()| true),
         Keyword::Start => store.opt_in(contact),
         Keyword::Help | Keyword::Other => Ok(false),
@@ -286,7 +286,7 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String
     if let Err(e) = store.room(crate::store::Writer::Internal) {
         return unavailable(e);
     }
-    if let Err(e) = store.opt_out(Contact(hash), "unsubscribe_link", state.svc.now()) {
+    if let Err(e) = store.opt_out(Contact(hash), OptOutVia::UnsubscribeLink, state.svc.now()) {
         return unavailable(e);
     }
     if let Err(e) = store.flush().await {

@@ -19,7 +19,9 @@ use uuid::Uuid;
 use crate::channels::Outcome;
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
-use crate::domain::{CaseKey, CaseRecord, Channel, DeliveryStatus, MessageRecord, OutboxEntry};
+use crate::domain::{
+    CaseKey, CaseRecord, Channel, DeliveryStatus, MessageRecord, OptOutVia, OutboxEntry,
+};
 use crate::engine::pace::{Recipient, choose, recipient};
 use crate::engine::settle::{DeliveryPolicy, Report, Settlement, settle_report};
 use crate::engine::supersede::stale;
@@ -228,10 +230,10 @@ impl Dispatcher {
         let store = &self.svc.store;
         let contact = store.contact(entry.channel, &entry.to);
         if let Some(o) = store.opted_out(contact)? {
-            return Ok(Gate::Closed(Report::OptedOut(o.via)));
+            return Ok(Gate::Closed(Report::OptedOut(o.via.to_string())));
         }
         let now = self.svc.now();
-        if stale(&entry.kind, entry.promised, now) {
+        if stale(entry.kind, entry.promised, now) {
             return Ok(Gate::Closed(Report::Stale));
         }
         if let (Some(q), Some(tz)) = (
@@ -331,7 +333,11 @@ impl Dispatcher {
                     fallback_to = Some(channel);
                 }
                 if let Settlement::OptedOut { provider: true, .. } = verdict {
-                    store.opt_out(store.contact(entry.channel, &entry.to), "provider", now)?;
+                    store.opt_out(
+                        store.contact(entry.channel, &entry.to),
+                        OptOutVia::Provider,
+                        now,
+                    )?;
                 }
                 if let Settlement::Sent { .. } = verdict
                     && !entry.internal

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Case, CaseKey, CaseRecord, Channel, Contact, DeliveredMark, IdempotentResponse, OptOut,
-    OutboxEntry, Status,
+    OptOutVia, OutboxEntry, Status,
 };
 
 mod sled;
@@ -179,7 +179,7 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
 
     // Consent and pacing.
 
-    fn opt_out(&self, contact: Contact, via: &str, now: DateTime<Utc>) -> Result<()>;
+    fn opt_out(&self, contact: Contact, via: OptOutVia, now: DateTime<Utc>) -> Result<()>;
     /// Lifts an opt-out; whether there was one.
     fn opt_in(&self, contact: Contact) -> Result<bool>;
     fn opted_out(&self, contact: Contact) -> Result<Option<OptOut>>;

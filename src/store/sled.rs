@@ -36,7 +36,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
 
-use crate::domain::{Case, Channel};
+use crate::domain::{Case, Channel, OptOutVia};
 use crate::domain::{
     CaseKey, CaseRecord, Contact, DeliveredMark, IdempotentResponse, OptOut, OutboxEntry,
     RECORD_VERSION, contact_of,
@@ -268,11 +268,8 @@ impl SledStore {
         self.unsubscribe_key
     }
 
-    pub fn opt_out(&self, contact: Contact, via: &str, now: DateTime<Utc>) -> Result<()> {
-        let v = encode(&OptOut {
-            at: now,
-            via: via.to_owned(),
-        });
+    pub fn opt_out(&self, contact: Contact, via: OptOutVia, now: DateTime<Utc>) -> Result<()> {
+        let v = encode(&OptOut { at: now, via });
         self.optouts.insert(contact.0, v)?;
         Ok(())
     }
@@ -816,7 +813,7 @@ impl super::Storage for SledStore {
     fn generated_unsubscribe_key(&self) -> [u8; 32] {
         SledStore::generated_unsubscribe_key(self)
     }
-    fn opt_out(&self, contact: Contact, via: &str, now: DateTime<Utc>) -> Result<()> {
+    fn opt_out(&self, contact: Contact, via: OptOutVia, now: DateTime<Utc>) -> Result<()> {
         SledStore::opt_out(self, contact, via, now)
     }
     fn opt_in(&self, contact: Contact) -> Result<bool> {

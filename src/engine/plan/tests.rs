@@ -296,7 +296,10 @@ fn resolution_is_sent_once_and_stops_updates() {
     assert!(p.outbox.is_empty());
     let r = record(p);
     assert_eq!(r.case.status, Resolved);
-    let resolutions = r.messages.iter().filter(|m| m.kind == "resolved");
+    let resolutions = r
+        .messages
+        .iter()
+        .filter(|m| m.kind == crate::domain::MessageKind::Resolved);
     assert_eq!(resolutions.count(), 1);
 }
 

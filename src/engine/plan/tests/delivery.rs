@@ -10,7 +10,7 @@ use super::{
 use crate::domain::Channel::{Email, Sms};
 use crate::domain::Priority::Urgent;
 use crate::domain::Status::{OnHold, Open};
-use crate::domain::{Channel, DeliveryStatus, Status};
+use crate::domain::{Channel, DeliveryStatus, MessageKind, Status};
 use crate::engine::plan::DIGEST_TEMPLATE;
 use crate::engine::render::Templates;
 
@@ -75,9 +75,12 @@ fn a_failed_update_falls_back_to_the_next_channel_with_the_same_promise() {
     assert_eq!(next, Email);
     let now = t0() + hours(5);
     // (failed kind, kind of the fallback)
-    for (kind, expected) in [("created", "created"), ("bogus", "progress")] {
+    for (kind, expected) in [
+        (MessageKind::Created, "created"),
+        (MessageKind::Progress, "progress"),
+    ] {
         let mut failed = failed.clone();
-        failed.kind = kind.into();
+        failed.kind = kind;
         let (msg, entry) = e.fallback(&[&r], &failed, next, now);
         let entry = entry.expect("renders");
         assert_eq!(msg.fallback_for, Some(failed.id));
