@@ -125,6 +125,9 @@ struct Flushes {
     running: tokio::sync::Mutex<()>,
 }
 
+/// sled's page cache.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How long a measurement of the disk's free space stands.
 const FREE_SPACE_TTL_MS: i64 = 250;
 
@@ -161,6 +164,10 @@ impl SledStore {
     pub fn open(dir: &std::path::Path) -> Result<Self> {
         let db = sled::Config::new()
             .path(dir)
+            // sled's default page cache is 1 GiB; the working set (the
+            // schedule head, the outbox head, the cases being changed) is
+            // small, and the rest is read from the OS page cache.
+            .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(500))
             .open()?;
