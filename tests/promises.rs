@@ -338,3 +338,101 @@ async fn erasing_a_case_in_a_held_digest_gives_the_others_their_own_update() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_racing_erasures_are_all_or_nothing() {
+    let n = 300;
+    let daemon = Setup::new(rules("updates", &[("every", "1h")]))
+        .admin()
+        .start()
+        .await;
+    put_many(&daemon, "RACE", n, case_for).await;
+    let reload = || {
+        daemon
+            .http
+            .post(daemon.url("/-/reload"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let delete = |i: usize| {
+        daemon
+            .http
+            .delete(daemon.url(&format!("/v1/cases/RACE-{i}")))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    // Every second case erased while reloads walk the store.
+    let mut statuses = Vec::new();
+    for chunk in (0..n).step_by(2).collect::<Vec<_>>().chunks(6) {
+        let erasures = async {
+            for i in chunk {
+                assert_eq!(delete(*i).await.expect("DELETE").status().as_u16(), 204);
+            }
+        };
+        let (r, ()) = tokio::join!(reload(), erasures);
+        statuses.push(r.expect("reload").status().as_u16());
+    }
+    let m = daemon.metrics().await;
+    let failed = metric(&m, r#"tidings_reload_total{result="failure"}"#).unwrap_or(0.0);
+    println!("reloads racing erasures: {statuses:?}; failures counted {failed}");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(failed, 0.0);
+    // The survivors all run on the rules in force.
+    for i in (1..n).step_by(2) {
+        let case = daemon.get_case(&format!("RACE-{i}")).await;
+        assert!(case["next_update_at"].is_string(), "RACE-{i}: {case}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_text_loses_direction_overrides_and_due_instants_are_counted_once() {
+    let daemon = Setup::new(rules("updates", &[("every", "1s")]))
+        .admin()
+        .start()
+        .await;
+    let mut body = case_on(&["email"]);
+    body["subject"] = json!("Invoice \u{202E}fdp.exe\u{202C} \u{200F}ready");
+    body["customer"]["name"] = json!("Maria \u{202E}Hernandez");
+    let case = daemon.put_case("BIDI-1", &body).await;
+    assert_eq!(case["subject"], "Invoice fdp.exe ready");
+    assert_eq!(case["customer"]["name"], "Maria Hernandez");
+    // Each progress update is one due instant handled, not two.
+    let h = daemon
+        .wait_history(
+            "BIDI-1",
+            Duration::from_secs(15),
+            "three updates sent",
+            |h| {
+                h.iter()
+                    .filter(|m| m.kind == "progress" && m.status == "sent")
+                    .count()
+                    >= 3
+            },
+        )
+        .await;
+    let m = daemon.metrics().await;
+    let handled = metric(&m, "tidings_due_lateness_seconds_count").unwrap_or(0.0);
+    let planned = h.iter().filter(|m| m.kind == "progress").count() as f64;
+    println!("due instants handled {handled}, progress updates planned {planned}");
+    assert!(
+        (handled - planned).abs() <= 1.0,
+        "{handled} due instants for {planned} updates"
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_that_cannot_be_used_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, "x").expect("a file");
+    let config = Setup::new(rules("updates", &[]))
+        .data_dir(&file)
+        .write(dir.path(), free_port());
+    let config = config.display().to_string();
+    let (code, _, stderr) = tidings(&["serve", "--config", &config], &[]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains(&file.display().to_string()),
+        "the path is named: {stderr}"
+    );
+}
