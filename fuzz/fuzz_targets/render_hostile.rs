@@ -27,11 +27,13 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
+use tidings::channels::email::EmailTransport;
 use tidings::channels::email::Mailer;
-use tidings::config::{Config, EmailTransport};
+use tidings::config::Config;
 use tidings::domain::{Case, CaseInput, Channel, CustomerInput, EventInput, Locale, Note};
+use tidings::domain::{Content, EmailText as EmailContent};
 use tidings::engine::plan::Engine;
-use tidings::engine::render::{CaseView, EmailContent, MessageContext};
+use tidings::engine::render::{CaseView, MessageContext};
 use tidings::engine::rules::RuleSet;
 use tidings_fuzz::Hostile;
 
@@ -385,7 +387,10 @@ fn check_mime(input: &Input, case: Case) {
         .expect("the message parses");
     assert_eq!(
         parsed.subject(),
-        Some(entry.content.subject.as_str()),
+        match &entry.content {
+            Content::Email(e) => Some(e.subject.as_str()),
+            Content::Sms(_) => None,
+        },
         "the subject does not read back:\n{head}"
     );
     let to = parsed.to().and_then(|t| t.first()).expect("one recipient");
