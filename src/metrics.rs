@@ -31,6 +31,7 @@ pub const DUE_LATENESS: &str = "tidings_due_lateness_seconds";
 pub const RELOADS: &str = "tidings_reload_total";
 pub const HTTP_REQUESTS: &str = "tidings_http_requests_total";
 pub const DIGEST_FALLBACKS: &str = "tidings_digest_fallbacks_total";
+pub const RENDER_FAILURES: &str = "tidings_render_failures_total";
 
 /// Lateness buckets: a scheduler in good health is within a second.
 const LATENESS_BUCKETS: &[f64] = &[
@@ -90,6 +91,10 @@ fn describe() {
     for channel in ["email", "sms"] {
         counter!(DIGEST_FALLBACKS, "channel" => channel).absolute(0);
     }
+    metrics::describe_counter!(
+        RENDER_FAILURES,
+        "Messages whose template failed to render (filed as failed on the history)"
+    );
     for result in ["success", "failure"] {
         counter!(RELOADS, "result" => result).absolute(0);
     }
@@ -191,6 +196,11 @@ pub fn due_lateness(due: DateTime<Utc>, now: DateTime<Utc>) {
 /// A reload finished.
 pub fn reload(ok: bool) {
     counter!(RELOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+}
+
+/// A message's template failed to render.
+pub fn render_failure(template: &str) {
+    counter!(RENDER_FAILURES, "template" => template.to_owned()).increment(1);
 }
 
 /// A digest fell back to per-case messages.

@@ -293,7 +293,11 @@ impl Service {
                 let case = input.into_case(id, source, &self.defaults, created_at, note)?;
                 let created = existing.is_none();
                 let before = existing.as_ref().map(|r| r.case.status);
+                let before_len = existing.as_ref().map_or(0, |r| r.messages.len());
                 let planned = self.engine.load().upsert(existing, case, now);
+                if let Some(r) = &planned.record {
+                    report_render_failures(&keys[0], before_len, r);
+                }
                 let (commit, record) = Self::commit_planned(planned, created, idem, respond, now)?;
                 Ok((vec![commit], Reply::Done((record, created, before))))
             })
@@ -331,7 +335,11 @@ impl Service {
                     .ok_or(ServiceError::NotFound)?;
                 let kind = event.kind();
                 let before = record.case.status;
+                let before_len = record.messages.len();
                 let planned = self.engine.load().event(record, event, now);
+                if let Some(r) = &planned.record {
+                    report_render_failures(&keys[0], before_len, r);
+                }
                 let (commit, record) = Self::commit_planned(planned, false, idem, respond, now)?;
                 Ok((vec![commit], Reply::Done((record, kind, before))))
             })
@@ -445,4 +453,17 @@ fn owe_update(r: &mut CaseRecord, digest_at: DateTime<Utc>, now: DateTime<Utc>) 
         .unwrap_or(r.case.created_at);
     s.rule_updates = s.rule_updates.saturating_sub(1);
     s.due_at = Some(now);
+}
+
+/// Logs and counts the messages planning added to `record` (after the
+/// first `before`) whose template failed to render: they are filed as
+/// failed and never reach the outbox, so this is where an operator hears
+/// of them.
+pub fn report_render_failures(key: &CaseKey, before: usize, record: &CaseRecord) {
+    for m in record.messages.iter().skip(before) {
+        if m.status == DeliveryStatus::Failed && m.attempts == 0 && m.sent_at.is_none() {
+            crate::metrics::render_failure(&m.template);
+            tracing::error!(case = %key, msg_id = %m.id, template = %m.template, error = m.error.as_deref().unwrap_or(""), "a message could not be rendered");
+        }
+    }
 }

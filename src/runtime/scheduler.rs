@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{CaseKey, CaseRecord};
 use crate::engine::supersede::supersede;
 use crate::runtime::supervise::{Heartbeat, injected_panic};
-use crate::service::{Scope, Service, ServiceError};
+use crate::service::{Scope, Service, ServiceError, report_render_failures};
 use crate::store::{Commit, StoreError};
 
 /// Runs until `cancel` fires.
@@ -94,6 +94,7 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError
                 );
             }
             let slots: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+            let lens: Vec<usize> = group.iter().map(|(_, r)| r.messages.len()).collect();
             let (planned, fallbacks) = engine.due_group_reporting(
                 group.into_iter().map(|(_, r)| r).collect(),
                 now,
@@ -106,7 +107,12 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError
             let mut commits = vec![Commit::default(); keys.len()];
             let mut messages = 0;
             let mut superseded = 0;
-            for (slot, (mut record, outbox_put)) in slots.into_iter().zip(planned) {
+            for ((slot, before), (mut record, outbox_put)) in
+                slots.into_iter().zip(lens).zip(planned)
+            {
+                if let Some(r) = &record {
+                    report_render_failures(&keys[slot], before, r);
+                }
                 messages += outbox_put.len();
                 if let Some(r) = record.as_mut()
                     && r.schedule.due_at.is_some_and(|d| d <= now)
