@@ -94,7 +94,11 @@ pub async fn run_with_clock(
             public_url: config.public_url.clone(),
             help_text: config.sms.help_text.clone(),
         })),
+        inbound: config.inbound.clone().into(),
     };
+    for e in &config.inbound {
+        crate::metrics::inbound_configured(e.system.as_str(), &e.source);
+    }
     let cancel = CancellationToken::new();
     crate::runtime::reload::on_sighup(reloader.clone(), cancel.clone())?;
     let beats = [Heartbeat::new("scheduler"), Heartbeat::new("dispatcher")];

@@ -32,6 +32,10 @@ pub const RELOADS: &str = "tidings_reload_total";
 pub const HTTP_REQUESTS: &str = "tidings_http_requests_total";
 pub const DIGEST_FALLBACKS: &str = "tidings_digest_fallbacks_total";
 pub const RENDER_FAILURES: &str = "tidings_render_failures_total";
+pub const INBOUND_UNMAPPED: &str = "tidings_inbound_unmapped_total";
+
+/// What an inbound webhook may carry that tidings has no mapping for.
+const INBOUND_WHATS: [&str; 5] = ["status", "priority", "time_zone", "locale", "phone"];
 
 /// Lateness buckets: a scheduler in good health is within a second.
 const LATENESS_BUCKETS: &[f64] = &[
@@ -94,6 +98,10 @@ fn describe() {
     metrics::describe_counter!(
         RENDER_FAILURES,
         "Messages whose template failed to render (filed as failed on the history)"
+    );
+    metrics::describe_counter!(
+        INBOUND_UNMAPPED,
+        "Ticket-system webhook values accepted without a mapping (the last known or default value kept), by system, source and what"
     );
     for result in ["success", "failure"] {
         counter!(RELOADS, "result" => result).absolute(0);
@@ -206,6 +214,21 @@ pub fn render_failure(template: &str) {
 /// A digest fell back to per-case messages.
 pub fn digest_fallback(channel: Channel) {
     counter!(DIGEST_FALLBACKS, "channel" => channel.as_str()).increment(1);
+}
+
+/// An `inbound:` entry is configured: its unmapped-value series start at 0.
+pub fn inbound_configured(system: &str, source: &str) {
+    for what in INBOUND_WHATS {
+        counter!(INBOUND_UNMAPPED, "system" => system.to_owned(), "source" => source.to_owned(), "what" => what)
+            .absolute(0);
+    }
+}
+
+/// A ticket system sent a value with no mapping (`what`: status, priority,
+/// time_zone, locale or phone); the webhook was accepted all the same.
+pub fn inbound_unmapped(system: &str, source: &str, what: &'static str) {
+    counter!(INBOUND_UNMAPPED, "system" => system.to_owned(), "source" => source.to_owned(), "what" => what)
+        .increment(1);
 }
 
 /// Middleware: counts every response by status code.

@@ -134,7 +134,7 @@ const MAX_LINES: usize = 600;
 /// violation, so the list only ever shrinks to what is true.
 const LONG_FILES: &[(&str, &str)] = &[
     (
-        "src/config.rs",
+        "src/config/mod.rs",
         "one file format: each raw YAML shape sits beside the validation that turns it into settings, with one diagnostics path",
     ),
     (

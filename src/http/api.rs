@@ -139,6 +139,38 @@ impl From<BytesRejection> for AppError {
     }
 }
 
+impl From<crate::http::inbound::Refusal> for AppError {
+    fn from(r: crate::http::inbound::Refusal) -> Self {
+        use crate::http::inbound::Refusal;
+        match r {
+            Refusal::Service(e) => e.into(),
+            Refusal::Http {
+                status,
+                code,
+                message,
+                field,
+            } => Self {
+                status,
+                code,
+                message,
+                field,
+            },
+        }
+    }
+}
+
+/// `POST /v1/inbound/{system}/{source}`: a ticket system's own webhook
+/// (`http::inbound`), answered in this API's error shape.
+async fn inbound_webhook(
+    State(state): State<ApiState>,
+    Path((system, source)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body?;
+    Ok(crate::http::inbound::receive(&state, &system, &source, &headers, &body).await?)
+}
+
 /// Parses JSON: broken syntax is a 400, a wrong shape a 422 naming the field.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -612,6 +644,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/sms/inbound",
             axum::routing::post(crate::http::consent::sms_inbound),
+        )
+        .route(
+            "/v1/inbound/{system}/{source}",
+            axum::routing::post(inbound_webhook),
         )
         .route(
             "/v1/sms/status",

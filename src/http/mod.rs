@@ -1,8 +1,10 @@
 //! The HTTP layer: the case API, Twilio's webhooks and unsubscribe links,
+//! ticket systems' webhooks,
 //! the admin routes, and the server that runs them.
 
 pub mod admin;
 pub mod api;
 pub mod consent;
+pub mod inbound;
 pub mod serve;
 pub mod state;

@@ -23,6 +23,10 @@ use crate::domain::{
 use crate::engine::schedule::QuietHours;
 use crate::engine::settle::DeliveryPolicy;
 
+mod inbound;
+
+pub use inbound::{InboundEntry, InboundSystem};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -44,6 +48,7 @@ struct RawConfig {
     log: Option<LogConfig>,
     admin: Option<RawAdmin>,
     shutdown: Option<RawShutdown>,
+    inbound: Option<Vec<Spanned<inbound::RawInbound>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +283,8 @@ pub struct Config {
     pub admin_token_sha256: Option<[u8; 32]>,
     /// How long sends in flight may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// Ticket systems' webhooks (`POST /v1/inbound/{system}/{source}`).
+    pub inbound: Vec<InboundEntry>,
 }
 
 impl Config {
@@ -337,7 +344,7 @@ impl Config {
         };
 
         let data_dir = rel(raw.data_dir.as_deref().unwrap_or("./data"));
-        let tokens = raw
+        let tokens: Vec<ApiToken> = raw
             .api
             .map(|api| {
                 api.tokens
@@ -400,6 +407,18 @@ impl Config {
             &mut errors,
         );
         let delivery = resolve_delivery(path, raw.delivery, &mut errors);
+        let defaults = Defaults {
+            timezone: default_timezone,
+            locale: default_locale.clone(),
+        };
+        let inbound = inbound::resolve(
+            path,
+            base,
+            raw.inbound.unwrap_or_default(),
+            &tokens,
+            &defaults,
+            &mut errors,
+        );
 
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
@@ -437,6 +456,7 @@ impl Config {
             log: raw.log.unwrap_or_default(),
             admin_token_sha256,
             shutdown_grace,
+            inbound,
         })
     }
 }

@@ -1,0 +1,272 @@
+//! Ticket systems' own webhooks through the binary:
+//! `POST /v1/inbound/{zendesk,zammad}/helpdesk` with the bodies in
+//! `tests/fixtures/inbound/`, signed as each system signs them, and the
+//! case the API then shows (`GET /v1/cases/{id}` with the source's token).
+
+mod peers;
+
+use base64::Engine as _;
+use chrono::{SecondsFormat, Utc};
+use hmac::{Hmac, Mac};
+use peers::*;
+use serde_json::Value;
+
+const ZENDESK_SECRET: &str = "zendesk-webhook-secret-0001";
+const ZAMMAD_SECRET: &str = "zammad-webhook-secret-0002";
+
+fn body(path: &str) -> Vec<u8> {
+    std::fs::read(repo("tests/fixtures/inbound").join(path)).expect("fixture")
+}
+
+fn setup() -> Setup {
+    Setup::new(rules("updates", &[]))
+        .extra(
+            "inbound:
+  - system: zendesk
+    source: helpdesk
+    secret_env: ZENDESK_WEBHOOK_SECRET
+    default_region: US
+  - system: zammad
+    source: helpdesk
+    secret_env: ZAMMAD_WEBHOOK_SECRET
+    default_region: AU
+    default_timezone: Australia/Sydney
+",
+        )
+        .env("ZENDESK_WEBHOOK_SECRET", ZENDESK_SECRET)
+        .env("ZAMMAD_WEBHOOK_SECRET", ZAMMAD_SECRET)
+}
+
+/// Posts `body` to the route with `headers`; returns the status and body.
+async fn post(d: &Daemon, system: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(d.url(&format!("/v1/inbound/{system}/helpdesk")))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.expect("answer");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Zendesk's headers for `body`, signed at `at` (RFC 3339) with `secret`.
+fn zendesk_headers(
+    body: &[u8],
+    at: &str,
+    secret: &str,
+    invocation: &str,
+) -> Vec<(&'static str, String)> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(at.as_bytes());
+    mac.update(body);
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    vec![
+        ("x-zendesk-webhook-signature", sig),
+        ("x-zendesk-webhook-signature-timestamp", at.to_owned()),
+        ("x-zendesk-webhook-invocation-id", invocation.to_owned()),
+        (
+            "x-zendesk-webhook-id",
+            "01F1KRFQ6BG29CNWFR60NK5FNY".to_owned(),
+        ),
+    ]
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+async fn zendesk(d: &Daemon, fixture: &str, invocation: &str) -> (u16, Value) {
+    let b = body(&format!("zendesk/{fixture}.json"));
+    post(
+        d,
+        "zendesk",
+        &b,
+        &zendesk_headers(&b, &now(), ZENDESK_SECRET, invocation),
+    )
+    .await
+}
+
+fn zammad_headers(body: &[u8], secret: &str, delivery: &str) -> Vec<(&'static str, String)> {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    vec![
+        (
+            "x-hub-signature",
+            format!("sha1={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+        ("x-zammad-delivery", delivery.to_owned()),
+        ("x-zammad-trigger", "tidings".to_owned()),
+    ]
+}
+
+async fn zammad(d: &Daemon, fixture: &str, delivery: &str) -> (u16, Value) {
+    let b = body(&format!("zammad/{fixture}.json"));
+    post(
+        d,
+        "zammad",
+        &b,
+        &zammad_headers(&b, ZAMMAD_SECRET, delivery),
+    )
+    .await
+}
+
+/// The kinds of the case's messages, oldest first.
+async fn kinds_of(d: &Daemon, id: &str) -> Vec<String> {
+    d.messages(id)
+        .await
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn zendesk_trigger_webhooks_drive_a_case_from_created_to_resolved() {
+    let d = setup().start().await;
+
+    let (status, answer) = zendesk(&d, "created", "8350205582").await;
+    assert_eq!(status, 201, "{answer}");
+    let case = d.get_case("4021").await;
+    assert_eq!(
+        case["customer"]["timezone"], "America/New_York",
+        "a Rails zone"
+    );
+    assert_eq!(case["customer"]["phone"], "+12125550143", "a local phone");
+    assert_eq!(case["priority"], "urgent");
+    assert_eq!(kinds_of(&d, "4021").await, ["created"]);
+
+    // A redelivery: the same answer, nothing changes.
+    let before = d.get_case("4021").await;
+    let (status, again) = zendesk(&d, "created", "8350205582").await;
+    assert_eq!((status, &again), (201, &answer));
+    assert_eq!(
+        d.get_case("4021").await,
+        before,
+        "the replay changed the case"
+    );
+
+    let (status, _) = zendesk(&d, "public-comment", "8350205583").await;
+    assert_eq!(status, 200);
+    assert_eq!(kinds_of(&d, "4021").await, ["created", "note"]);
+    let note = &d.get_case("4021").await["latest_note"]["body"];
+    assert_eq!(note, "We have ordered a new fuser; it arrives on Friday.");
+
+    let (status, _) = zendesk(&d, "internal-comment", "8350205584").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        kinds_of(&d, "4021").await,
+        ["created", "note"],
+        "an internal comment is silent"
+    );
+
+    let (status, _) = zendesk(&d, "custom-status", "8350205585").await;
+    assert_eq!(status, 200, "an unknown status is no 4xx");
+    assert_eq!(
+        d.get_case("4021").await["status"],
+        "open",
+        "the last known status stays"
+    );
+    d.wait_metric(
+        r#"tidings_inbound_unmapped_total{system="zendesk",source="helpdesk",what="status"}"#,
+        1.0,
+    )
+    .await;
+
+    let (status, _) = zendesk(&d, "solved", "8350205586").await;
+    assert_eq!(status, 200);
+    assert_eq!(d.get_case("4021").await["status"], "resolved");
+    assert_eq!(kinds_of(&d, "4021").await, ["created", "note", "resolved"]);
+
+    // Refused: forged, stale, not Zendesk's shape, no such entry.
+    let b = body("zendesk/public-comment.json");
+    let forged = zendesk_headers(&b, &now(), "not-the-secret-at-all", "8350205590");
+    assert_eq!(post(&d, "zendesk", &b, &forged).await.0, 401);
+    assert_eq!(post(&d, "zendesk", &b, &[]).await.0, 401, "unsigned");
+    let old =
+        (Utc::now() - chrono::Duration::minutes(6)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let (status, err) = post(
+        &d,
+        "zendesk",
+        &b,
+        &zendesk_headers(&b, &old, ZENDESK_SECRET, "8350205591"),
+    )
+    .await;
+    assert_eq!(status, 401, "{err}");
+    assert_eq!(err["error"]["code"], "bad_signature");
+    let junk = br#"{"ticket": {"id": 1}}"#;
+    let (status, err) = post(
+        &d,
+        "zendesk",
+        junk,
+        &zendesk_headers(junk, &now(), ZENDESK_SECRET, "8350205592"),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "bad_payload");
+    let (status, err) = post(&d, "freshdesk", &b, &[]).await;
+    assert_eq!(status, 404, "{err}");
+    assert_eq!(kinds_of(&d, "4021").await, ["created", "note", "resolved"]);
+    assert!(
+        !d.log().contains("maria.hernandez@example.com"),
+        "an address in the log"
+    );
+}
+
+#[tokio::test]
+async fn zammad_trigger_webhooks_drive_a_case_from_created_to_resolved() {
+    let d = setup().start().await;
+
+    let (status, answer) = zammad(&d, "created", "5d8b1e3c-0001").await;
+    assert_eq!(status, 201, "{answer}");
+    let case = d.get_case("10081").await;
+    assert_eq!(case["customer"]["name"], "Emily Adams");
+    assert_eq!(
+        case["customer"]["phone"], "+61298765432",
+        "the mobile, read in AU"
+    );
+    assert_eq!(
+        case["customer"]["timezone"], "Australia/Sydney",
+        "the entry's default"
+    );
+    assert_eq!(
+        kinds_of(&d, "10081").await,
+        ["created"],
+        "a customer's article is no note"
+    );
+
+    let before = d.get_case("10081").await;
+    assert_eq!(zammad(&d, "created", "5d8b1e3c-0001").await, (201, answer));
+    assert_eq!(
+        d.get_case("10081").await,
+        before,
+        "the replay changed the case"
+    );
+
+    assert_eq!(zammad(&d, "public-comment", "5d8b1e3c-0002").await.0, 200);
+    assert_eq!(kinds_of(&d, "10081").await, ["created", "note"]);
+    assert_eq!(
+        d.get_case("10081").await["latest_note"]["body"],
+        "We replaced the fuser."
+    );
+    // The same delivery again: still one note.
+    assert_eq!(zammad(&d, "public-comment", "5d8b1e3c-0002").await.0, 200);
+    assert_eq!(kinds_of(&d, "10081").await, ["created", "note"]);
+
+    assert_eq!(zammad(&d, "internal-comment", "5d8b1e3c-0003").await.0, 200);
+    assert_eq!(
+        kinds_of(&d, "10081").await,
+        ["created", "note"],
+        "an internal article is silent"
+    );
+
+    assert_eq!(zammad(&d, "solved", "5d8b1e3c-0004").await.0, 200);
+    assert_eq!(d.get_case("10081").await["status"], "resolved");
+    assert_eq!(kinds_of(&d, "10081").await, ["created", "note", "resolved"]);
+
+    let b = body("zammad/public-comment.json");
+    let forged = zammad_headers(&b, "not-the-secret-at-all", "5d8b1e3c-0009");
+    assert_eq!(post(&d, "zammad", &b, &forged).await.0, 401);
+    assert_eq!(post(&d, "zammad", &b, &[]).await.0, 401, "unsigned");
+    assert_eq!(kinds_of(&d, "10081").await, ["created", "note", "resolved"]);
+}
