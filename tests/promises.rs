@@ -177,15 +177,22 @@ async fn one_idempotency_key_on_two_cases_at_once_is_fresh_once() {
 async fn acknowledgements_reach_a_paced_address_before_any_progress_update() {
     let Some(bin) = smtp_sink() else { return };
     let sink = Sink::start(&bin).await;
-    let daemon = Setup::new(rules("updates", &[("every", "1s")]))
+    let daemon = Setup::new(rules("updates", &[("every", "2s")]))
         .smtp(sink.port)
         .email("min_gap: 1s")
         .extra("digest:\n  window: 0s\n")
         .start()
         .await;
     let n = 4;
-    // One customer, four cases at once.
-    put_many(&daemon, "GAP", n, |_| case_on(&["email"])).await;
+    // One customer, four cases at once (concurrently, so all four exist
+    // before the first progress update can fall due, even on a busy machine).
+    let body = case_on(&["email"]);
+    tokio::join!(
+        daemon.put_case("GAP-0", &body),
+        daemon.put_case("GAP-1", &body),
+        daemon.put_case("GAP-2", &body),
+        daemon.put_case("GAP-3", &body),
+    );
     let (mails, ok) = sink
         .wait_for(Instant::now() + Duration::from_secs(20), |m| m.len() > n)
         .await;
