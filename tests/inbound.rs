@@ -1,5 +1,5 @@
 //! Ticket systems' own webhooks through the binary:
-//! `POST /v1/inbound/{zendesk,zammad}/helpdesk` with the bodies in
+//! `POST /v1/inbound/{zendesk,zammad,freshdesk,jira-sm}/helpdesk` with the bodies in
 //! `tests/fixtures/inbound/`, signed as each system signs them, and the
 //! case the API then shows (`GET /v1/cases/{id}` with the source's token).
 
@@ -13,6 +13,8 @@ use serde_json::Value;
 
 const ZENDESK_SECRET: &str = "zendesk-webhook-secret-0001";
 const ZAMMAD_SECRET: &str = "zammad-webhook-secret-0002";
+const FRESHDESK_TOKEN: &str = "freshdesk-shared-token-0003";
+const JIRA_SECRET: &str = "jira-webhook-secret-0004";
 
 fn body(path: &str) -> Vec<u8> {
     std::fs::read(repo("tests/fixtures/inbound").join(path)).expect("fixture")
@@ -31,10 +33,19 @@ fn setup() -> Setup {
     secret_env: ZAMMAD_WEBHOOK_SECRET
     default_region: AU
     default_timezone: Australia/Sydney
+  - system: freshdesk
+    source: helpdesk
+    secret_env: FRESHDESK_WEBHOOK_TOKEN
+    default_region: GB
+  - system: jira-sm
+    source: helpdesk
+    secret_env: JIRA_WEBHOOK_SECRET
 ",
         )
         .env("ZENDESK_WEBHOOK_SECRET", ZENDESK_SECRET)
         .env("ZAMMAD_WEBHOOK_SECRET", ZAMMAD_SECRET)
+        .env("FRESHDESK_WEBHOOK_TOKEN", FRESHDESK_TOKEN)
+        .env("JIRA_WEBHOOK_SECRET", JIRA_SECRET)
 }
 
 /// Posts `body` to the route with `headers`; returns the status and body.
@@ -112,6 +123,36 @@ async fn zammad(d: &Daemon, fixture: &str, delivery: &str) -> (u16, Value) {
     .await
 }
 
+async fn freshdesk(d: &Daemon, fixture: &str, token: &str) -> (u16, Value) {
+    let b = body(&format!("freshdesk/{fixture}.json"));
+    post(d, "freshdesk", &b, &[("x-tidings-token", token.to_owned())]).await
+}
+
+fn jira_headers(body: &[u8], secret: &str, delivery: &str) -> Vec<(&'static str, String)> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    vec![
+        (
+            "x-hub-signature",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+        ("x-atlassian-webhook-identifier", delivery.to_owned()),
+        ("x-atlassian-webhook-flow", "Primary".to_owned()),
+    ]
+}
+
+async fn jira(d: &Daemon, fixture: &str, delivery: &str) -> (u16, Value) {
+    let b = body(&format!("jira-sm/{fixture}.json"));
+    post(d, "jira-sm", &b, &jira_headers(&b, JIRA_SECRET, delivery)).await
+}
+
+/// The case without its messages (whose delivery goes on meanwhile).
+async fn case_of(d: &Daemon, id: &str) -> Value {
+    let mut c = d.get_case(id).await;
+    c.as_object_mut().map(|o| o.remove("messages"));
+    c
+}
+
 /// The kinds of the case's messages, oldest first.
 async fn kinds_of(d: &Daemon, id: &str) -> Vec<String> {
     d.messages(id)
@@ -137,11 +178,11 @@ async fn zendesk_trigger_webhooks_drive_a_case_from_created_to_resolved() {
     assert_eq!(kinds_of(&d, "4021").await, ["created"]);
 
     // A redelivery: the same answer, nothing changes.
-    let before = d.get_case("4021").await;
+    let before = case_of(&d, "4021").await;
     let (status, again) = zendesk(&d, "created", "8350205582").await;
     assert_eq!((status, &again), (201, &answer));
     assert_eq!(
-        d.get_case("4021").await,
+        case_of(&d, "4021").await,
         before,
         "the replay changed the case"
     );
@@ -204,7 +245,7 @@ async fn zendesk_trigger_webhooks_drive_a_case_from_created_to_resolved() {
     .await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["error"]["code"], "bad_payload");
-    let (status, err) = post(&d, "freshdesk", &b, &[]).await;
+    let (status, err) = post(&d, "freshservice", &b, &[]).await;
     assert_eq!(status, 404, "{err}");
     assert_eq!(kinds_of(&d, "4021").await, ["created", "note", "resolved"]);
     assert!(
@@ -235,10 +276,10 @@ async fn zammad_trigger_webhooks_drive_a_case_from_created_to_resolved() {
         "a customer's article is no note"
     );
 
-    let before = d.get_case("10081").await;
+    let before = case_of(&d, "10081").await;
     assert_eq!(zammad(&d, "created", "5d8b1e3c-0001").await, (201, answer));
     assert_eq!(
-        d.get_case("10081").await,
+        case_of(&d, "10081").await,
         before,
         "the replay changed the case"
     );
@@ -269,4 +310,172 @@ async fn zammad_trigger_webhooks_drive_a_case_from_created_to_resolved() {
     assert_eq!(post(&d, "zammad", &b, &forged).await.0, 401);
     assert_eq!(post(&d, "zammad", &b, &[]).await.0, 401, "unsigned");
     assert_eq!(kinds_of(&d, "10081").await, ["created", "note", "resolved"]);
+}
+
+#[tokio::test]
+async fn freshdesk_automation_webhooks_drive_a_case_from_created_to_resolved() {
+    let d = setup().start().await;
+
+    let (status, answer) = freshdesk(&d, "created", FRESHDESK_TOKEN).await;
+    assert_eq!(status, 201, "{answer}");
+    let case = d.get_case("1207").await;
+    assert_eq!(
+        case["customer"]["phone"], "+447911123456",
+        "the mobile, read in GB"
+    );
+    assert_eq!(
+        case["customer"]["timezone"], "Europe/London",
+        "a Rails zone"
+    );
+    assert_eq!(case["priority"], "urgent");
+    assert_eq!(kinds_of(&d, "1207").await, ["created"]);
+
+    // A retry of the same body: the same answer, nothing changes.
+    let before = case_of(&d, "1207").await;
+    assert_eq!(
+        freshdesk(&d, "created", FRESHDESK_TOKEN).await,
+        (201, answer)
+    );
+    assert_eq!(
+        case_of(&d, "1207").await,
+        before,
+        "the retry changed the case"
+    );
+
+    assert_eq!(
+        freshdesk(&d, "public-comment", FRESHDESK_TOKEN).await.0,
+        200
+    );
+    assert_eq!(kinds_of(&d, "1207").await, ["created", "note"]);
+    let case = d.get_case("1207").await;
+    assert_eq!(
+        case["latest_note"]["body"],
+        "An engineer visits on Tuesday morning."
+    );
+    assert_eq!(case["status"], "pending_customer");
+    assert_eq!(
+        freshdesk(&d, "public-comment", FRESHDESK_TOKEN).await.0,
+        200
+    );
+    assert_eq!(kinds_of(&d, "1207").await, ["created", "note"], "a retry");
+
+    assert_eq!(
+        freshdesk(&d, "internal-comment", FRESHDESK_TOKEN).await.0,
+        200
+    );
+    assert_eq!(
+        kinds_of(&d, "1207").await,
+        ["created", "note"],
+        "a private note is silent"
+    );
+
+    assert_eq!(freshdesk(&d, "custom-status", FRESHDESK_TOKEN).await.0, 200);
+    assert_eq!(
+        d.get_case("1207").await["status"],
+        "pending_customer",
+        "the last known status stays"
+    );
+    d.wait_metric(
+        r#"tidings_inbound_unmapped_total{system="freshdesk",source="helpdesk",what="status"}"#,
+        1.0,
+    )
+    .await;
+
+    assert_eq!(freshdesk(&d, "solved", FRESHDESK_TOKEN).await.0, 200);
+    assert_eq!(d.get_case("1207").await["status"], "resolved");
+    assert_eq!(kinds_of(&d, "1207").await, ["created", "note", "resolved"]);
+
+    let (status, err) = freshdesk(&d, "public-comment", "not-the-token-at-all-0000").await;
+    assert_eq!(status, 401, "{err}");
+    assert_eq!(err["error"]["code"], "bad_signature");
+    let b = body("freshdesk/public-comment.json");
+    assert_eq!(post(&d, "freshdesk", &b, &[]).await.0, 401, "no token");
+    assert_eq!(kinds_of(&d, "1207").await, ["created", "note", "resolved"]);
+    assert!(
+        !d.log().contains("oliver.smith@example.com"),
+        "an address in the log"
+    );
+    assert!(!d.log().contains(FRESHDESK_TOKEN), "the token in the log");
+}
+
+#[tokio::test]
+async fn jira_service_management_webhooks_drive_a_case_from_created_to_resolved() {
+    let d = setup().start().await;
+
+    let (status, answer) = jira(&d, "created", "0a1b-0001").await;
+    assert_eq!(status, 201, "{answer}");
+    let case = d.get_case("SUP-42").await;
+    assert_eq!(case["customer"]["name"], "Ana Lima");
+    assert_eq!(case["customer"]["timezone"], "America/Sao_Paulo");
+    assert_eq!(case["priority"], "high");
+    assert_eq!(kinds_of(&d, "SUP-42").await, ["created"]);
+
+    let before = case_of(&d, "SUP-42").await;
+    assert_eq!(jira(&d, "created", "0a1b-0001").await, (201, answer));
+    assert_eq!(
+        case_of(&d, "SUP-42").await,
+        before,
+        "the redelivery changed the case"
+    );
+
+    assert_eq!(jira(&d, "public-comment", "0a1b-0002").await.0, 200);
+    assert_eq!(kinds_of(&d, "SUP-42").await, ["created", "note"]);
+    assert_eq!(
+        d.get_case("SUP-42").await["latest_note"]["body"],
+        "Please reinstall the VPN client version 5.2."
+    );
+    assert_eq!(jira(&d, "public-comment", "0a1b-0002").await.0, 200);
+    assert_eq!(
+        kinds_of(&d, "SUP-42").await,
+        ["created", "note"],
+        "a redelivery"
+    );
+
+    assert_eq!(jira(&d, "internal-comment", "0a1b-0003").await.0, 200);
+    assert_eq!(
+        kinds_of(&d, "SUP-42").await,
+        ["created", "note"],
+        "an internal comment is silent"
+    );
+
+    assert_eq!(jira(&d, "custom-status", "0a1b-0004").await.0, 200);
+    assert_eq!(
+        d.get_case("SUP-42").await["status"],
+        "pending_customer",
+        "the last known status stays"
+    );
+    d.wait_metric(
+        r#"tidings_inbound_unmapped_total{system="jira-sm",source="helpdesk",what="status"}"#,
+        1.0,
+    )
+    .await;
+
+    assert_eq!(jira(&d, "solved", "0a1b-0005").await.0, 200);
+    assert_eq!(d.get_case("SUP-42").await["status"], "resolved");
+    assert_eq!(
+        kinds_of(&d, "SUP-42").await,
+        ["created", "note", "resolved"]
+    );
+
+    // A reporter whose address is hidden: no case, counted.
+    let (status, answer) = jira(&d, "hidden-email", "0a1b-0006").await;
+    assert_eq!((status, &answer["case"]), (200, &Value::Null), "{answer}");
+    d.wait_metric(
+        r#"tidings_inbound_unmapped_total{system="jira-sm",source="helpdesk",what="contact"}"#,
+        1.0,
+    )
+    .await;
+
+    let b = body("jira-sm/public-comment.json");
+    let forged = jira_headers(&b, "not-the-secret-at-all", "0a1b-0009");
+    assert_eq!(post(&d, "jira-sm", &b, &forged).await.0, 401);
+    assert_eq!(post(&d, "jira-sm", &b, &[]).await.0, 401, "unsigned");
+    assert_eq!(
+        kinds_of(&d, "SUP-42").await,
+        ["created", "note", "resolved"]
+    );
+    assert!(
+        !d.log().contains("ana.lima@example.com"),
+        "an address in the log"
+    );
 }

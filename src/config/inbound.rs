@@ -33,6 +33,8 @@ pub(super) struct RawInbound {
 pub enum InboundSystem {
     Zendesk,
     Zammad,
+    Freshdesk,
+    JiraSm,
 }
 
 impl InboundSystem {
@@ -40,6 +42,8 @@ impl InboundSystem {
         match self {
             Self::Zendesk => "zendesk",
             Self::Zammad => "zammad",
+            Self::Freshdesk => "freshdesk",
+            Self::JiraSm => "jira-sm",
         }
     }
 }
@@ -84,19 +88,13 @@ pub(super) fn resolve(
         let system = match raw.system.value.trim() {
             "zendesk" => Some(InboundSystem::Zendesk),
             "zammad" => Some(InboundSystem::Zammad),
-            s @ ("freshdesk" | "jira-sm") => {
-                errors.push(Diagnostic::at(
-                    file,
-                    &raw.system,
-                    format!("inbound.system: `{s}` is not yet supported (zendesk, zammad are)"),
-                ));
-                None
-            }
+            "freshdesk" => Some(InboundSystem::Freshdesk),
+            "jira-sm" => Some(InboundSystem::JiraSm),
             s => {
                 errors.push(Diagnostic::at(
                     file,
                     &raw.system,
-                    format!("inbound.system: `{s}` is none of zendesk, zammad"),
+                    format!("inbound.system: `{s}` is none of zendesk, zammad, freshdesk, jira-sm"),
                 ));
                 None
             }
@@ -250,11 +248,35 @@ mod tests {
     }
 
     #[test]
+    fn freshdesk_and_jira_entries_are_accepted_with_numbered_statuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("fd.token"), "freshdesk-token-0123456789").expect("write");
+        std::fs::write(dir.path().join("jira.secret"), "jira-secret-0123456789").expect("write");
+        let cfg = Config::parse(
+            &dir.path().join("t.yaml"),
+            &format!(
+                "{BASE}inbound:\n  - system: freshdesk\n    source: helpdesk\n    secret_file: fd.token\n    statuses: {{ \"6\": on_hold, 7: resolved }}\n  - system: jira-sm\n    source: helpdesk\n    secret_file: jira.secret\n    statuses: {{ With Legal: on_hold }}\n"
+            ),
+        )
+        .expect("valid");
+        use crate::config::InboundSystem;
+        use crate::domain::Status;
+        assert_eq!(cfg.inbound[0].system, InboundSystem::Freshdesk);
+        assert_eq!(cfg.inbound[0].statuses.get("6"), Some(&Status::OnHold));
+        assert_eq!(cfg.inbound[0].statuses.get("7"), Some(&Status::Resolved));
+        assert_eq!(cfg.inbound[1].system, InboundSystem::JiraSm);
+        assert_eq!(
+            cfg.inbound[1].statuses.get("with legal"),
+            Some(&Status::OnHold)
+        );
+    }
+
+    #[test]
     fn mistakes_are_named_with_their_position() {
-        let err = parse("inbound:\n  - system: freshdesk\n    source: helpdesk\n    secret_env: NOPE_NOT_SET_ANYWHERE\n")
-            .expect_err("unsupported");
+        let err = parse("inbound:\n  - system: freshservice\n    source: helpdesk\n    secret_env: NOPE_NOT_SET_ANYWHERE\n")
+            .expect_err("unknown system");
         assert!(
-            err.contains("t.yaml:6:13: inbound.system: `freshdesk` is not yet supported"),
+            err.contains("t.yaml:6:13: inbound.system: `freshservice` is none of zendesk, zammad, freshdesk, jira-sm"),
             "{err}"
         );
         let err = parse("inbound:\n  - system: zammad\n    source: billing\n    secret_env: X\n    colour: red\n")

@@ -1,8 +1,9 @@
 //! `POST /v1/inbound/{system}/{source}`: a ticket system's own webhook,
 //! turned into the case API's calls.
 //!
-//! Each system's module checks the signature (401 when bad, missing or, for
-//! Zendesk, older than five minutes) and maps the payload (400 when it is
+//! Each system's module checks the signature or, for Freshdesk, the shared
+//! token header (401 when bad, missing or, for Zendesk, older than five
+//! minutes) and maps the payload (400 when it is
 //! not the system's shape) into a `Mapped`: the case as `PUT` takes it and
 //! the event a public agent comment makes. Here the case is upserted
 //! (`Service::put_case`), then the event applied (`Service::post_event`),
@@ -12,10 +13,17 @@
 //! status or the entry's default is kept, a warning logged (no personal
 //! data) and `tidings_inbound_unmapped_total` counted.
 //!
+//! A webhook whose customer has neither an email address nor a phone
+//! number (Jira hides addresses by profile visibility) keeps the existing
+//! case's; with no case yet it is answered 200 `{"case":null}`, stores
+//! nothing and counts `what="contact"`.
+//!
 //! Answers: 201 `{"case","created":true}` when the webhook created the
 //! case, 200 `{"case","created":false}` when it updated one; a redelivery
 //! replays the first answer with `Idempotent-Replayed: true`.
 
+mod freshdesk;
+mod jira;
 mod zammad;
 mod zendesk;
 
@@ -134,6 +142,11 @@ pub async fn receive(
             zammad::verify(entry, headers, body)?,
             zammad::map(entry, body)?,
         ),
+        InboundSystem::Freshdesk => (
+            freshdesk::verify(entry, headers, body)?,
+            freshdesk::map(entry, body)?,
+        ),
+        InboundSystem::JiraSm => (jira::verify(entry, headers, body)?, jira::map(entry, body)?),
     };
     for what in &mapped.unmapped {
         crate::metrics::inbound_unmapped(system, source, what);
@@ -150,6 +163,30 @@ pub async fn receive(
         Err(e) => return Err(e.into()),
     };
     let mut case = mapped.case;
+    if case.customer.email.is_none() && case.customer.phone.is_none() {
+        // Jira may hide the reporter's address: the case keeps what it
+        // had; a new one with no way to reach the customer is not stored.
+        match existing.as_ref().map(|r| &r.case.customer) {
+            Some(c) if c.email.is_some() || c.phone.is_some() => {
+                case.customer.email = c.email.as_ref().map(ToString::to_string);
+                case.customer.phone = c.phone.as_ref().map(ToString::to_string);
+            }
+            _ => {
+                crate::metrics::inbound_unmapped(system, source, "contact");
+                tracing::warn!(
+                    system,
+                    case = %format_args!("{source}/{}", mapped.id),
+                    what = "contact",
+                    "inbound: no email address or phone number; no case stored"
+                );
+                return Ok((
+                    StatusCode::OK,
+                    Json(serde_json::json!({"case": null, "created": false})),
+                )
+                    .into_response());
+            }
+        }
+    }
     case.status = mapped
         .status
         .or(existing.as_ref().map(|r| r.case.status))
