@@ -27,6 +27,9 @@ mod jira;
 mod zammad;
 mod zendesk;
 
+#[cfg(test)]
+mod extra_fields;
+
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
