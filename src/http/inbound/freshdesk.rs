@@ -17,10 +17,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Mapped, Person, Refusal, case_id, header, some, status};
+use super::{Mapped, Person, Refusal, case_id, case_input, header, some, status};
 use crate::config::{InboundEntry, InboundSystem};
 use crate::domain::normalise::html_to_text;
-use crate::domain::{CaseInput, CustomerInput, EventInput, Priority, Status};
+use crate::domain::{EventInput, Priority, Status};
 
 /// Freshdesk's built-in statuses, by number and by name.
 const STATUSES: &[(&str, Status)] = &[
@@ -132,7 +132,9 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let status = status(entry, STATUSES, &text(&t.status), &mut unmapped);
     let priority = priority(&text(&t.priority), &mut unmapped);
     let r = &t.requester;
-    let (phone, timezone, locale) = Person {
+    let customer = Person {
+        name: some(rendered(&r.name)).unwrap_or_else(|| "Customer".to_owned()),
+        email: some(rendered(&r.email)),
         phone: &[rendered(&r.mobile), rendered(&r.phone)],
         time_zone: rendered(&r.time_zone),
         language: rendered(&r.language),
@@ -145,23 +147,13 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     });
     Ok(Mapped {
         id,
-        case: CaseInput {
-            subject: rendered(&t.subject).to_owned(),
-            status: status.unwrap_or(Status::Open),
+        case: case_input(
+            rendered(&t.subject).to_owned(),
+            status,
             priority,
-            customer: CustomerInput {
-                name: some(rendered(&r.name)).unwrap_or_else(|| "Customer".to_owned()),
-                email: some(rendered(&r.email)),
-                phone,
-                timezone: Some(timezone),
-                locale: Some(locale),
-                channels: None,
-            },
-            assignee: some(rendered(&t.agent)),
-            eta: None,
-            tags: Vec::new(),
-            fields: Default::default(),
-        },
+            customer,
+            some(rendered(&t.agent)),
+        ),
         status,
         event,
         unmapped,

@@ -18,10 +18,10 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{Mapped, Person, Refusal, case_id, header, some};
+use super::{Mapped, Person, Refusal, case_id, case_input, header, some};
 use crate::config::{InboundEntry, InboundSystem};
 use crate::domain::normalise::adf_to_text;
-use crate::domain::{CaseInput, CustomerInput, EventInput, Priority, Status};
+use crate::domain::{EventInput, Priority, Status};
 
 /// Jira Service Management's default workflow statuses, lower-cased.
 const STATUSES: &[(&str, Status)] = &[
@@ -197,7 +197,9 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let priority = priority(f.priority.as_ref().map_or("", |p| &p.name), &mut unmapped);
     let none = User::default();
     let r = f.reporter.as_ref().unwrap_or(&none);
-    let (phone, timezone, locale) = Person {
+    let customer = Person {
+        name: some(&r.display_name).unwrap_or_else(|| "Customer".to_owned()),
+        email: r.email_address.as_deref().and_then(some),
         phone: &[],
         time_zone: r.time_zone.as_deref().unwrap_or(""),
         language: r.locale.as_deref().unwrap_or(""),
@@ -218,23 +220,13 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
         });
     Ok(Mapped {
         id,
-        case: CaseInput {
-            subject: f.summary.clone(),
-            status: status.unwrap_or(Status::Open),
+        case: case_input(
+            f.summary.clone(),
+            status,
             priority,
-            customer: CustomerInput {
-                name: some(&r.display_name).unwrap_or_else(|| "Customer".to_owned()),
-                email: r.email_address.as_deref().and_then(some),
-                phone,
-                timezone: Some(timezone),
-                locale: Some(locale),
-                channels: None,
-            },
-            assignee: f.assignee.as_ref().and_then(|a| some(&a.display_name)),
-            eta: None,
-            tags: Vec::new(),
-            fields: Default::default(),
-        },
+            customer,
+            f.assignee.as_ref().and_then(|a| some(&a.display_name)),
+        ),
         status,
         event,
         unmapped,

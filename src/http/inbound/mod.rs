@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::config::{InboundEntry, InboundSystem};
-use crate::domain::{CaseId, CaseInput, CaseRecord, EventInput, Priority, Status};
+use crate::domain::{CaseId, CaseInput, CaseRecord, CustomerInput, EventInput, Priority, Status};
 use crate::http::state::ApiState;
 use crate::service::{Idempotency, Reply, ServiceError};
 
@@ -290,17 +290,15 @@ fn priority(theirs: &str, unmapped: &mut Vec<&'static str>) -> Priority {
 /// The customer's contact details and zone, normalised; what does not read
 /// is left out (phone) or defaulted (zone, locale) and named in `unmapped`.
 struct Person<'a> {
+    name: String,
+    email: Option<String>,
     phone: &'a [&'a str],
     time_zone: &'a str,
     language: &'a str,
 }
 
 impl Person<'_> {
-    fn read(
-        &self,
-        entry: &InboundEntry,
-        unmapped: &mut Vec<&'static str>,
-    ) -> (Option<String>, String, String) {
+    fn read(&self, entry: &InboundEntry, unmapped: &mut Vec<&'static str>) -> CustomerInput {
         let given: Vec<&str> = self
             .phone
             .iter()
@@ -327,11 +325,35 @@ impl Person<'_> {
                 entry.defaults.locale.clone()
             }),
         };
-        (
-            phone.map(|p| p.to_string()),
-            tz.name().to_owned(),
-            locale.to_string(),
-        )
+        CustomerInput {
+            name: self.name.clone(),
+            email: self.email.clone(),
+            phone: phone.map(|p| p.to_string()),
+            timezone: Some(tz.name().to_owned()),
+            locale: Some(locale.to_string()),
+            channels: None,
+        }
+    }
+}
+
+/// The case as every system's webhook gives it; an unmapped status reads
+/// as open here (the caller keeps the last known one).
+fn case_input(
+    subject: String,
+    status: Option<Status>,
+    priority: Priority,
+    customer: CustomerInput,
+    assignee: Option<String>,
+) -> CaseInput {
+    CaseInput {
+        subject,
+        status: status.unwrap_or(Status::Open),
+        priority,
+        customer,
+        assignee,
+        eta: None,
+        tags: Vec::new(),
+        fields: Default::default(),
     }
 }
 

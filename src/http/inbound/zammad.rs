@@ -12,10 +12,10 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha1::Sha1;
 
-use super::{Mapped, Person, Refusal, case_id, header, priority, some, status};
+use super::{Mapped, Person, Refusal, case_id, case_input, header, priority, some, status};
 use crate::config::{InboundEntry, InboundSystem};
 use crate::domain::normalise::html_to_text;
-use crate::domain::{CaseInput, CustomerInput, EventInput, Status};
+use crate::domain::{EventInput, Status};
 
 /// Zammad's default ticket states.
 const STATES: &[(&str, Status)] = &[
@@ -137,7 +137,9 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let status = status(entry, STATES, t.state.name(), &mut unmapped);
     let priority = priority(t.priority.as_ref().map_or("", Named::name), &mut unmapped);
     let c = &t.customer;
-    let (phone, timezone, locale) = Person {
+    let customer = Person {
+        name: c.name(),
+        email: c.email.as_deref().and_then(some),
         phone: &[
             c.mobile.as_deref().unwrap_or(""),
             c.phone.as_deref().unwrap_or(""),
@@ -160,27 +162,16 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     });
     Ok(Mapped {
         id,
-        case: CaseInput {
-            subject: t.title.clone(),
-            status: status.unwrap_or(Status::Open),
+        case: case_input(
+            t.title.clone(),
+            status,
             priority,
-            customer: CustomerInput {
-                name: c.name(),
-                email: c.email.as_deref().and_then(some),
-                phone,
-                timezone: Some(timezone),
-                locale: Some(locale),
-                channels: None,
-            },
-            assignee: t
-                .owner
+            customer,
+            t.owner
                 .as_ref()
                 .map(Customer::name)
                 .filter(|n| n != "Customer"),
-            eta: None,
-            tags: Vec::new(),
-            fields: Default::default(),
-        },
+        ),
         status,
         event,
         unmapped,

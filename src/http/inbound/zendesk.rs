@@ -16,10 +16,10 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::{Mapped, Person, Refusal, case_id, fresh, header, priority, some, status};
+use super::{Mapped, Person, Refusal, case_id, case_input, fresh, header, priority, some, status};
 use crate::config::{InboundEntry, InboundSystem};
 use crate::domain::normalise::html_to_text;
-use crate::domain::{CaseInput, CustomerInput, EventInput, Status};
+use crate::domain::{EventInput, Status};
 
 /// Zendesk's statuses as `{{ticket.status}}` renders them, lower-cased.
 const STATUSES: &[(&str, Status)] = &[
@@ -126,7 +126,9 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let status = status(entry, STATUSES, &b.ticket.status, &mut unmapped);
     let priority = priority(&b.ticket.priority, &mut unmapped);
     let r = &b.ticket.requester;
-    let (phone, timezone, locale) = Person {
+    let customer = Person {
+        name: r.name.clone(),
+        email: some(&r.email),
         phone: &[&r.phone],
         time_zone: &r.time_zone,
         language: &r.language,
@@ -144,23 +146,13 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     });
     Ok(Mapped {
         id,
-        case: CaseInput {
-            subject: b.ticket.title,
-            status: status.unwrap_or(Status::Open),
+        case: case_input(
+            b.ticket.title,
+            status,
             priority,
-            customer: CustomerInput {
-                name: r.name.clone(),
-                email: some(&r.email),
-                phone,
-                timezone: Some(timezone),
-                locale: Some(locale),
-                channels: None,
-            },
-            assignee: some(&b.ticket.assignee),
-            eta: None,
-            tags: Vec::new(),
-            fields: Default::default(),
-        },
+            customer,
+            some(&b.ticket.assignee),
+        ),
         status,
         event,
         unmapped,
