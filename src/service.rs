@@ -179,8 +179,17 @@ impl Service {
         for key in scope.keys {
             records.push(self.store.get(key)?);
         }
+        let old_due: Vec<Option<DateTime<Utc>>> = records
+            .iter()
+            .map(|r| r.as_ref().and_then(|r| r.schedule.due_at))
+            .collect();
         let now = self.clock.now();
         let (commits, value) = decide(records, now)?;
+        // Only a moved due instant is news to the scheduler (a recorded
+        // send, say, is not).
+        let rescheduled = commits.iter().zip(&old_due).any(|(c, old)| {
+            c.erase || c.record.as_ref().is_some_and(|r| r.schedule.due_at != *old)
+        });
         debug_assert_eq!(commits.len(), scope.keys.len(), "one commit per key");
         let changes: Vec<(&CaseKey, &Commit)> = scope
             .keys
@@ -198,7 +207,7 @@ impl Service {
         if changes.iter().any(|(_, c)| !c.outbox_put.is_empty()) {
             self.wake_dispatcher.notify_one();
         }
-        if changes.iter().any(|(_, c)| c.record.is_some() || c.erase) {
+        if rescheduled {
             self.wake_scheduler.notify_one();
         }
         Ok(value)

@@ -321,11 +321,13 @@ impl Dispatcher {
                     _ => Vec::new(),
                 };
                 let mut fallback_to = None;
-                let records: Vec<CaseRecord> = live.iter().map(|(_, r)| r.clone()).collect();
-                if verdict.falls_back()
-                    && !entry.internal
-                    && let Some((channel, msg, fallback)) = self.fallback(entry, &records, now)
-                {
+                let fell_back = if verdict.falls_back() && !entry.internal {
+                    let records: Vec<&CaseRecord> = live.iter().map(|(_, r)| r).collect();
+                    self.fallback(entry, &records, now)
+                } else {
+                    None
+                };
+                if let Some((channel, msg, fallback)) = fell_back {
                     for (_, r) in &mut live {
                         r.messages.push(msg.clone());
                     }
@@ -378,10 +380,10 @@ impl Dispatcher {
     fn fallback(
         &self,
         entry: &OutboxEntry,
-        records: &[CaseRecord],
+        records: &[&CaseRecord],
         now: DateTime<Utc>,
     ) -> Option<(Channel, MessageRecord, Option<OutboxEntry>)> {
-        let primary = records.iter().find(|r| r.key() == entry.case)?;
+        let primary = *records.iter().find(|r| r.key() == entry.case)?;
         let update = entry.update?;
         let siblings = primary
             .messages
@@ -396,7 +398,7 @@ impl Dispatcher {
         }
         let channel = self.svc.engine.load().next_channel(&primary.case, &tried)?;
         let mut refs: Vec<&CaseRecord> = vec![primary];
-        refs.extend(records.iter().filter(|r| r.key() != entry.case));
+        refs.extend(records.iter().copied().filter(|r| r.key() != entry.case));
         let (msg, out) = self.svc.engine.load().fallback(&refs, entry, channel, now);
         Some((channel, msg, out))
     }
