@@ -159,18 +159,40 @@ fn generated_key(meta: &sled::Tree, name: &str) -> Result<[u8; 32]> {
     })
 }
 
+/// How long an open waits for a handle this process has just dropped: sled's
+/// IO threads can hold the database's lock file for a moment after the last
+/// handle goes. Another process holding it is still refused, only later.
+const LOCK_RELEASE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens `config`'s database, retrying while its lock is held (see
+/// [`LOCK_RELEASE`]).
+pub(crate) fn open_when_released(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`. One process per database.
     pub fn open(dir: &std::path::Path) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // sled's default page cache is 1 GiB; the working set (the
             // schedule head, the outbox head, the cases being changed) is
             // small, and the rest is read from the OS page cache.
             .cache_capacity(CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(500))
-            .open()?;
+            .flush_every_ms(Some(500));
+        let db = open_when_released(&config)?;
         let meta = db.open_tree("meta")?;
         let salt = generated_key(&meta, "contact_salt")?;
         let unsubscribe_key = generated_key(&meta, "unsubscribe_key")?;

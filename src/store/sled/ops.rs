@@ -186,7 +186,7 @@ impl SledStore {
         bytes: &[u8],
     ) -> std::result::Result<BackupSummary, BackupError> {
         let parsed = parse_backup(bytes)?;
-        let db = sled::Config::new().path(dir).open()?;
+        let db = super::open_when_released(&sled::Config::new().path(dir))?;
         let keyring = seal::Keyring::open(dir)?;
         // Values come back sealed under their case's new key, as if written
         // now: a case's key for its record and its outbox entries, a key of
@@ -373,7 +373,8 @@ mod tests {
         salt[0] = 1;
         assert!(seal::key_id(&salt).is_some(), "it looks sealed");
         {
-            let db = sled::open(&dir).expect("sled");
+            let db =
+                super::super::open_when_released(&sled::Config::new().path(&dir)).expect("sled");
             let meta = db.open_tree("meta").expect("meta");
             meta.insert("contact_salt", &salt).expect("insert");
             db.flush().expect("flush");
