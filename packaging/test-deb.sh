@@ -38,6 +38,9 @@ want_file /usr/share/tidings/templates/tl/progress.email.j2
 want_file /usr/share/tidings/templates/progress.sms.j2
 want_file /usr/share/tidings/templates/digest.email.j2
 want_file /usr/share/doc/tidings/README.md
+want_file /usr/share/tidings/inbound/zendesk-trigger-body.json
+want_file /usr/share/tidings/inbound/freshdesk-automation-body.json
+want_file /usr/share/tidings/inbound/mapping.yaml
 grep -qx /etc/tidings/tidings.yaml "$root/var/lib/dpkg/info/tidings.conffiles" \
   || fail "/etc/tidings/tidings.yaml is not a conffile"
 echo "ok  /etc/tidings/tidings.yaml is a conffile"

@@ -94,7 +94,7 @@ pub async fn run_with_clock(
             public_url: config.public_url.clone(),
             help_text: config.sms.help_text.clone(),
         })),
-        inbound: config.inbound.clone().into(),
+        inbound: reloader.inbound(),
     };
     for e in &config.inbound {
         crate::metrics::inbound_configured(e.system.as_str(), &e.source);

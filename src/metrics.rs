@@ -220,7 +220,7 @@ pub fn digest_fallback(channel: Channel) {
 pub fn inbound_configured(system: &str, source: &str) {
     for what in INBOUND_WHATS {
         counter!(INBOUND_UNMAPPED, "system" => system.to_owned(), "source" => source.to_owned(), "what" => what)
-            .absolute(0);
+            .increment(0);
     }
 }
 

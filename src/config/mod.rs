@@ -25,7 +25,7 @@ use crate::engine::settle::DeliveryPolicy;
 
 mod inbound;
 
-pub use inbound::{InboundEntry, InboundSystem};
+pub use inbound::{InboundEntry, InboundSystem, Mapping, PublicComments};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{ApiToken, InboundEntry};
+use crate::config::ApiToken;
 use crate::service::Service;
 
 /// What the handlers share.
@@ -14,8 +14,9 @@ pub struct ApiState {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// Twilio webhook settings; `None` refuses every webhook.
     pub webhooks: Option<Arc<Webhooks>>,
-    /// Ticket systems' webhooks (`inbound:`); empty refuses them all.
-    pub inbound: Arc<[InboundEntry]>,
+    /// Ticket systems' webhooks (`inbound:`), swapped by a reload; empty
+    /// refuses them all.
+    pub inbound: crate::runtime::reload::Inbound,
 }
 
 /// What the webhooks need from the configuration.

@@ -1,7 +1,8 @@
 //! Reload: SIGHUP or `POST /-/reload` re-reads the config file, rules and
 //! templates, validates them as a whole (the checks `tidings check` makes),
 //! swaps the planning engine atomically and recomputes every case's
-//! schedule under the new rules.
+//! schedule under the new rules. The ticket systems' webhook entries
+//! (`inbound:` and their mapping files) are swapped with them.
 //!
 //! A set that does not validate changes nothing: each diagnostic is logged
 //! with `file:line:column`, the failure is counted, and the old set keeps
@@ -37,21 +38,31 @@ pub struct Reloaded {
     pub needs_restart: Vec<&'static str>,
 }
 
+/// The ticket systems' webhook entries in force, swapped whole by a reload.
+pub type Inbound = Arc<arc_swap::ArcSwap<Vec<crate::config::InboundEntry>>>;
+
 /// Reloads the daemon's configuration; one reload at a time.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     running: Mutex<Config>,
     svc: Service,
+    inbound: Inbound,
 }
 
 impl Reloader {
     pub fn new(config: Config, svc: Service) -> Self {
         Self {
             path: config.path.clone(),
+            inbound: Arc::new(arc_swap::ArcSwap::from_pointee(config.inbound.clone())),
             running: Mutex::new(config),
             svc,
         }
+    }
+
+    /// The webhook entries in force, for the HTTP layer to read.
+    pub fn inbound(&self) -> Inbound {
+        self.inbound.clone()
     }
 
     /// Reloads, logs the outcome and counts it in `tidings_reload_total`.
@@ -95,6 +106,10 @@ impl Reloader {
             tracing::warn!(setting, "changed setting ignored until restart");
         }
         self.svc.engine.store(Arc::new(engine));
+        for e in &config.inbound {
+            crate::metrics::inbound_configured(e.system.as_str(), &e.source);
+        }
+        self.inbound.store(Arc::new(config.inbound.clone()));
         *running = config;
         let rescheduled = self.reschedule_all().await?;
         Ok(Reloaded {

@@ -392,6 +392,41 @@ fn other_operations(doc: &mut Value) {
             }
         }}),
     );
+    paths.insert(
+        "/v1/inbound/{system}/{source}".into(),
+        json!({"post": {
+            "tags": ["cases"], "operationId": "inbound_webhook",
+            "summary": "A ticket system's own webhook (Zendesk, Zammad, Freshdesk, Jira Service Management), signed by the system; see the README's Ticket systems.",
+            "parameters": [
+                {"name": "system", "in": "path", "required": true,
+                 "schema": {"enum": ["zendesk", "zammad", "freshdesk", "jira-sm"]}},
+                {"name": "source", "in": "path", "required": true, "schema": {"type": "string"},
+                 "description": "The source an `inbound:` entry speaks for"},
+            ],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object",
+                "description": "The system's webhook body, as it sends it (or the body shipped in packaging/inbound/)"
+            }}}},
+            "responses": {
+                "201": {"description": "The webhook created the case", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["case", "created"],
+                    "properties": {"case": {"type": "string"}, "created": {"const": true}}
+                }}}},
+                "200": {"description": "The webhook updated the case, or named a customer who cannot be reached (`case` null, nothing stored)",
+                    "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["case", "created"],
+                    "properties": {"case": {"type": ["string", "null"]}, "created": {"const": false}}
+                }}}},
+                "400": json_error("The body is not the system's webhook"),
+                "401": json_error("The signature (or Freshdesk's token) is missing or wrong, or a Zendesk signature is more than 5 minutes old"),
+                "404": json_error("No `inbound:` entry for this system and source"),
+                "409": json_error("The delivery id was used before with another body"),
+                "413": json_error(&format!("The body is over {MAX_BODY} bytes")),
+                "422": json_error("The ticket reads as a case that is not valid (the field is named)"),
+                "503": json_error("The store cannot take the request now; retry later"),
+            }
+        }}),
+    );
     let unsubscribe = |method: &str| {
         json!({
             "tags": ["consent"], "operationId": format!("unsubscribe_{method}"),
@@ -425,6 +460,7 @@ mod tests {
             ("/v1/cases/{id}/events", "post"),
             ("/v1/sms/inbound", "post"),
             ("/v1/sms/status", "post"),
+            ("/v1/inbound/{system}/{source}", "post"),
             ("/unsubscribe/{token}", "get"),
             ("/unsubscribe/{token}", "post"),
             ("/healthz", "get"),

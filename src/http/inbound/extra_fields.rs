@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use super::{freshdesk, jira, zammad, zendesk};
-use crate::config::{InboundEntry, InboundSystem};
+use crate::config::{InboundEntry, InboundSystem, Mapping};
 use crate::domain::Defaults;
 
 fn entry(system: InboundSystem) -> InboundEntry {
@@ -17,12 +17,18 @@ fn entry(system: InboundSystem) -> InboundEntry {
         system,
         source: "helpdesk".into(),
         secret: b"a secret of sixteen bytes or more".to_vec(),
-        default_region: Some("US".into()),
-        defaults: Defaults {
-            timezone: chrono_tz::UTC,
-            locale: "en".parse().expect("locale"),
+        mapping: Mapping {
+            default_region: Some("US".into()),
+            defaults: Defaults {
+                timezone: chrono_tz::UTC,
+                locale: "en".parse().expect("locale"),
+            },
+            statuses: Default::default(),
+            channels: None,
+            priorities: Default::default(),
+            fields: Default::default(),
+            public_comments: Default::default(),
         },
-        statuses: Default::default(),
     }
 }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Mapped, Person, Refusal, case_id, case_input, header, some, status};
+use super::{Mapped, Person, Refusal, case_id, case_input, header, priority, some, status};
 use crate::config::{InboundEntry, InboundSystem};
 use crate::domain::normalise::html_to_text;
 use crate::domain::{EventInput, Priority, Status};
@@ -109,18 +109,16 @@ fn text(v: &serde_json::Value) -> String {
 }
 
 /// Freshdesk's priorities: 1 low, 2 medium, 3 high, 4 urgent.
-fn priority(theirs: &str, unmapped: &mut Vec<&'static str>) -> Priority {
-    match theirs.trim().to_lowercase().as_str() {
-        "1" | "low" => Priority::Low,
-        "" | "2" | "medium" | "normal" => Priority::Normal,
-        "3" | "high" => Priority::High,
-        "4" | "urgent" => Priority::Urgent,
-        _ => {
-            unmapped.push("priority");
-            Priority::Normal
-        }
-    }
-}
+const PRIORITIES: &[(&str, Priority)] = &[
+    ("1", Priority::Low),
+    ("low", Priority::Low),
+    ("2", Priority::Normal),
+    ("medium", Priority::Normal),
+    ("3", Priority::High),
+    ("high", Priority::High),
+    ("4", Priority::Urgent),
+    ("urgent", Priority::Urgent),
+];
 
 /// The body (our template, filled in) in our terms.
 pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> {
@@ -130,7 +128,7 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let id = case_id(&t.id).map_err(shape)?;
     let mut unmapped = Vec::new();
     let status = status(entry, STATUSES, &text(&t.status), &mut unmapped);
-    let priority = priority(&text(&t.priority), &mut unmapped);
+    let priority = priority(entry, PRIORITIES, &text(&t.priority), &mut unmapped);
     let r = &t.requester;
     let customer = Person {
         name: some(rendered(&r.name)).unwrap_or_else(|| "Customer".to_owned()),
@@ -163,6 +161,7 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mapping;
     use crate::domain::Defaults;
 
     fn entry() -> InboundEntry {
@@ -170,12 +169,18 @@ mod tests {
             system: InboundSystem::Freshdesk,
             source: "helpdesk".into(),
             secret: b"freshdesk-shared-token-0003".to_vec(),
-            default_region: Some("GB".into()),
-            defaults: Defaults {
-                timezone: chrono_tz::UTC,
-                locale: "en".parse().expect("locale"),
+            mapping: Mapping {
+                default_region: Some("GB".into()),
+                defaults: Defaults {
+                    timezone: chrono_tz::UTC,
+                    locale: "en".parse().expect("locale"),
+                },
+                statuses: [("7".to_owned(), Status::OnHold)].into(),
+                channels: None,
+                priorities: Default::default(),
+                fields: Default::default(),
+                public_comments: Default::default(),
             },
-            statuses: [("7".to_owned(), Status::OnHold)].into(),
         }
     }
 

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{Mapped, Person, Refusal, case_id, case_input, header, some};
+use super::{Mapped, Person, Refusal, case_id, case_input, header, priority, some};
 use crate::config::{InboundEntry, InboundSystem};
 use crate::domain::normalise::adf_to_text;
 use crate::domain::{EventInput, Priority, Status};
@@ -148,6 +148,7 @@ fn read_status(
     let key = s.name.trim().to_lowercase();
     let category = s.status_category.as_ref().map_or("", |c| c.key.as_str());
     let found = entry
+        .mapping
         .statuses
         .get(&key)
         .copied()
@@ -164,18 +165,15 @@ fn read_status(
 }
 
 /// Jira's default priorities: Highest … Lowest.
-fn priority(theirs: &str, unmapped: &mut Vec<&'static str>) -> Priority {
-    match theirs.trim().to_lowercase().as_str() {
-        "low" | "lowest" => Priority::Low,
-        "" | "medium" | "normal" => Priority::Normal,
-        "high" => Priority::High,
-        "highest" | "urgent" | "blocker" | "critical" => Priority::Urgent,
-        _ => {
-            unmapped.push("priority");
-            Priority::Normal
-        }
-    }
-}
+const PRIORITIES: &[(&str, Priority)] = &[
+    ("lowest", Priority::Low),
+    ("low", Priority::Low),
+    ("medium", Priority::Normal),
+    ("high", Priority::High),
+    ("highest", Priority::Urgent),
+    ("blocker", Priority::Urgent),
+    ("critical", Priority::Urgent),
+];
 
 /// A comment's body as text: ADF through `adf_to_text`, a string as is.
 fn comment_text(body: &serde_json::Value) -> String {
@@ -194,7 +192,12 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let id = case_id(&b.issue.key).map_err(shape)?;
     let mut unmapped = Vec::new();
     let status = read_status(entry, &f.status, &mut unmapped);
-    let priority = priority(f.priority.as_ref().map_or("", |p| &p.name), &mut unmapped);
+    let priority = priority(
+        entry,
+        PRIORITIES,
+        f.priority.as_ref().map_or("", |p| &p.name),
+        &mut unmapped,
+    );
     let none = User::default();
     let r = f.reporter.as_ref().unwrap_or(&none);
     let customer = Person {
@@ -236,6 +239,7 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mapping;
     use crate::domain::Defaults;
 
     fn entry() -> InboundEntry {
@@ -243,12 +247,18 @@ mod tests {
             system: InboundSystem::JiraSm,
             source: "helpdesk".into(),
             secret: b"jira-webhook-secret-0004".to_vec(),
-            default_region: None,
-            defaults: Defaults {
-                timezone: chrono_tz::UTC,
-                locale: "en".parse().expect("locale"),
+            mapping: Mapping {
+                default_region: None,
+                defaults: Defaults {
+                    timezone: chrono_tz::UTC,
+                    locale: "en".parse().expect("locale"),
+                },
+                statuses: [("awaiting parts".to_owned(), Status::OnHold)].into(),
+                channels: None,
+                priorities: Default::default(),
+                fields: Default::default(),
+                public_comments: Default::default(),
             },
-            statuses: [("awaiting parts".to_owned(), Status::OnHold)].into(),
         }
     }
 

@@ -124,8 +124,8 @@ pub async fn receive(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Refusal> {
-    let Some(entry) = state
-        .inbound
+    let entries = state.inbound.load_full();
+    let Some(entry) = entries
         .iter()
         .find(|e| e.system.as_str() == system && e.source == source)
     else {
@@ -190,6 +190,7 @@ pub async fn receive(
             }
         }
     }
+    apply_mapping(&entry.mapping, body, &mut case);
     case.status = mapped
         .status
         .or(existing.as_ref().map(|r| r.case.status))
@@ -229,7 +230,16 @@ pub async fn receive(
         (EventInput::Note { body, .. }, Some(n)) => body.trim() == n.body.trim(),
         _ => false,
     };
-    if let Some(event) = mapped.event.filter(|e| !repeated(e)) {
+    let event = match mapped.event {
+        // The help desk mailed the comment itself: the clock starts again.
+        Some(EventInput::Note { .. })
+            if entry.mapping.public_comments == crate::config::PublicComments::AgentReply =>
+        {
+            Some(EventInput::AgentReply {})
+        }
+        other => other,
+    };
+    if let Some(event) = event.filter(|e| !repeated(e)) {
         let idem = idempotency(source, entry.system, &delivery, ":event", body);
         let respond =
             |r: &CaseRecord, _: bool| (200, serde_json::json!({"case": r.case.id.to_string()}));
@@ -239,6 +249,35 @@ pub async fn receive(
             .await?;
     }
     Ok(answer)
+}
+
+/// What the source's mapping file adds: `case.fields` read from the body
+/// by JSON pointer (an absent or null value is left out), and the channels
+/// the source's cases use, as far as the customer's contact details allow
+/// (none left: the contact details decide).
+fn apply_mapping(mapping: &crate::config::Mapping, body: &[u8], case: &mut CaseInput) {
+    if !mapping.fields.is_empty()
+        && let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body)
+    {
+        for (name, pointer) in &mapping.fields {
+            if let Some(v) = doc.pointer(pointer).filter(|v| !v.is_null()) {
+                case.fields.insert(name.clone(), v.clone());
+            }
+        }
+    }
+    if let Some(channels) = &mapping.channels {
+        let reachable: Vec<_> = channels
+            .iter()
+            .copied()
+            .filter(|c| match c {
+                crate::domain::Channel::Email => case.customer.email.is_some(),
+                crate::domain::Channel::Sms => case.customer.phone.is_some(),
+            })
+            .collect();
+        if !reachable.is_empty() {
+            case.customer.channels = Some(reachable);
+        }
+    }
 }
 
 /// A header's value as text, or a 401 naming it.
@@ -261,6 +300,7 @@ fn status(
 ) -> Option<Status> {
     let key = theirs.trim().to_lowercase();
     let found = entry
+        .mapping
         .statuses
         .get(&key)
         .copied()
@@ -271,10 +311,23 @@ fn status(
     found
 }
 
-/// A priority by name (`"urgent"`, Zammad's `"3 high"`); none is normal.
-fn priority(theirs: &str, unmapped: &mut Vec<&'static str>) -> Priority {
-    let lower = theirs.trim().to_lowercase();
-    let word = lower.rsplit(' ').next().unwrap_or_default();
+/// A priority by name: the entry's names first, then the system's
+/// (`names`), then ours (`"urgent"`, Zammad's `"3 high"` by its last word);
+/// none is normal.
+fn priority(
+    entry: &InboundEntry,
+    names: &[(&str, Priority)],
+    theirs: &str,
+    unmapped: &mut Vec<&'static str>,
+) -> Priority {
+    let key = theirs.trim().to_lowercase();
+    let word = key.rsplit(' ').next().unwrap_or_default();
+    if let Some(p) = entry.mapping.priorities.get(&key) {
+        return *p;
+    }
+    if let Some((_, p)) = names.iter().find(|(n, _)| *n == key) {
+        return *p;
+    }
     match word {
         "low" => Priority::Low,
         "" | "-" | "normal" => Priority::Normal,
@@ -305,24 +358,24 @@ impl Person<'_> {
             .map(|p| p.trim())
             .filter(|p| !p.is_empty())
             .collect();
-        let phone = given
-            .iter()
-            .find_map(|p| crate::domain::normalise::phone(p, entry.default_region.as_deref()));
+        let phone = given.iter().find_map(|p| {
+            crate::domain::normalise::phone(p, entry.mapping.default_region.as_deref())
+        });
         if phone.is_none() && !given.is_empty() {
             unmapped.push("phone");
         }
         let tz = match self.time_zone.trim() {
-            "" => entry.defaults.timezone,
+            "" => entry.mapping.defaults.timezone,
             z => crate::domain::normalise::time_zone(z).unwrap_or_else(|| {
                 unmapped.push("time_zone");
-                entry.defaults.timezone
+                entry.mapping.defaults.timezone
             }),
         };
         let locale = match self.language.trim() {
-            "" => entry.defaults.locale.clone(),
+            "" => entry.mapping.defaults.locale.clone(),
             l => crate::domain::normalise::locale(l).unwrap_or_else(|| {
                 unmapped.push("locale");
-                entry.defaults.locale.clone()
+                entry.mapping.defaults.locale.clone()
             }),
         };
         CustomerInput {

@@ -135,7 +135,12 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let id = case_id(t.number.as_ref().unwrap_or(&t.id)).map_err(shape)?;
     let mut unmapped = Vec::new();
     let status = status(entry, STATES, t.state.name(), &mut unmapped);
-    let priority = priority(t.priority.as_ref().map_or("", Named::name), &mut unmapped);
+    let priority = priority(
+        entry,
+        &[],
+        t.priority.as_ref().map_or("", Named::name),
+        &mut unmapped,
+    );
     let c = &t.customer;
     let customer = Person {
         name: c.name(),
@@ -181,6 +186,7 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mapping;
     use crate::domain::{Defaults, Priority};
 
     fn entry() -> InboundEntry {
@@ -188,12 +194,18 @@ mod tests {
             system: InboundSystem::Zammad,
             source: "helpdesk".into(),
             secret: b"zammad-secret-0123456789".to_vec(),
-            default_region: Some("AU".into()),
-            defaults: Defaults {
-                timezone: chrono_tz::Australia::Sydney,
-                locale: "en".parse().expect("locale"),
+            mapping: Mapping {
+                default_region: Some("AU".into()),
+                defaults: Defaults {
+                    timezone: chrono_tz::Australia::Sydney,
+                    locale: "en".parse().expect("locale"),
+                },
+                statuses: Default::default(),
+                channels: None,
+                priorities: Default::default(),
+                fields: Default::default(),
+                public_comments: Default::default(),
             },
-            statuses: Default::default(),
         }
     }
 

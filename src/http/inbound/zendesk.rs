@@ -124,7 +124,7 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
     let id = case_id(&b.ticket.id).map_err(shape)?;
     let mut unmapped = Vec::new();
     let status = status(entry, STATUSES, &b.ticket.status, &mut unmapped);
-    let priority = priority(&b.ticket.priority, &mut unmapped);
+    let priority = priority(entry, &[], &b.ticket.priority, &mut unmapped);
     let r = &b.ticket.requester;
     let customer = Person {
         name: r.name.clone(),
@@ -162,6 +162,7 @@ pub(super) fn map(entry: &InboundEntry, body: &[u8]) -> Result<Mapped, Refusal> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mapping;
     use crate::domain::{Defaults, Priority};
 
     fn entry() -> InboundEntry {
@@ -169,12 +170,18 @@ mod tests {
             system: InboundSystem::Zendesk,
             source: "helpdesk".into(),
             secret: b"dGhpcyBpcyBhIHNlY3JldA".to_vec(),
-            default_region: Some("US".into()),
-            defaults: Defaults {
-                timezone: chrono_tz::UTC,
-                locale: "en".parse().expect("locale"),
+            mapping: Mapping {
+                default_region: Some("US".into()),
+                defaults: Defaults {
+                    timezone: chrono_tz::UTC,
+                    locale: "en".parse().expect("locale"),
+                },
+                statuses: [("awaiting parts".to_owned(), Status::OnHold)].into(),
+                channels: None,
+                priorities: Default::default(),
+                fields: Default::default(),
+                public_comments: Default::default(),
             },
-            statuses: [("awaiting parts".to_owned(), Status::OnHold)].into(),
         }
     }
 
@@ -217,6 +224,42 @@ mod tests {
         );
         let m = map(&entry(), &body("Open", "internal only", "Parts ordered")).expect("maps");
         assert!(m.event.is_none(), "an internal comment is not a note");
+    }
+
+    #[test]
+    fn the_mapping_file_names_priorities_fields_and_channels() {
+        let mut e = entry();
+        e.mapping.priorities = [("p1".to_owned(), Priority::Urgent)].into();
+        e.mapping.fields = [
+            ("product".to_owned(), "/ticket/product".to_owned()),
+            ("absent".to_owned(), "/ticket/nothing/here".to_owned()),
+        ]
+        .into();
+        e.mapping.channels = Some(vec![crate::domain::Channel::Sms]);
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&body("Open", "", "")).expect("json");
+        doc["ticket"]["priority"] = "P1".into();
+        doc["ticket"]["product"] = "LaserJet 4".into();
+        let raw = doc.to_string().into_bytes();
+        let mut m = map(&e, &raw).expect("maps");
+        assert_eq!(m.case.priority, Priority::Urgent);
+        assert!(m.unmapped.is_empty(), "{:?}", m.unmapped);
+        super::super::apply_mapping(&e.mapping, &raw, &mut m.case);
+        assert_eq!(
+            m.case.fields.get("product"),
+            Some(&serde_json::json!("LaserJet 4"))
+        );
+        assert!(!m.case.fields.contains_key("absent"));
+        assert_eq!(
+            m.case.customer.channels,
+            Some(vec![crate::domain::Channel::Sms])
+        );
+        // A channel the customer cannot be reached on is left to the contact
+        // details rather than refused.
+        m.case.customer.phone = None;
+        m.case.customer.channels = None;
+        super::super::apply_mapping(&e.mapping, &raw, &mut m.case);
+        assert_eq!(m.case.customer.channels, None);
     }
 
     #[test]
