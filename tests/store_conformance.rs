@@ -145,6 +145,8 @@ fn entry(case: &CaseKey, n: u128, due: DateTime<Utc>) -> OutboxEntry {
         promised: Some(due + Duration::days(2)),
         internal: false,
         unsubscribe_url: Some("https://tidings.example.com/unsubscribe/x".into()),
+        thread: Some("<first@example.com>".into()),
+        reply_to: None,
     }
 }
 

@@ -126,6 +126,24 @@ impl Mailer {
                 )),
             None => builder,
         };
+        // RFC 3834: an automatic message, so out-of-office replies do not
+        // answer it and loop.
+        let builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".to_owned(),
+        ));
+        // RFC 5322 §3.6.4: every later message answers the case's first, so
+        // the customer's mail client shows the case as one thread.
+        let builder = match &msg.thread {
+            Some(first) if *first != msg.message_id => {
+                builder.in_reply_to(first.clone()).references(first.clone())
+            }
+            _ => builder,
+        };
+        let builder = match msg.reply_to.as_deref().map(Address::from_str) {
+            Some(Ok(reply_to)) => builder.reply_to(Mailbox::new(None, reply_to)),
+            _ => builder,
+        };
         let text = SinglePart::builder()
             .header(ContentType::TEXT_PLAIN)
             .body(content.text.clone());
@@ -218,6 +236,8 @@ mod tests {
             }),
             message_id: "<1@example.com>".into(),
             unsubscribe_url: None,
+            thread: None,
+            reply_to: None,
         }
     }
 
@@ -230,6 +250,35 @@ mod tests {
             &"Support <support@example.com>".parse().expect("mailbox"),
         )
         .expect("file mailer")
+    }
+
+    #[test]
+    fn a_later_message_answers_the_first_and_says_it_is_automatic() {
+        let mailer = mailer();
+        let mut msg = entry("Case update");
+        let first = mailer.build(&msg).expect("builds").formatted();
+        let first = String::from_utf8_lossy(&first);
+        assert!(
+            first.contains("Auto-Submitted: auto-generated\r\n"),
+            "{first}"
+        );
+        assert!(
+            !first.contains("In-Reply-To") && !first.contains("Reply-To"),
+            "{first}"
+        );
+        msg.message_id = "<2@example.com>".into();
+        msg.thread = Some("<1@example.com>".into());
+        msg.reply_to = Some("support+CASE-1@example.com".into());
+        let later = mailer.build(&msg).expect("builds").formatted();
+        let later = String::from_utf8_lossy(&later);
+        for header in [
+            "In-Reply-To: <1@example.com>\r\n",
+            "References: <1@example.com>\r\n",
+            "Reply-To: support+CASE-1@example.com\r\n",
+            "Auto-Submitted: auto-generated\r\n",
+        ] {
+            assert!(later.contains(header), "{header} missing from {later}");
+        }
     }
 
     /// Found by the `render_hostile` fuzz target: a subject that looked

@@ -83,6 +83,7 @@ struct RawEmail {
     timeout: Option<Spanned<String>>,
     quiet_hours: Option<Spanned<RawQuiet>>,
     min_gap: Option<Spanned<String>>,
+    reply_to: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -222,6 +223,9 @@ pub struct EmailConfig {
     pub quiet_hours: Option<QuietHours>,
     /// The least time between two emails to one address.
     pub min_gap: Duration,
+    /// Reply-To for every email to a customer, `{case_id}` replaced by the
+    /// case's id (`support+{case_id}@example.com`); none by default.
+    pub reply_to: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -766,11 +770,28 @@ fn resolve_email(
         Duration::ZERO,
         errors,
     );
+    let reply_to = raw.reply_to.as_ref().and_then(|r| {
+        let sample = r.value.trim().replace("{case_id}", "C-1042");
+        if sample.parse::<lettre::Address>().is_ok() {
+            Some(r.value.trim().to_owned())
+        } else {
+            errors.push(Diagnostic::at(
+                file,
+                r,
+                format!(
+                    "email.reply_to: `{}` is not an email address (with `{{case_id}}` as C-1042)",
+                    r.value
+                ),
+            ));
+            None
+        }
+    });
     Some(EmailConfig {
         transport,
         from: from?,
         quiet_hours,
         min_gap,
+        reply_to,
     })
 }
 
@@ -1048,6 +1069,30 @@ mod tests {
         assert!(
             line.contains("t.yaml:4:16: email.tls_ca_file: no certificate in"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn reply_to_must_make_an_address() {
+        let cfg = Config::parse(
+            Path::new("t.yaml"),
+            "email:\n  reply_to: \"support+{case_id}@example.com\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.email.reply_to.as_deref(),
+            Some("support+{case_id}@example.com")
+        );
+        let err = Config::parse(
+            Path::new("t.yaml"),
+            "email:\n  reply_to: support at example\n",
+        )
+        .expect_err("not an address");
+        assert!(
+            err.to_string().contains(
+                "t.yaml:2:13: email.reply_to: `support at example` is not an email address"
+            ),
+            "{err}"
         );
     }
 

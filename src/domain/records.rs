@@ -208,6 +208,13 @@ pub struct OutboxEntry {
     /// The recipient's one-click opt-out link (email).
     #[serde(default)]
     pub unsubscribe_url: Option<String>,
+    /// The `Message-ID` of the case's first email, which this one answers
+    /// (`In-Reply-To`, `References`), so a mail client shows one thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    /// Where the customer's reply goes (`email.reply_to`), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 impl OutboxEntry {
@@ -330,6 +337,10 @@ pub struct Message {
     pub message_id: String,
     /// The recipient's one-click opt-out link (email).
     pub unsubscribe_url: Option<String>,
+    /// The `Message-ID` this one answers, the case's first email.
+    pub thread: Option<String>,
+    /// Where the customer's reply goes.
+    pub reply_to: Option<String>,
 }
 
 impl OutboxEntry {
@@ -343,6 +354,8 @@ impl OutboxEntry {
             content: self.content.clone(),
             message_id: self.message_id.clone(),
             unsubscribe_url: self.unsubscribe_url.clone(),
+            thread: self.thread.clone(),
+            reply_to: self.reply_to.clone(),
         }
     }
 }

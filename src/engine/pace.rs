@@ -84,6 +84,8 @@ mod tests {
             promised: None,
             internal: false,
             unsubscribe_url: None,
+            thread: None,
+            reply_to: None,
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Engine {
     pub public_url: String,
     /// The domain part of `Message-ID`s, taken from the sender address.
     pub message_id_domain: String,
+    /// `email.reply_to`: the Reply-To address, `{case_id}` replaced.
+    pub reply_to: Option<String>,
     /// Channels this daemon can send on.
     pub channels: Vec<Channel>,
     /// Recipient-local hours with no message, per channel.
@@ -742,7 +744,7 @@ impl Engine {
             to_name,
             to,
             content,
-            message_id: format!("<{id}@{}>", self.message_id_domain),
+            message_id: self.message_id(id),
             attempts: 0,
             next_attempt_at: send_at,
             also: records[1..].iter().map(|r| r.key()).collect(),
@@ -754,8 +756,42 @@ impl Engine {
             promised,
             internal,
             unsubscribe_url,
+            thread: (channel == Channel::Email && !internal && records.len() == 1)
+                .then(|| self.thread_of(record))
+                .flatten(),
+            reply_to: (channel == Channel::Email && !internal)
+                .then(|| self.reply_to_for(case))
+                .flatten(),
         };
         (msg, Some(entry))
+    }
+
+    /// The `Message-ID` of the message with tidings' id `id`.
+    fn message_id(&self, id: Uuid) -> String {
+        format!("<{id}@{}>", self.message_id_domain)
+    }
+
+    /// The `Message-ID` of the case's first email to the customer (not a
+    /// digest's), which every later one answers.
+    fn thread_of(&self, record: &CaseRecord) -> Option<String> {
+        record
+            .messages
+            .iter()
+            .find(|m| m.channel == Channel::Email && !m.internal && m.covers.is_empty())
+            .map(|m| self.message_id(m.id))
+    }
+
+    /// `email.reply_to` for this case, when it makes an address (a case id
+    /// with `:` or `..` does not; the header is then left out).
+    fn reply_to_for(&self, case: &Case) -> Option<String> {
+        let address = self
+            .reply_to
+            .as_ref()?
+            .replace("{case_id}", case.id.as_ref());
+        address
+            .parse::<crate::domain::EmailAddress>()
+            .is_ok()
+            .then_some(address)
     }
 }
 

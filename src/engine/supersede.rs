@@ -106,6 +106,8 @@ mod tests {
             promised: m.promised_next_update_at,
             internal: false,
             unsubscribe_url: None,
+            thread: None,
+            reply_to: None,
         }
     }
 

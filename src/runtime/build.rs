@@ -71,6 +71,7 @@ pub fn build_engine(
         company: config.company.clone(),
         public_url: config.public_url.clone(),
         message_id_domain: config.email.from.email.domain().to_owned(),
+        reply_to: config.email.reply_to.clone(),
         channels,
         email_quiet: config.email.quiet_hours,
         sms_quiet: config.sms.quiet_hours,

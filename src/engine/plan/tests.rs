@@ -79,6 +79,7 @@ fn engine_with(rules: &str, templates: Templates) -> Engine {
         },
         public_url: "https://tidings.example".into(),
         message_id_domain: "example.com".into(),
+        reply_to: None,
         channels: vec![Email, Sms],
         email_quiet: None,
         sms_quiet: None,

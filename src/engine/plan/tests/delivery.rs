@@ -160,3 +160,31 @@ fn preview_shows_the_update_a_rule_would_send() {
     let want = "no rule matches this case and there is no on.created message";
     assert_eq!(got.map(|(t, ..)| t), Err(want.to_owned()));
 }
+
+#[test]
+fn every_later_email_answers_the_cases_first_and_carries_its_reply_to() {
+    let mut e = engine();
+    e.reply_to = Some("support+{case_id}@example.com".into());
+    let mut r = created(&e, case("CASE-1"), t0());
+    let first = r.messages[0].id;
+    assert_eq!(r.messages[0].channel, Email);
+    let note = crate::domain::Event::Note {
+        body: "The courier picked it up.".into(),
+        author: None,
+    };
+    // The acknowledgement starts the thread; it answers nothing.
+    r = record(e.event(r, note.clone(), t0() + hours(1)));
+    let p = e.event(r, note, t0() + hours(2));
+    let later = &p.outbox[0];
+    assert_eq!(later.thread, Some(format!("<{first}@example.com>")));
+    assert_eq!(
+        later.reply_to.as_deref(),
+        Some("support+CASE-1@example.com")
+    );
+
+    let fresh = e.upsert(None, case("CASE-2"), t0());
+    assert_eq!(fresh.outbox[0].thread, None, "the first answers nothing");
+    // A case id that makes no address: no Reply-To rather than a bad one.
+    let odd = e.upsert(None, case("A:B"), t0());
+    assert_eq!(odd.outbox[0].reply_to, None);
+}
