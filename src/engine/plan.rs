@@ -837,5 +837,7 @@ fn outstanding_promise(
         .map(|(_, promised)| promised)
 }
 
+mod late;
+
 #[cfg(test)]
 mod tests;

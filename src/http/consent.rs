@@ -223,36 +223,58 @@ pub async fn sms_status(
     }
     let code = field(&params, "ErrorCode").unwrap_or_default().to_owned();
     let keys = [key];
+    let engine = state.svc.engine.load_full();
     let filed = state
         .svc
-        .change(Scope::internal(&keys), |records, _now| {
+        .change(Scope::internal(&keys), |records, now| {
             // An erased case, or another source's: nothing to file, and
             // Twilio must not retry.
             let Some(mut record) = records.into_iter().next().flatten() else {
-                return Ok((vec![Commit::default()], false));
+                return Ok((vec![Commit::default()], None));
             };
             let Some(msg) = record.message_mut(msg_id) else {
-                return Ok((vec![Commit::default()], false));
+                return Ok((vec![Commit::default()], None));
             };
             msg.provider_status = Some(status.clone());
+            let mut late = None;
             if matches!(status.as_str(), "undelivered" | "failed") {
+                let was_sent = msg.status == DeliveryStatus::Sent;
                 msg.status = DeliveryStatus::Failed;
                 msg.error = Some(if code.is_empty() {
                     format!("carrier reported {status}")
                 } else {
                     format!("carrier reported {status} (error {code})")
                 });
+                // Reported after Twilio took it: the update goes again on
+                // the next channel, once (a repeated report finds it failed).
+                if was_sent {
+                    late = engine.late_fallback(&record, msg_id, now);
+                }
             }
-            Ok((vec![Commit::record(record)], true))
+            let mut commit = Commit::default();
+            let fallback = late.map(|(fallback, entry)| {
+                let channel = fallback.channel;
+                record.messages.push(fallback);
+                commit.outbox_put.extend(entry);
+                channel
+            });
+            commit.record = Some(record);
+            Ok((vec![commit], Some(fallback)))
         })
         .await;
-    match filed {
-        Ok(true) => {}
-        Ok(false) => return StatusCode::NO_CONTENT.into_response(),
+    let fallback = match filed {
+        Ok(Some(fallback)) => fallback,
+        Ok(None) => return StatusCode::NO_CONTENT.into_response(),
         Err(e) => return unavailable(e),
-    }
+    };
     let key = &keys[0];
-    tracing::info!(case = %key, msg_id = %msg_id, status = %status, "SMS delivery report");
+    tracing::info!(
+        case = %key,
+        msg_id = %msg_id,
+        status = %status,
+        fallback = fallback.map(Channel::as_str),
+        "SMS delivery report"
+    );
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -188,3 +188,52 @@ fn every_later_email_answers_the_cases_first_and_carries_its_reply_to() {
     let odd = e.upsert(None, case("A:B"), t0());
     assert_eq!(odd.outbox[0].reply_to, None);
 }
+
+#[test]
+fn a_late_failure_sends_the_same_update_on_the_next_channel_once() {
+    let e = engine();
+    let mut c = case("CASE-1");
+    c.customer.channels = vec![Email, Sms];
+    let mut r = created(&e, c, t0());
+    // The acknowledgement goes on both; here it went by email alone.
+    r.messages.retain(|m| m.channel == Email);
+    let ack = r.messages[0].clone();
+    r.messages[0].status = DeliveryStatus::Sent;
+    let later = t0() + hours(1);
+
+    let (msg, entry) = e.late_fallback(&r, ack.id, later).expect("falls back");
+    let entry = entry.expect("renders");
+    assert_eq!((msg.channel, msg.kind), (Sms, MessageKind::Created));
+    assert_eq!(msg.fallback_for, Some(ack.id));
+    assert_eq!(msg.update, ack.update, "the same update");
+    assert_eq!(entry.promised, ack.promised_next_update_at);
+
+    // Once: with the fallback filed, a repeated report sends nothing.
+    r.messages.push(msg);
+    assert!(e.late_fallback(&r, ack.id, later).is_none());
+    r.messages.pop();
+
+    // Superseded: a newer update took its place.
+    let mut newer = ack.clone();
+    newer.id = uuid::Uuid::from_u128(7);
+    newer.update = Some(newer.id);
+    newer.due_at = later;
+    r.messages.push(newer);
+    assert!(e.late_fallback(&r, ack.id, later).is_none());
+    r.messages.pop();
+
+    // Another channel carried the same update.
+    let mut sibling = ack.clone();
+    sibling.id = uuid::Uuid::from_u128(8);
+    sibling.channel = Sms;
+    r.messages.push(sibling);
+    assert!(e.late_fallback(&r, ack.id, later).is_none());
+    r.messages.pop();
+
+    // A promise already past is not repeated; an internal message is not
+    // the customer's.
+    let past = ack.promised_next_update_at.expect("a promise") + hours(1);
+    assert!(e.late_fallback(&r, ack.id, past).is_none());
+    r.messages[0].internal = true;
+    assert!(e.late_fallback(&r, ack.id, later).is_none());
+}
