@@ -68,8 +68,11 @@ pub async fn run_with_clock(
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let pruned = store.prune_idempotency(clock.now() - chrono::Duration::days(1))?;
-    let mailer =
+    let mut mailer =
         Mailer::new(&config.email.transport, &config.email.from).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(bounces) = &config.email.bounce_address {
+        mailer = mailer.with_bounces(bounces, &engine.consent.unsubscribe_key);
+    }
     crate::metrics::install();
     crate::metrics::count_cases(store.scan_case_statuses())?;
     let storage: Arc<dyn Storage> = Arc::new(store);

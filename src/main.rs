@@ -76,6 +76,13 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Hand one returned mail (a delivery status notification, on standard
+    /// input) to the running daemon; for an MTA's pipe transport. Needs the
+    /// admin token in TIDINGS_ADMIN_TOKEN.
+    Bounce {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 /// Loads config, rules and templates for the offline tools.
@@ -232,6 +239,18 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
+        Command::Bounce { config } => {
+            let loc = match tidings::config::Locations::load(&config) {
+                Ok(l) => l,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return ExitCode::from(tidings::cli::bounce::EX_TEMPFAIL);
+                }
+            };
+            let (code, line) = tidings::cli::bounce::run(&loc, std::io::stdin().lock());
+            eprintln!("tidings bounce: {line}");
+            ExitCode::from(code)
+        }
         Command::Serve { config } => {
             let config = match load(&config) {
                 Ok(c) => c,

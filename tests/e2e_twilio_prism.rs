@@ -697,3 +697,134 @@ async fn an_sms_undelivered_later_goes_again_by_email_once() {
     assert_eq!(h.iter().filter(|m| m["channel"] == "email").count(), 1);
     assert_log_clean(d, &[]);
 }
+
+/// `tidings bounce` with `raw` on standard input; exit code and stderr.
+fn pipe_bounce(d: &Daemon, raw: &[u8]) -> (i32, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["bounce", "--config", &d.config_arg()])
+        .env("TIDINGS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tidings bounce");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(raw)
+        .expect("write the report");
+    let out = child.wait_with_output().expect("tidings bounce ends");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A bounce report (`tests/fixtures/dsn/NAME`) addressed to `verp`.
+fn report(name: &str, verp_token: &str) -> Vec<u8> {
+    std::fs::read_to_string(repo("tests/fixtures/dsn").join(name))
+        .expect("fixture")
+        .replace("TOKEN", verp_token)
+        .into_bytes()
+}
+
+/// Email goes out with a per-message envelope sender; a returned delay
+/// warning is filed, a hard bounce piped to `tidings bounce` sends the
+/// same update by SMS, once; reports that are not ours change nothing.
+#[tokio::test]
+async fn a_hard_bounce_sends_the_same_update_by_sms_once() {
+    let (Some(bin), Some(prism)) = (
+        peer_or_skip(smtp_sink(), "smtp-sink", "apt-get install postfix"),
+        peer_or_skip(prism(), "prism", ".ci/run installs it"),
+    ) else {
+        return;
+    };
+    let sink = Sink::start(&bin).await;
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    let d = Setup::new(rules("1h", "email", "email"))
+        .smtp(sink.port)
+        .email("bounce_address: bounces@example.com")
+        .admin()
+        .extra(&sms_config(prism, secrets.path(), "  quiet_hours: off\n"))
+        .start()
+        .await;
+    d.put_case("BNC-1", &case_on(&["email", "sms"])).await;
+    let (mails, arrived) = sink
+        .wait_for(Instant::now() + Duration::from_secs(10), |m| !m.is_empty())
+        .await;
+    assert!(arrived, "no acknowledgement at the sink");
+    let dump = std::fs::read_to_string(sink.dir.path().join(&mails[0].file)).expect("dump");
+    let mail_from = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Mail-Args: <"))
+        .and_then(|l| l.split('>').next())
+        .unwrap_or_else(|| panic!("no envelope sender in the dump:\n{}", &dump[..dump.len().min(600)]));
+    let token = mail_from
+        .strip_prefix("bounces+")
+        .and_then(|t| t.strip_suffix("@example.com"))
+        .unwrap_or_else(|| panic!("not a VERP sender: {mail_from}"));
+    assert_eq!(token.len(), 52, "{mail_from}");
+    assert!(
+        !mail_from.contains("maria"),
+        "the address is not in the token"
+    );
+    let email = d.messages("BNC-1").await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // A delay warning: filed, nothing sent.
+    let r = d
+        .http
+        .post(d.url("/v1/email/bounce"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(report("postfix-delayed.eml", token))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 200);
+    let h = d.messages("BNC-1").await;
+    assert_eq!(h[0]["provider_status"], "delayed", "{h:?}");
+    assert_eq!(h.len(), 1, "a delay sends nothing: {h:?}");
+
+    // Not ours, or not a report: nothing changes; the MTA is told which.
+    let (code, err) = pipe_bounce(&d, &report("postfix-5.1.1.eml", &"0".repeat(52)));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("not filed"), "{err}");
+    let (code, err) = pipe_bounce(&d, b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n");
+    assert_eq!(code, 65, "{err}");
+    assert_eq!(d.messages("BNC-1").await.len(), 1);
+
+    // A hard bounce, piped as an MTA would: the same update goes by SMS.
+    let (code, err) = pipe_bounce(&d, &report("postfix-5.1.1.eml", token));
+    assert_eq!(code, 0, "{err}");
+    let h = d
+        .wait_messages(
+            "BNC-1",
+            Duration::from_secs(10),
+            "the SMS fallback sent",
+            |m| {
+                m.iter()
+                    .any(|m| m["fallback_for"] == email.as_str() && is(m, "sms", "sent"))
+            },
+        )
+        .await;
+    assert_eq!(h[0]["status"], "failed");
+    assert_eq!(h[0]["provider_status"], "bounced");
+    let sms: Vec<&Value> = h.iter().filter(|m| m["channel"] == "sms").collect();
+    assert_eq!(sms.len(), 1, "{h:?}");
+    assert_eq!(sms[0]["kind"], "created");
+    assert_prism_happy(prism, 1);
+
+    // The same report again (the MTA retried): once is once.
+    let (code, _) = pipe_bounce(&d, &report("gmail-5.1.1.eml", token));
+    assert_eq!(code, 0);
+    let h = d.messages("BNC-1").await;
+    assert_eq!(
+        h.iter().filter(|m| m["channel"] == "sms").count(),
+        1,
+        "{h:?}"
+    );
+    assert_log_clean(&d, &[token]);
+}

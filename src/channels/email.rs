@@ -55,6 +55,16 @@ enum Transport {
 pub struct Mailer {
     transport: Transport,
     from: Mailbox,
+    bounces: Option<Bounces>,
+}
+
+/// VERP: each message's envelope sender is `local+TOKEN@domain`, the token
+/// naming the message (signed), so a bounce tells which message failed.
+#[derive(Clone)]
+struct Bounces {
+    local: String,
+    domain: String,
+    key: std::sync::Arc<[u8]>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -92,7 +102,28 @@ impl Mailer {
         Ok(Self {
             transport,
             from: from.clone(),
+            bounces: None,
         })
+    }
+
+    /// Sends customer email with a per-message envelope sender at
+    /// `address` (`bounces@example.com` → `bounces+TOKEN@example.com`), the
+    /// token signed with `key` (`email.bounce_address`).
+    pub fn with_bounces(mut self, address: &Address, key: &[u8]) -> Self {
+        self.bounces = Some(Bounces {
+            local: address.user().to_owned(),
+            domain: address.domain().to_owned(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// The envelope sender for the message with tidings' id `id`, when
+    /// bounces are taken.
+    pub fn envelope_sender(&self, id: uuid::Uuid) -> Option<Address> {
+        let b = self.bounces.as_ref()?;
+        let token = crate::domain::signature::bounce_token(&b.key, id.as_bytes());
+        Address::new(format!("{}+{token}", b.local), &b.domain).ok()
     }
 
     /// Builds the MIME message. The `Message-ID` comes from the planned
@@ -162,16 +193,26 @@ impl Mailer {
 
     /// One delivery attempt.
     pub async fn send(&self, msg: &Outgoing) -> Outcome {
+        let sender = self.envelope_sender(msg.id);
         let msg = match self.build(msg) {
             Ok(m) => m,
             Err(e) => return Outcome::permanent(e),
+        };
+        let envelope = match sender {
+            Some(from) => {
+                match lettre::address::Envelope::new(Some(from), msg.envelope().to().to_vec()) {
+                    Ok(e) => e,
+                    Err(e) => return Outcome::permanent(format!("envelope: {e}")),
+                }
+            }
+            None => msg.envelope().clone(),
         };
         match &self.transport {
             Transport::File(t) => match t.send(msg).await {
                 Ok(_) => Outcome::sent(),
                 Err(e) => Outcome::transient(format!("file transport: {e}")),
             },
-            Transport::Smtp(relay) => match relay.send(msg.envelope(), &msg.formatted()).await {
+            Transport::Smtp(relay) => match relay.send(&envelope, &msg.formatted()).await {
                 Ok(()) => Outcome::sent(),
                 Err(SendError::Smtp(e)) if e.is_permanent() => Outcome::permanent(smtp_reason(&e)),
                 Err(SendError::Smtp(e)) => Outcome::transient(smtp_reason(&e)),

@@ -1,6 +1,7 @@
 //! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`.
 
 pub mod backup;
+pub mod bounce;
 pub mod tools;
 
 use crate::config::Config;

@@ -84,6 +84,7 @@ struct RawEmail {
     quiet_hours: Option<Spanned<RawQuiet>>,
     min_gap: Option<Spanned<String>>,
     reply_to: Option<Spanned<String>>,
+    bounce_address: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -226,6 +227,10 @@ pub struct EmailConfig {
     /// Reply-To for every email to a customer, `{case_id}` replaced by the
     /// case's id (`support+{case_id}@example.com`); none by default.
     pub reply_to: Option<String>,
+    /// The envelope sender bounces return to, one `+TOKEN` per message
+    /// (`bounces@example.com` → `bounces+TOKEN@example.com`); none by
+    /// default (the From address).
+    pub bounce_address: Option<lettre::Address>,
 }
 
 #[derive(Debug, Clone)]
@@ -786,12 +791,34 @@ fn resolve_email(
             None
         }
     });
+    let bounce_address = raw.bounce_address.as_ref().and_then(|b| {
+        match b.value.trim().parse::<lettre::Address>() {
+            Ok(a) if a.user().len() <= 64 - 53 => Some(a),
+            Ok(_) => {
+                errors.push(Diagnostic::at(
+                    file,
+                    b,
+                    "email.bounce_address: the part before @ must be at most 11 characters (a 53-character +TOKEN follows it)",
+                ));
+                None
+            }
+            Err(e) => {
+                errors.push(Diagnostic::at(
+                    file,
+                    b,
+                    format!("email.bounce_address: `{}` is not an email address: {e}", b.value),
+                ));
+                None
+            }
+        }
+    });
     Some(EmailConfig {
         transport,
         from: from?,
         quiet_hours,
         min_gap,
         reply_to,
+        bounce_address,
     })
 }
 

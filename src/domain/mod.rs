@@ -6,6 +6,7 @@
 mod case;
 pub mod clock;
 mod diagnostics;
+pub mod dsn;
 mod input;
 pub mod normalise;
 mod records;

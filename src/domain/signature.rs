@@ -104,6 +104,46 @@ pub fn open_unsubscribe_token(key: &[u8], token: &str) -> Option<[u8; SUBJECT_HA
     bool::from(expected.ct_eq(tag)).then_some(hash)
 }
 
+const BOUNCE_LABEL: &[u8] = b"bounce:";
+/// Bytes of the tag in a bounce token.
+const BOUNCE_TAG_LEN: usize = 10;
+/// Hex characters in a bounce token: the message id and the tag.
+const BOUNCE_TOKEN_LEN: usize = (16 + BOUNCE_TAG_LEN) * 2;
+
+fn bounce_tag(key: &[u8], id: &[u8; 16]) -> [u8; BOUNCE_TAG_LEN] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(BOUNCE_LABEL);
+    mac.update(id);
+    let full = mac.finalize().into_bytes();
+    let mut tag = [0u8; BOUNCE_TAG_LEN];
+    tag.copy_from_slice(&full[..BOUNCE_TAG_LEN]);
+    tag
+}
+
+/// The token of a VERP envelope sender (`bounces+TOKEN@domain`) for the
+/// message `id`: lower-case hex of the id followed by the first 10 bytes of
+/// HMAC-SHA256(key, "bounce:" ++ id). 52 characters, so a short prefix
+/// keeps the local part within 64; hex, because mail systems may change
+/// the case of a local part.
+pub fn bounce_token(key: &[u8], id: &[u8; 16]) -> String {
+    let mut raw = [0u8; 16 + BOUNCE_TAG_LEN];
+    raw[..16].copy_from_slice(id);
+    raw[16..].copy_from_slice(&bounce_tag(key, id));
+    hex::encode(raw)
+}
+
+/// The message id named by a bounce token whose tag verifies under `key`
+/// (in constant time; any case); `None` for anything else.
+pub fn open_bounce_token(key: &[u8], token: &str) -> Option<[u8; 16]> {
+    if token.len() != BOUNCE_TOKEN_LEN {
+        return None;
+    }
+    let raw = hex::decode(token.to_ascii_lowercase()).ok()?;
+    let (id, tag) = raw.split_at(16);
+    let id: [u8; 16] = id.try_into().ok()?;
+    bool::from(bounce_tag(key, &id).ct_eq(tag)).then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +340,29 @@ mod tests {
             let token = unsubscribe_token(&key, &h);
             prop_assert_eq!(open_unsubscribe_token(&key, &token), Some(h));
         }
+    }
+
+    #[test]
+    fn bounce_tokens_open_under_their_key_in_any_case_only() {
+        let id = *uuid::Uuid::from_u128(42).as_bytes();
+        let token = bounce_token(KEY, &id);
+        assert_eq!(token.len(), 52);
+        assert_eq!(open_bounce_token(KEY, &token), Some(id));
+        assert_eq!(open_bounce_token(KEY, &token.to_uppercase()), Some(id));
+        assert_eq!(
+            open_bounce_token(b"another key of 32 bytes, too!!!!", &token),
+            None
+        );
+        let mut forged = token.clone().into_bytes();
+        forged[51] = if forged[51] == b'0' { b'1' } else { b'0' };
+        assert_eq!(
+            open_bounce_token(KEY, &String::from_utf8(forged).expect("ascii")),
+            None
+        );
+        assert_eq!(open_bounce_token(KEY, &token[..50]), None);
+        assert_eq!(
+            open_bounce_token(KEY, "not hex at all, but fifty-two characters long, yes!"),
+            None
+        );
     }
 }

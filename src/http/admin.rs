@@ -1,5 +1,6 @@
 //! Operator endpoints beside the case API: `GET /metrics` (open, like
-//! `/healthz`), and `POST /-/reload` and `POST /-/backup`, which need the
+//! `/healthz`), and `POST /-/reload`, `POST /-/backup` and
+//! `POST /v1/email/bounce` (`http::bounce`), which need the
 //! admin token (`admin.token_sha256`, `token_env` or `token_file`). Ticket
 //! systems' API tokens do not open them: a tenant must not be able to
 //! reload the daemon or read every tenant's data.
@@ -112,12 +113,19 @@ async fn backup(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// `POST /v1/email/bounce`: a returned mail's delivery status
+/// notification (`http::bounce`).
+async fn bounce(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    crate::http::bounce::receive(&state.svc, &body).await
+}
+
 /// The operator routes, merged into the API's router; every response of
 /// the whole app is counted by status.
 pub fn app(api: Router, state: AdminState) -> Router {
     let guarded = Router::new()
         .route("/-/reload", post(reload))
         .route("/-/backup", post(backup))
+        .route("/v1/email/bounce", post(bounce))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
     let ops = Router::new()
         .route("/metrics", get(metrics))

@@ -429,6 +429,33 @@ fn other_operations(doc: &mut Value) {
             }
         }}),
     );
+    paths.insert("/v1/email/bounce".into(), json!({"post": {
+        "tags": ["operations"], "operationId": "email_bounce",
+        "summary": "A returned mail (RFC 3464 delivery status notification) addressed to the VERP sender `email.bounce_address` made; `tidings bounce` posts one from an MTA (admin token).",
+        "security": bearer,
+        "requestBody": {"required": true, "content": {
+            "message/rfc822": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        }},
+        "responses": {
+            "200": {"description": "Filed: a hard bounce failed the message (and names the channel the update went again on), a soft one marked it delayed",
+                "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["message", "result", "fallback"],
+                    "properties": {
+                        "message": {"type": "string", "format": "uuid"},
+                        "result": {"enum": ["failed", "delayed", "ignored"]},
+                        "fallback": {"enum": ["email", "sms", null]}
+                    }
+                }}}},
+            "400": json_error("The body is not a delivery status notification"),
+            "401": unauthorized(),
+            "403": json_error("The admin endpoints are off: no admin token is configured"),
+            "404": json_error("No case holds the message the report names"),
+            "413": json_error(&format!("The body is over {MAX_BODY} bytes")),
+            "422": json_error("No address the report was sent to carries a token of this daemon's"),
+            "503": json_error("The store cannot take the request now; retry later"),
+        }
+    }}));
     let unsubscribe = |method: &str| {
         json!({
             "tags": ["consent"], "operationId": format!("unsubscribe_{method}"),
@@ -463,6 +490,7 @@ mod tests {
             ("/v1/sms/inbound", "post"),
             ("/v1/sms/status", "post"),
             ("/v1/inbound/{system}/{source}", "post"),
+            ("/v1/email/bounce", "post"),
             ("/unsubscribe/{token}", "get"),
             ("/unsubscribe/{token}", "post"),
             ("/healthz", "get"),
