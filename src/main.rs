@@ -83,6 +83,21 @@ enum Command {
         #[arg(long, env = "TIDINGS_CONFIG")]
         config: PathBuf,
     },
+    /// How the promises of a next update came out (kept, late, superseded)
+    /// per source and rule, with the worst late ones.
+    Audit {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+        /// Settled since: an RFC 3339 instant or a span back (7d, 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// One source only.
+        #[arg(long)]
+        source: Option<String>,
+        /// Print JSON, as GET /-/audit answers.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Loads config, rules and templates for the offline tools.
@@ -237,6 +252,25 @@ fn main() -> ExitCode {
                 summary.trees.len(),
                 summary.sha256
             );
+            Ok(())
+        }),
+        Command::Audit {
+            config,
+            since,
+            source,
+            json,
+        } => ops_command(&config, |loc| {
+            let rt = tokio::runtime::Runtime::new()?;
+            let audit = rt.block_on(tidings::cli::audit::audit(
+                &loc,
+                since.as_deref(),
+                source.as_deref(),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&audit)?);
+            } else {
+                print!("{audit}");
+            }
             Ok(())
         }),
         Command::Bounce { config } => {

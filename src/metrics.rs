@@ -33,6 +33,8 @@ pub const HTTP_REQUESTS: &str = "tidings_http_requests_total";
 pub const DIGEST_FALLBACKS: &str = "tidings_digest_fallbacks_total";
 pub const RENDER_FAILURES: &str = "tidings_render_failures_total";
 pub const INBOUND_UNMAPPED: &str = "tidings_inbound_unmapped_total";
+pub const PROMISES: &str = "tidings_promises_total";
+pub const PROMISE_LATENESS: &str = "tidings_promise_lateness_seconds";
 
 /// What an inbound webhook may carry that tidings has no mapping for.
 const INBOUND_WHATS: [&str; 5] = ["status", "priority", "time_zone", "locale", "phone"];
@@ -59,6 +61,9 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DUE_LATENESS.into()), LATENESS_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(PROMISE_LATENESS.into()), LATENESS_BUCKETS)
+            })
             .unwrap_or_else(|_| unreachable!("the bucket list is not empty"));
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -105,6 +110,33 @@ fn describe() {
     );
     for result in ["success", "failure"] {
         counter!(RELOADS, "result" => result).absolute(0);
+    }
+    metrics::describe_counter!(
+        PROMISES,
+        "Promises of a next update, settled: kept (the customer heard from us by then), late, or superseded (the case closed with nothing said), by source and rule"
+    );
+    metrics::describe_histogram!(
+        PROMISE_LATENESS,
+        "How long after the promised time the next message reached the customer (0 when kept)"
+    );
+}
+
+/// A promise made under `rule` for a case of `source` was settled.
+pub fn promise(source: &str, rule: &str, outcome: crate::domain::PromiseOutcome) {
+    use crate::domain::PromiseOutcome;
+    counter!(
+        PROMISES,
+        "source" => source.to_owned(),
+        "rule" => rule.to_owned(),
+        "result" => outcome.as_str(),
+    )
+    .increment(1);
+    match outcome {
+        PromiseOutcome::Kept { .. } => histogram!(PROMISE_LATENESS).record(0.0),
+        PromiseOutcome::Late { late_by_secs, .. } => {
+            histogram!(PROMISE_LATENESS).record(late_by_secs.max(0) as f64);
+        }
+        PromiseOutcome::Superseded { .. } => {}
     }
 }
 

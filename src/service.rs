@@ -183,6 +183,14 @@ impl Service {
             .iter()
             .map(|r| r.as_ref().and_then(|r| r.schedule.due_at))
             .collect();
+        let settled: Vec<Vec<uuid::Uuid>> = records
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .map(crate::engine::promises::settled_ids)
+                    .unwrap_or_default()
+            })
+            .collect();
         let now = self.clock.now();
         let (commits, value) = decide(records, now)?;
         // Only a moved due instant is news to the scheduler (a recorded
@@ -203,6 +211,13 @@ impl Service {
         self.store.commit_many(&changes)?;
         if scope.durable {
             self.store.flush().await?;
+        }
+        for (commit, before) in commits.iter().zip(&settled) {
+            if let Some(r) = &commit.record {
+                for (rule, outcome) in crate::engine::promises::newly_settled(before, r) {
+                    crate::metrics::promise(&r.case.source, &rule, outcome);
+                }
+            }
         }
         if changes.iter().any(|(_, c)| !c.outbox_put.is_empty()) {
             self.wake_dispatcher.notify_one();

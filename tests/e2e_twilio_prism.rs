@@ -759,7 +759,12 @@ async fn a_hard_bounce_sends_the_same_update_by_sms_once() {
         .lines()
         .find_map(|l| l.strip_prefix("X-Mail-Args: <"))
         .and_then(|l| l.split('>').next())
-        .unwrap_or_else(|| panic!("no envelope sender in the dump:\n{}", &dump[..dump.len().min(600)]));
+        .unwrap_or_else(|| {
+            panic!(
+                "no envelope sender in the dump:\n{}",
+                &dump[..dump.len().min(600)]
+            )
+        });
     let token = mail_from
         .strip_prefix("bounces+")
         .and_then(|t| t.strip_suffix("@example.com"))

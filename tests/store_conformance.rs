@@ -104,6 +104,7 @@ fn record(case: Case, due: Option<DateTime<Utc>>) -> CaseRecord {
             covers: Vec::new(),
             provider_id: None,
             provider_status: None,
+            promise: None,
         }],
         idempotency_keys: Vec::new(),
     }

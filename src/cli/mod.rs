@@ -1,5 +1,6 @@
 //! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`.
 
+pub mod audit;
 pub mod backup;
 pub mod bounce;
 pub mod tools;

@@ -129,6 +129,37 @@ pub struct MessageRecord {
     /// The provider's last delivery report (queued, sent, delivered, …).
     #[serde(default)]
     pub provider_status: Option<String>,
+    /// How the promise this message made came out, once settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promise: Option<PromiseOutcome>,
+}
+
+/// How a promise ("next update by …") came out: the customer heard from
+/// us by then (`kept`), after it (`late`, by how much), or the case closed
+/// with no message before it came (`superseded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum PromiseOutcome {
+    Kept {
+        at: DateTime<Utc>,
+    },
+    Late {
+        at: DateTime<Utc>,
+        late_by_secs: i64,
+    },
+    Superseded {
+        at: DateTime<Utc>,
+    },
+}
+
+impl PromiseOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kept { .. } => "kept",
+            Self::Late { .. } => "late",
+            Self::Superseded { .. } => "superseded",
+        }
+    }
 }
 
 /// Schedule bookkeeping for one case.

@@ -4,6 +4,7 @@
 
 pub mod pace;
 pub mod plan;
+pub mod promises;
 pub mod render;
 pub mod rules;
 pub mod schedule;

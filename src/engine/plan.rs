@@ -516,6 +516,21 @@ impl Engine {
             self.reschedule(record, now);
             return;
         }
+        let queued = outbox.len();
+        self.status_message(record, new, now, outbox);
+        // Closed with nothing said: the promises it held are withdrawn.
+        if matches!(new, Status::Resolved | Status::Closed) && outbox.len() == queued {
+            crate::engine::promises::supersede_open(record, now);
+        }
+    }
+
+    fn status_message(
+        &self,
+        record: &mut CaseRecord,
+        new: Status,
+        now: DateTime<Utc>,
+        outbox: &mut Vec<OutboxEntry>,
+    ) {
         if matches!(new, Status::Resolved) {
             self.resolve(record, now, outbox);
         } else {
@@ -689,6 +704,7 @@ impl Engine {
             },
             provider_id: None,
             provider_status: None,
+            promise: None,
         };
         let (to_name, to) =
             internal_to.unwrap_or_else(|| (one_line(&case.customer.name), address(case, channel)));

@@ -82,6 +82,7 @@ mod tests {
             covers: Vec::new(),
             provider_id: None,
             provider_status: None,
+            promise: None,
         }
     }
 

@@ -113,6 +113,52 @@ async fn backup(State(state): State<AdminState>) -> Response {
     }
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct AuditQuery {
+    since: Option<String>,
+    source: Option<String>,
+}
+
+/// `GET /-/audit?since=7d&source=helpdesk`: how the promises came out
+/// (`engine::promises::audit`), as `tidings audit` prints it.
+async fn audit(
+    State(state): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Response {
+    let now = state.svc.now();
+    let since = match q
+        .since
+        .as_deref()
+        .map(|s| crate::engine::promises::since(s, now))
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(m)) => {
+            let body =
+                serde_json::json!({"error": {"code": "invalid", "message": m, "field": "since"}});
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    let store = state.svc.store.clone();
+    let source = q.source.clone();
+    let scanned = tokio::task::spawn_blocking(move || {
+        let records = store.scan_cases().filter_map(|r| {
+            r.map_err(|e| tracing::warn!(error = %e, "audit: a case could not be read"))
+                .ok()
+        });
+        crate::engine::promises::audit(records, since, source.as_deref(), now)
+    })
+    .await;
+    match scanned {
+        Ok(audit) => Json(audit).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_failed",
+            e.to_string(),
+        ),
+    }
+}
+
 /// `POST /v1/email/bounce`: a returned mail's delivery status
 /// notification (`http::bounce`).
 async fn bounce(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
@@ -126,6 +172,7 @@ pub fn app(api: Router, state: AdminState) -> Router {
         .route("/-/reload", post(reload))
         .route("/-/backup", post(backup))
         .route("/v1/email/bounce", post(bounce))
+        .route("/-/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth));
     let ops = Router::new()
         .route("/metrics", get(metrics))

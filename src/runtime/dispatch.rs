@@ -306,6 +306,9 @@ impl Dispatcher {
                     if let Some(msg) = record.message_mut(entry.id) {
                         verdict.apply(msg, attempts, now);
                     }
+                    if let Settlement::Sent { .. } = verdict {
+                        crate::engine::promises::settle_on_delivery(record, entry.id, now);
+                    }
                 }
                 if let Some((_, r)) = live.iter().find(|(_, r)| r.key() == entry.case) {
                     crate::metrics::delivery(r, entry);
