@@ -77,6 +77,17 @@ async fn audit_and_metrics_agree_and_every_promise_is_settled() {
         )
         .await;
     let promised = h.iter().filter(|m| m.promised.is_some()).count() as u64;
+    // The outcome is filed on each message that made a promise.
+    let messages = d.messages("PA-1").await;
+    for m in messages
+        .iter()
+        .filter(|m| m["promised_next_update_at"].is_string())
+    {
+        assert!(
+            ["kept", "late", "superseded"].contains(&m["promise"]["result"].as_str().unwrap_or("")),
+            "{m}"
+        );
+    }
     // Every message that reached the customer with a promise: all settled.
     let (_, arrived) = sink
         .wait_for(std::time::Instant::now() + Duration::from_secs(10), |m| {

@@ -391,6 +391,11 @@ pub struct MessageView {
     /// The SMS provider's latest delivery report (queued, sent, delivered,
     /// undelivered, failed).
     provider_status: Option<String>,
+    /// How the promise this message made came out, once settled:
+    /// `{"result": "kept"|"late"|"superseded", "at": …}`, `late_by_secs`
+    /// when late.
+    #[schema(value_type = Option<Object>)]
+    promise: Option<crate::domain::PromiseOutcome>,
 }
 
 impl From<&CaseRecord> for CaseView {
@@ -438,6 +443,7 @@ impl From<&CaseRecord> for CaseView {
                     fallback_for: m.fallback_for.map(|u| u.to_string()),
                     covers: m.covers.clone(),
                     provider_status: m.provider_status.clone(),
+                    promise: m.promise,
                 })
                 .collect(),
         }
