@@ -1,6 +1,8 @@
-//! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`.
+//! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`,
+//! `import`.
 
 pub mod backup;
+pub mod import;
 pub mod tools;
 
 use crate::config::Config;
@@ -22,4 +24,9 @@ pub fn check(config: &Config) -> Result<Vec<Diagnostic>, Diagnostics> {
 /// Now, for the tools that start from the present.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     SystemClock.now()
+}
+
+/// The wall clock, for the tools that change the store.
+pub fn clock() -> crate::domain::clock::SharedClock {
+    crate::domain::clock::system()
 }
