@@ -98,6 +98,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load cases from a JSON-lines file (one PUT /v1/cases body a line,
+    /// with its "id"), the daemon stopped.
+    Import {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+        /// The JSON-lines file.
+        file: PathBuf,
+        /// The source the cases belong to (default: the config's only one).
+        #[arg(long)]
+        source: Option<String>,
+    },
 }
 
 /// Loads config, rules and templates for the offline tools.
@@ -285,6 +296,11 @@ fn main() -> ExitCode {
             eprintln!("tidings bounce: {line}");
             ExitCode::from(code)
         }
+        Command::Import {
+            config,
+            file,
+            source,
+        } => import(&config, &file, source.as_deref()),
         Command::Serve { config } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -353,6 +369,56 @@ fn ops_command(
             let refused = e
                 .downcast_ref::<tidings::cli::backup::RestoreError>()
                 .is_some_and(|r| matches!(r, tidings::cli::backup::RestoreError::NotEmpty(_)));
+            ExitCode::from(if refused { 1 } else { 3 })
+        }
+    }
+}
+
+/// `tidings import`: 0 when every line was imported, 1 for a bad config or
+/// any rejected line, 3 when the store failed on the way.
+fn import(config: &std::path::Path, file: &std::path::Path, source: Option<&str>) -> ExitCode {
+    use tidings::cli::import::{self, ImportError, SHOWN_REJECTIONS, StderrProgress};
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let run = || -> Result<import::Summary, ImportError> {
+        let source = import::source_for(&config, source)?;
+        let rt = tokio::runtime::Runtime::new().map_err(anyhow::Error::from)?;
+        rt.block_on(import::import(
+            &config,
+            file,
+            &source,
+            tidings::cli::clock(),
+            &mut StderrProgress,
+        ))
+    };
+    match run() {
+        Ok(summary) => {
+            for r in summary.rejected.iter().take(SHOWN_REJECTIONS) {
+                eprintln!("{}", r.diagnostic(file));
+            }
+            if let Some(more) = summary
+                .rejected
+                .len()
+                .checked_sub(SHOWN_REJECTIONS)
+                .filter(|m| *m > 0)
+            {
+                eprintln!("… and {more} more rejected lines");
+            }
+            println!(
+                "{}: {} cases imported ({} new, {} replaced), {} lines rejected",
+                file.display(),
+                summary.imported(),
+                summary.created,
+                summary.replaced,
+                summary.rejected.len()
+            );
+            ExitCode::from(u8::from(!summary.rejected.is_empty()))
+        }
+        Err(e) => {
+            eprintln!("tidings: {e:#}");
+            let refused = !matches!(e, ImportError::Failed(_));
             ExitCode::from(if refused { 1 } else { 3 })
         }
     }

@@ -1,8 +1,10 @@
-//! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`.
+//! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`,
+//! `import`, `audit`, `bounce`.
 
 pub mod audit;
 pub mod backup;
 pub mod bounce;
+pub mod import;
 pub mod tools;
 
 use crate::config::Config;
@@ -24,4 +26,9 @@ pub fn check(config: &Config) -> Result<Vec<Diagnostic>, Diagnostics> {
 /// Now, for the tools that start from the present.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     SystemClock.now()
+}
+
+/// The wall clock, for the tools that change the store.
+pub fn clock() -> crate::domain::clock::SharedClock {
+    crate::domain::clock::system()
 }
