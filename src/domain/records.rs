@@ -145,6 +145,10 @@ pub struct ScheduleState {
     pub rule_updates: u32,
     pub escalated: bool,
     pub resolution_sent: bool,
+    /// When the case was last resolved or closed (`None` while it is open);
+    /// its page link stays valid for a while after.
+    #[serde(default)]
+    pub closed_at: Option<DateTime<Utc>>,
 }
 
 /// A case with everything tidings keeps about it.
@@ -241,6 +245,8 @@ pub enum OptOutVia {
     UnsubscribeLink,
     /// The provider said so (Twilio 21610).
     Provider,
+    /// "Stop all updates from this help desk" on a case page.
+    CasePage,
 }
 
 impl std::fmt::Display for OptOutVia {
@@ -249,6 +255,7 @@ impl std::fmt::Display for OptOutVia {
             Self::SmsStop => "sms_stop",
             Self::UnsubscribeLink => "unsubscribe_link",
             Self::Provider => "provider",
+            Self::CasePage => "case_page",
         })
     }
 }
@@ -256,6 +263,25 @@ impl std::fmt::Display for OptOutVia {
 /// A recipient on one channel, as the store knows it: keyed, not in clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Contact(pub [u8; 32]);
+
+/// A recipient on `channel` as one source (help desk) knows them: an
+/// opt-out filed under this key silences that source only.
+pub fn scoped_contact_of(
+    salt: &[u8; 32],
+    source: &str,
+    channel: Channel,
+    address: &str,
+) -> Contact {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(salt)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(b"source:");
+    mac.update(source.as_bytes());
+    mac.update(b"\0");
+    mac.update(channel.as_str().as_bytes());
+    mac.update(b":");
+    mac.update(address.trim().to_lowercase().as_bytes());
+    Contact(mac.finalize().into_bytes().into())
+}
 
 /// A stored answer for a retried request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
