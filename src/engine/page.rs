@@ -113,10 +113,11 @@ pub struct PageChannel {
 }
 
 /// A short wall-clock phrase for a promise: the weekday and time within
-/// the coming week, with the date further out.
+/// the coming week, with the date further out (or in the past).
 pub fn format_promise(t: DateTime<Utc>, tz: Tz, locale: &Locale, now: DateTime<Utc>) -> String {
     let local = t.with_timezone(&tz);
-    let near = t - now < chrono::Duration::days(6);
+    let ahead = t - now;
+    let near = ahead >= chrono::Duration::zero() && ahead < chrono::Duration::days(6);
     let (fmt, loc) = match (locale.language(), near) {
         ("id", true) => ("%A %H.%M", chrono::Locale::id_ID),
         ("id", false) => ("%A %-d %B %H.%M", chrono::Locale::id_ID),

@@ -284,15 +284,16 @@ async fn css(State(state): State<ApiState>) -> Response {
     }
 }
 
-/// Whether the request comes from a page of this daemon: a browser says
-/// so in `Sec-Fetch-Site` and `Origin`; a request without them (a plain
-/// client) must still carry the form token.
+/// Whether the request comes from a page of this daemon. A browser says
+/// so in `Sec-Fetch-Site`; one that does not send it may send `Origin`
+/// (`null` under the page's `no-referrer` policy). A request with neither
+/// (a plain client) must still carry the form token.
 fn same_site(state: &ApiState, headers: &HeaderMap) -> bool {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if get("sec-fetch-site").is_some_and(|s| s == "cross-site" || s == "same-site") {
-        return false;
+    if let Some(site) = get("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
     }
-    let Some(origin) = get("origin") else {
+    let Some(origin) = get("origin").filter(|o| *o != "null") else {
         return true;
     };
     let public = state.webhooks.as_ref().map(|w| w.public_url.as_str());
