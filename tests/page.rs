@@ -505,3 +505,60 @@ async fn stopping_one_help_desk_leaves_the_other_help_desks_updates() {
         "{html}"
     );
 }
+
+/// The page link in the first `.eml` the daemon wrote.
+async fn link_from_eml(d: &peers::Daemon) -> String {
+    let dir = d.dir.path().join("data/mail");
+    peers::eventually(SETTLE, "an .eml file", async || {
+        let file = std::fs::read_dir(&dir)
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .ok_or("no .eml yet")?;
+        let raw = std::fs::read(file.path()).map_err(|e| e.to_string())?;
+        let text = mail_parser::MessageParser::default()
+            .parse(&raw)
+            .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+            .ok_or("no text part")?;
+        text.split_whitespace()
+            .find(|w| w.contains("/c/"))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no page link in:\n{text}"))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_the_page_from_an_eml_and_logs_no_personal_data_or_token() {
+    let d = peers::Setup::new(rules("updates", &[("every", "1h")]))
+        .start()
+        .await;
+    d.put_case("LOG-1", &peers::case_on(&["email", "sms"]))
+        .await;
+    let url = link_from_eml(&d).await;
+    let token = url.rsplit('/').next().expect("token").to_owned();
+    let (status, _, html) = get(&url).await;
+    assert_eq!(status, 200);
+    for pii in [peers::EMAIL, peers::PHONE, "2125550143", "Hernandez"] {
+        assert!(!html.contains(pii), "{pii} in the page source");
+    }
+    let r = post(
+        &url,
+        &[
+            ("action", "pause"),
+            ("until", "2099-01-01"),
+            ("csrf", &csrf(&html)),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 400, "more than a year ahead");
+    let r = post(&url, &[("action", "stop_source"), ("csrf", &csrf(&html))]).await;
+    assert_eq!(r.status(), 303);
+    let (status, _, _) = get(&format!("{url}x")).await;
+    assert_eq!(status, 404);
+    let log = d.log();
+    assert!(log.contains("case page preference saved"), "{log}");
+    for secret in [peers::EMAIL, peers::PHONE, "2125550143", &token, TOKEN] {
+        assert!(!log.contains(secret), "the log holds `{secret}`:\n{log}");
+    }
+}
