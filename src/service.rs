@@ -414,6 +414,45 @@ impl Service {
         .await
     }
 
+    /// A fresh case page link, asked for on an expired page, queued by
+    /// email to the address on file; whether one was queued (none when the
+    /// case has no email address or got one within the last day).
+    pub async fn send_fresh_link(&self, key: &CaseKey, stamp: u32) -> Result<bool, ServiceError> {
+        let keys = [key.clone()];
+        self.change(Scope::internal(&keys), |records, now| {
+            let mut record = records
+                .into_iter()
+                .next()
+                .flatten()
+                .filter(|r| crate::domain::link::case_stamp(r.case.created_at) == stamp)
+                .ok_or(ServiceError::NotFound)?;
+            if !crate::engine::page::fresh_link_due(&record, now) {
+                return Ok((vec![Commit::default()], false));
+            }
+            let engine = self.engine.load();
+            let (msg, entry) = engine.message(
+                &[&record],
+                crate::domain::MessageKind::Link,
+                crate::engine::page::LINK_TEMPLATE,
+                None,
+                crate::domain::Channel::Email,
+                now,
+                None,
+                None,
+                engine.ids.next_id(),
+            );
+            record.messages.push(msg);
+            record.updated_at = now;
+            let commit = Commit {
+                record: Some(record),
+                outbox_put: entry.into_iter().collect(),
+                ..Commit::default()
+            };
+            Ok((vec![commit], true))
+        })
+        .await
+    }
+
     pub fn get_case(&self, source: &str, id: CaseId) -> Result<CaseRecord, ServiceError> {
         self.store
             .get(&CaseKey::new(source, id))?

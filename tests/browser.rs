@@ -89,8 +89,18 @@ async fn the_page_works_in_chromium_in_every_locale_with_no_serious_accessibilit
         assert_eq!(r.status(), 201);
     }
     app.put_case("WEB-GONE", &peers::case_on(&["email"])).await;
+    // Closed at once: their links expire 30 days on.
+    for (locale, tz, _) in locales {
+        let mut case = peers::case_on(&["email"]);
+        case["customer"]["email"] = json!(format!("old-{locale}@example.com"));
+        case["customer"]["locale"] = json!(locale);
+        case["customer"]["timezone"] = json!(tz);
+        case["status"] = json!("closed");
+        let r = app.put_case(&format!("OLD-{locale}"), &case).await;
+        assert_eq!(r.status(), 201);
+    }
     let mails = app
-        .wait_mails(Duration::from_secs(6), |m| m.len() >= 5)
+        .wait_mails(Duration::from_secs(6), |m| m.len() >= 9)
         .await;
     let mail_to = |to: &str| {
         mails
@@ -130,26 +140,35 @@ async fn the_page_works_in_chromium_in_every_locale_with_no_serious_accessibilit
             { "state": "gone", "url": gone },
         ],
     });
-    let script = peers::repo("tests/browser/page.cjs");
-    let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .env("TIDINGS_BROWSER_INPUT", input.to_string())
-            .env("TIDINGS_BROWSER_MODULES", modules)
-            .output()
-            .expect("run node")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    println!("{stdout}");
-    assert!(run.status.success(), "{stdout}\n{stderr}");
+    let expired: Vec<_> = locales
+        .iter()
+        .map(|(locale, _, _)| {
+            let mail = mail_to(&format!("old-{locale}@example.com"));
+            json!({ "state": "expired", "url": link(&app, mail, "/c/"), "locale": locale, "fresh": true })
+        })
+        .collect();
+    run_script(&modules, &input).await;
     for (locale, _, _) in locales {
         let shot = out.join(format!("page-{locale}.png"));
         assert!(shot.exists(), "no screenshot {}", shot.display());
     }
     println!("screenshots and report.json in {}", out.display());
+
+    // A month after the close, the closed cases' links have expired: their
+    // pages offer a fresh link, which the browser asks for, and it arrives.
+    clock.advance(chrono::Duration::days(31));
+    let input = json!({
+        "out": out, "pause_until": "2027-03-01", "locales": [],
+        "refused": expired, "report": "report-expired.json",
+    });
+    run_script(&modules, &input).await;
+    for (locale, _, _) in locales {
+        let to = format!("old-{locale}@example.com");
+        app.wait_mails(Duration::from_secs(6), |m| {
+            m.iter().filter(|m| m.to.contains(&to)).count() == 2
+        })
+        .await;
+    }
 
     // The browser stopped every case: the next updates do not arrive.
     let before = app.mails().len();
@@ -176,4 +195,24 @@ async fn the_page_works_in_chromium_in_every_locale_with_no_serious_accessibilit
         before,
         "mail after the browser stopped it"
     );
+}
+
+/// Runs `tests/browser/page.cjs` on `input`; it must pass.
+async fn run_script(modules: &Path, input: &serde_json::Value) {
+    let script = peers::repo("tests/browser/page.cjs");
+    let (modules, input) = (modules.to_owned(), input.to_string());
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .env("TIDINGS_BROWSER_INPUT", input)
+            .env("TIDINGS_BROWSER_MODULES", modules)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    println!("{stdout}");
+    assert!(run.status.success(), "{stdout}\n{stderr}");
 }

@@ -251,6 +251,27 @@ async fn forged_truncated_expired_and_erased_links_are_refused_alike() {
     );
     let (status, _, _) = get(&keep).await;
     assert_eq!(status, 200, "the good link still opens");
+
+    // The expired page sends a fresh link to the address on file, once a day.
+    let (_, _, html) = get(&old).await;
+    let form = [("action", "fresh"), ("csrf", &csrf(&html))];
+    let r = post(&old, &form).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .expect("body")
+            .contains("Nowy link jest w drodze")
+    );
+    let mails = mails_to(&app, "old@example.com", 2).await;
+    let fresh = page_link(&app, &mails[1]);
+    assert_ne!(fresh, old);
+    let (status, _, html) = get(&fresh).await;
+    assert_eq!(status, 200, "the fresh link opens the closed case: {html}");
+    let r = post(&old, &form).await;
+    assert_eq!(r.status(), 200, "the same answer the second time");
+    let h = common_wait_history(&app, "OLD-1", TOKEN, 2).await;
+    assert_eq!(h.len(), 2, "one fresh link a day: {h:?}");
 }
 
 /// What the history says of a case's messages: (channel, status).

@@ -63,7 +63,7 @@ pub enum DeliveryStatus {
 
 /// Why a message goes out: an event (`created`, `resolved`, `note`,
 /// `status`), a scheduled `progress` update (or digest), or an internal
-/// `escalation`. Stored and shown as those words.
+/// `escalation`, or a fresh case page `link`. Stored and shown as those words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
@@ -75,6 +75,8 @@ pub enum MessageKind {
     #[default]
     Progress,
     Escalation,
+    /// A fresh link to the case page, asked for on an expired one.
+    Link,
 }
 
 impl MessageKind {
@@ -86,6 +88,7 @@ impl MessageKind {
             Self::Status => "status",
             Self::Progress => "progress",
             Self::Escalation => "escalation",
+            Self::Link => "link",
         }
     }
 }

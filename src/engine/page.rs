@@ -304,6 +304,22 @@ pub fn apply_pref(
     Ok(cancelled)
 }
 
+/// The template a fresh page link is sent with.
+pub const LINK_TEMPLATE: &str = "page-link";
+
+/// At most one fresh link per case in this long.
+pub const FRESH_LINK_EVERY: chrono::Duration = chrono::Duration::hours(24);
+
+/// Whether `record` may get a fresh page link at `now`: it has an email
+/// address and got none within `FRESH_LINK_EVERY`.
+pub fn fresh_link_due(record: &CaseRecord, now: DateTime<Utc>) -> bool {
+    record.case.customer.email.is_some()
+        && !record
+            .messages
+            .iter()
+            .any(|m| m.kind == MessageKind::Link && now - m.due_at < FRESH_LINK_EVERY)
+}
+
 /// Sample variables for every page template, for `tidings check`.
 pub fn samples(case: Case, now: DateTime<Utc>) -> BTreeMap<&'static str, serde_json::Value> {
     let record = CaseRecord {

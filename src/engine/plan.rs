@@ -721,7 +721,7 @@ impl Engine {
     /// the first being the one it is filed under) on `channel`, and the
     /// history entry each of those cases keeps for it.
     #[allow(clippy::too_many_arguments)]
-    fn message(
+    pub(crate) fn message(
         &self,
         records: &[&CaseRecord],
         kind: MessageKind,

@@ -117,7 +117,7 @@ fn unavailable(e: &dyn std::fmt::Display) -> Response {
 /// A link, opened and checked against the store.
 enum Opened {
     Valid(PageLink, Box<CaseRecord>),
-    Expired(Box<CaseRecord>),
+    Expired(PageLink, Box<CaseRecord>),
     Gone,
     Invalid,
 }
@@ -141,7 +141,7 @@ fn open(state: &ApiState, token: &str) -> Result<Opened, Response> {
     let window = engine.consent.link_valid_after_close;
     Ok(match link_state(&link, record, state.svc.now(), window) {
         LinkState::Valid(r) => Opened::Valid(link, r),
-        LinkState::Expired(r) => Opened::Expired(r),
+        LinkState::Expired(r) => Opened::Expired(link, r),
         LinkState::Gone => Opened::Gone,
     })
 }
@@ -150,29 +150,36 @@ fn unreachable_id() -> crate::domain::CaseId {
     "-".parse().unwrap_or_else(|_| unreachable!("a valid id"))
 }
 
-/// The answer to a link that does not open a case, no sooner than the floor.
-async fn refuse(state: &ApiState, opened: Opened, started: tokio::time::Instant) -> Response {
+/// The answer to a link that does not open a case, no sooner than the
+/// floor. An expired link's page offers a fresh link by email.
+async fn refuse(
+    state: &ApiState,
+    token: &str,
+    opened: Opened,
+    started: tokio::time::Instant,
+) -> Response {
     let default = state.svc.defaults.locale.clone();
-    let (status, kind, locale) = match &opened {
-        Opened::Gone => (StatusCode::GONE, "gone", default),
-        Opened::Expired(r) => (
+    let engine = state.svc.engine.load();
+    let (status, kind, locale, form) = match &opened {
+        Opened::Gone => (StatusCode::GONE, "gone", default, String::new()),
+        Opened::Expired(_, r) => (
             StatusCode::NOT_FOUND,
             "expired",
             r.case.customer.locale.clone(),
+            form_token(&engine.consent.unsubscribe_key, token),
         ),
-        _ => (StatusCode::NOT_FOUND, "not_found", default),
+        _ => (StatusCode::NOT_FOUND, "not_found", default, String::new()),
     };
-    let company = state.svc.engine.load().company.name.clone();
     let page = notice(
         state,
         status,
         &locale,
         &Notice {
             lang: locale.to_string(),
-            company,
+            company: engine.company.name.clone(),
             kind,
-            action: "",
-            form_token: String::new(),
+            action: if form.is_empty() { "" } else { token },
+            form_token: form,
             css: "page.css",
         },
     );
@@ -265,7 +272,7 @@ async fn show(
         Err(r) => return r,
     };
     let Opened::Valid(_, record) = opened else {
-        return refuse(&state, opened, started).await;
+        return refuse(&state, &token, opened, started).await;
     };
     let notice = done.done.filter(|d| NOTICES.contains(&d.as_str()));
     render_case(&state, &token, &record, StatusCode::OK, notice, None)
@@ -363,9 +370,22 @@ async fn act(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let Opened::Valid(link, record) = opened else {
-        return refuse(&state, opened, started).await;
+    let (link, record, expired) = match opened {
+        Opened::Valid(l, r) => (l, r, false),
+        Opened::Expired(l, r) => (l, r, true),
+        other => return refuse(&state, &token, other, started).await,
     };
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let action = form
+        .iter()
+        .find(|(k, _)| k == "action")
+        .map_or("", |(_, v)| v.as_str())
+        .to_owned();
+    // An expired link does only one thing; anything else is refused as
+    // on a GET, before any check that could tell it from a forged one.
+    if expired && action != "fresh" {
+        return refuse(&state, &token, Opened::Expired(link, record), started).await;
+    }
     if !same_site(&state, &headers) {
         return (
             StatusCode::FORBIDDEN,
@@ -373,7 +393,6 @@ async fn act(
         )
             .into_response();
     }
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let given = form
         .iter()
         .find(|(k, _)| k == "csrf")
@@ -393,12 +412,10 @@ async fn act(
         )
             .into_response();
     }
-    let action = form
-        .iter()
-        .find(|(k, _)| k == "action")
-        .map_or("", |(_, v)| v.as_str())
-        .to_owned();
     let key = record.key();
+    if expired {
+        return fresh(&state, &key, &link, &record).await;
+    }
     let done = match parse_change(&form) {
         Err((field, message)) => return bad_request(field, message),
         Ok(Some(change)) => match state.svc.set_prefs(&key, link.stamp, &change).await {
@@ -419,7 +436,9 @@ async fn act(
                     Some(msg),
                 );
             }
-            Err(ServiceError::NotFound) => return refuse(&state, Opened::Gone, started).await,
+            Err(ServiceError::NotFound) => {
+                return refuse(&state, &token, Opened::Gone, started).await;
+            }
             Err(e) => return unavailable(&e),
         },
         Ok(None) => {
@@ -449,4 +468,31 @@ async fn act(
     tracing::info!(case = %key, choice = done, "case page preference saved");
     let location = format!("{token}?done={done}");
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
+/// A fresh link by email, asked for on an expired page. The answer is the
+/// same whether one was sent or not (no email address, or one sent within
+/// the day), so the page tells nothing about the address on file.
+async fn fresh(state: &ApiState, key: &CaseKey, link: &PageLink, record: &CaseRecord) -> Response {
+    match state.svc.send_fresh_link(key, link.stamp).await {
+        Ok(queued) => {
+            tracing::info!(case = %key, queued, "fresh case page link asked for");
+        }
+        Err(ServiceError::NotFound) => {}
+        Err(e) => return unavailable(&e),
+    }
+    let locale = &record.case.customer.locale;
+    notice(
+        state,
+        StatusCode::OK,
+        locale,
+        &Notice {
+            lang: locale.to_string(),
+            company: state.svc.engine.load().company.name.clone(),
+            kind: "fresh_sent",
+            action: "",
+            form_token: String::new(),
+            css: "page.css",
+        },
+    )
 }

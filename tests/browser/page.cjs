@@ -6,7 +6,8 @@
 // output folder with report.json.
 //
 // Input (TIDINGS_BROWSER_INPUT, JSON): { out, pause_until, locales: [{
-//   locale, page, promise, unsubscribe }], refused: [{ state, url }] }.
+//   locale, page, promise, unsubscribe }], refused: [{ state, url, locale,
+//   fresh }] }; `fresh` asks for a fresh link on an expired page.
 // Exit 1 on a serious or critical axe violation or a failed check.
 'use strict';
 
@@ -105,10 +106,15 @@ async function expectText(page, locale, state, text) {
     const resp = await page.goto(r.url);
     report.states.push({ state: r.state, status: resp.status() });
     await audit(page, r.locale || 'en', r.state);
+    if (r.fresh) {
+      // The expired page's one form: a fresh link by email.
+      await submit(page, 'fresh');
+      await audit(page, r.locale || 'en', 'fresh link sent');
+    }
   }
   if (outside.length) fail(`requests to third parties: ${outside.join(', ')}`);
   await browser.close();
-  fs.writeFileSync(path.join(input.out, 'report.json'), JSON.stringify(report, null, 2));
+  fs.writeFileSync(path.join(input.out, input.report || 'report.json'), JSON.stringify(report, null, 2));
   process.exit(report.failures.length ? 1 : 0);
 })().catch((e) => {
   console.error(e);

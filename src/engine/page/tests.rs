@@ -240,3 +240,18 @@ fn every_shipped_page_template_renders_its_sample() {
         assert!(html.contains(&format!("lang=\"{lang}\"")), "{lang}");
     }
 }
+
+#[test]
+fn a_fresh_link_goes_at_most_once_a_day_and_only_to_an_email_address() {
+    let now = t("2026-12-01T12:00:00Z");
+    let mut r = record("en", "UTC");
+    assert!(fresh_link_due(&r, now));
+    let mut sent = message(Channel::Email, DeliveryStatus::Sent, false);
+    sent.kind = MessageKind::Link;
+    sent.due_at = now - chrono::Duration::hours(23);
+    r.messages.push(sent);
+    assert!(!fresh_link_due(&r, now));
+    assert!(fresh_link_due(&r, now + chrono::Duration::hours(1)));
+    r.case.customer.email = None;
+    assert!(!fresh_link_due(&r, now + chrono::Duration::hours(1)));
+}
