@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::domain::link::{PageLink, case_stamp};
 use crate::domain::{Case, CaseRecord, Channel, DeliveryStatus, Locale, MessageKind};
-use crate::engine::render::format_short;
+use crate::engine::render::{MessageContext, RenderError, Templates, format_short};
 
 /// What a page link comes to.
 #[derive(Debug, Clone, PartialEq)]
@@ -302,6 +302,40 @@ pub fn apply_pref(
         }
     }
     Ok(cancelled)
+}
+
+/// Renders an SMS that carries the case page link (`status_url`) only
+/// where the segment budget allows: when the link costs no extra segment
+/// and no shortening of the case's own text, it stays; otherwise the SMS
+/// goes as it would without it.
+pub fn render_sms_with_link(
+    templates: &Templates,
+    template: &str,
+    locale: &Locale,
+    ctx: &MessageContext,
+    max_segments: usize,
+) -> Result<String, RenderError> {
+    let with = templates.render_sms(template, locale, ctx, max_segments)?;
+    if ctx.status_url.is_empty() || !with.contains(&ctx.status_url) {
+        return templates.render_sms(template, locale, &without_link(ctx), max_segments);
+    }
+    let without = templates.render_sms(template, locale, &without_link(ctx), max_segments)?;
+    let segments = |t: &str| crate::domain::segments::count(t).count;
+    // Longer by the link and the space before it, or the case's text was
+    // cut to make room.
+    let kept = with.chars().count() > without.chars().count() + ctx.status_url.chars().count();
+    Ok(if segments(&with) <= segments(&without) && kept {
+        with
+    } else {
+        without
+    })
+}
+
+fn without_link(ctx: &MessageContext) -> MessageContext {
+    MessageContext {
+        status_url: String::new(),
+        ..ctx.clone()
+    }
 }
 
 /// The template a fresh page link is sent with.

@@ -786,10 +786,14 @@ impl Engine {
                 .templates
                 .render_email(template, locale, &ctx)
                 .map(Content::Email),
-            Channel::Sms => self
-                .templates
-                .render_sms(template, locale, &ctx, self.max_segments)
-                .map(|text| Content::Sms(SmsText { text })),
+            Channel::Sms => crate::engine::page::render_sms_with_link(
+                &self.templates,
+                template,
+                locale,
+                &ctx,
+                self.max_segments,
+            )
+            .map(|text| Content::Sms(SmsText { text })),
         };
         let content = match rendered {
             Ok(c) => c,

@@ -255,3 +255,34 @@ fn a_fresh_link_goes_at_most_once_a_day_and_only_to_an_email_address() {
     r.case.customer.email = None;
     assert!(!fresh_link_due(&r, now + chrono::Duration::hours(1)));
 }
+
+#[test]
+fn an_sms_carries_the_page_link_only_where_it_costs_no_extra_segment() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let templates =
+        crate::engine::render::Templates::load(&dir, "en".parse().expect("locale")).expect("load");
+    let now = t("2026-12-01T12:00:00Z");
+    let r = record("en", "America/New_York");
+    let company = crate::domain::Company {
+        name: "X".into(),
+        support_url: None,
+    };
+    let mut ctx = MessageContext::new(
+        &r.case,
+        r.schedule.next_update_at,
+        now,
+        &company,
+        String::new(),
+    );
+    let en = "en".parse().expect("locale");
+    let bare = render_sms_with_link(&templates, "progress", &en, &ctx, 2).expect("renders");
+    let short = "https://t.example/c/abc";
+    ctx.status_url = short.into();
+    let with = render_sms_with_link(&templates, "progress", &en, &ctx, 2).expect("renders");
+    assert!(with.contains(short), "{with}");
+    let count = |t: &str| crate::domain::segments::count(t).count;
+    assert_eq!(count(&with), count(&bare), "{with}");
+    ctx.status_url = format!("https://updates.example.com/c/{}", "A".repeat(60));
+    let long = render_sms_with_link(&templates, "progress", &en, &ctx, 2).expect("renders");
+    assert_eq!(long, bare, "a link that needs a second segment is left out");
+}
