@@ -131,14 +131,21 @@ async fn the_page_works_in_chromium_in_every_locale_with_no_serious_accessibilit
     let forged = format!("{}x", &en[..en.len() - 1]);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
     std::fs::create_dir_all(&out).expect("output folder");
+    // Links that name no customer, in each browser language.
+    let refused: Vec<_> = locales
+        .iter()
+        .flat_map(|(locale, _, _)| {
+            [
+                json!({ "state": "not found", "url": forged, "locale": locale, "accept": locale }),
+                json!({ "state": "gone", "url": gone, "locale": locale, "accept": locale }),
+            ]
+        })
+        .collect();
     let input = json!({
         "out": out,
         "pause_until": "2027-01-20",
         "locales": pages,
-        "refused": [
-            { "state": "not found", "url": forged },
-            { "state": "gone", "url": gone },
-        ],
+        "refused": refused,
     });
     let expired: Vec<_> = locales
         .iter()

@@ -241,6 +241,15 @@ async fn forged_truncated_expired_and_erased_links_are_refused_alike() {
         let r = post(url, &[("action", "stop")]).await;
         assert_eq!(r.status(), 404, "{what}");
     }
+    // A link that names no customer answers in the browser's language.
+    let r = client()
+        .get(&hostile[0].1)
+        .header("accept-language", "pl-PL,pl;q=0.9,en;q=0.5")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.expect("body").contains("Nieprawidłowy link"));
     let fastest = medians.iter().map(|(_, d, _)| *d).min().expect("some");
     let slowest = medians.iter().map(|(_, d, _)| *d).max().expect("some");
     let shown: Vec<(&str, Duration)> = medians.iter().map(|(w, d, _)| (w.as_str(), *d)).collect();

@@ -266,8 +266,14 @@ fn opened_contact(state: &ApiState, token: &str) -> Option<[u8; 32]> {
         .find_map(|k| crate::domain::signature::open_unsubscribe_token(k, token))
 }
 
-fn unsubscribe_notice(state: &ApiState, status: StatusCode, kind: &str, token: &str) -> Response {
-    let locale = state.svc.defaults.locale.clone();
+fn unsubscribe_notice(
+    state: &ApiState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    kind: &str,
+    token: &str,
+) -> Response {
+    let locale = crate::http::page::reader_locale(state, headers);
     let company = state.svc.engine.load().company.name.clone();
     crate::http::page::notice(
         state,
@@ -289,19 +295,30 @@ fn unsubscribe_notice(state: &ApiState, status: StatusCode, kind: &str, token: &
 pub async fn unsubscribe_confirm(
     State(state): State<ApiState>,
     Path(token): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     if opened_contact(&state, &token).is_none() {
-        return unsubscribe_notice(&state, StatusCode::NOT_FOUND, "not_found", "");
+        return unsubscribe_notice(&state, &headers, StatusCode::NOT_FOUND, "not_found", "");
     }
-    unsubscribe_notice(&state, StatusCode::OK, "unsubscribe_confirm", &token)
+    unsubscribe_notice(
+        &state,
+        &headers,
+        StatusCode::OK,
+        "unsubscribe_confirm",
+        &token,
+    )
 }
 
 /// `POST /unsubscribe/{token}`: the confirmation form, or RFC 8058
 /// one-click from the mail client. The token names the address (for the
 /// source that sent it) only by its keyed hash.
-pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String>) -> Response {
+pub async fn unsubscribe(
+    State(state): State<ApiState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(hash) = opened_contact(&state, &token) else {
-        return unsubscribe_notice(&state, StatusCode::NOT_FOUND, "not_found", "");
+        return unsubscribe_notice(&state, &headers, StatusCode::NOT_FOUND, "not_found", "");
     };
     let store = &state.svc.store;
     if let Err(e) = store.room(crate::store::Writer::Internal) {
@@ -314,7 +331,7 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String
         return unavailable(e);
     }
     tracing::info!("email address unsubscribed by link");
-    unsubscribe_notice(&state, StatusCode::OK, "unsubscribed", "")
+    unsubscribe_notice(&state, &headers, StatusCode::OK, "unsubscribed", "")
 }
 
 #[cfg(test)]

@@ -154,11 +154,12 @@ fn unreachable_id() -> crate::domain::CaseId {
 /// floor. An expired link's page offers a fresh link by email.
 async fn refuse(
     state: &ApiState,
+    headers: &HeaderMap,
     token: &str,
     opened: Opened,
     started: tokio::time::Instant,
 ) -> Response {
-    let default = state.svc.defaults.locale.clone();
+    let default = reader_locale(state, headers);
     let engine = state.svc.engine.load();
     let (status, kind, locale, form) = match &opened {
         Opened::Gone => (StatusCode::GONE, "gone", default, String::new()),
@@ -185,6 +186,22 @@ async fn refuse(
     );
     tokio::time::sleep_until(started + REFUSAL_FLOOR).await;
     page
+}
+
+/// The language for a page that names no customer (a refused link, the
+/// unsubscribe pages): the first of the browser's `Accept-Language` that
+/// parses, else the default locale. Template lookup falls back from a
+/// language not shipped.
+pub fn reader_locale(state: &ApiState, headers: &HeaderMap) -> Locale {
+    headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .map(|part| part.split(';').next().unwrap_or_default().trim())
+                .find_map(|tag| tag.parse::<Locale>().ok())
+        })
+        .unwrap_or_else(|| state.svc.defaults.locale.clone())
 }
 
 /// The customer's contacts for this case's source, keyed (never in clear).
@@ -265,6 +282,7 @@ async fn show(
     State(state): State<ApiState>,
     Path(token): Path<String>,
     Query(done): Query<Done>,
+    headers: HeaderMap,
 ) -> Response {
     let started = tokio::time::Instant::now();
     let opened = match open(&state, &token) {
@@ -272,7 +290,7 @@ async fn show(
         Err(r) => return r,
     };
     let Opened::Valid(_, record) = opened else {
-        return refuse(&state, &token, opened, started).await;
+        return refuse(&state, &headers, &token, opened, started).await;
     };
     let notice = done.done.filter(|d| NOTICES.contains(&d.as_str()));
     render_case(&state, &token, &record, StatusCode::OK, notice, None)
@@ -373,7 +391,7 @@ async fn act(
     let (link, record, expired) = match opened {
         Opened::Valid(l, r) => (l, r, false),
         Opened::Expired(l, r) => (l, r, true),
-        other => return refuse(&state, &token, other, started).await,
+        other => return refuse(&state, &headers, &token, other, started).await,
     };
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let action = form
@@ -384,7 +402,14 @@ async fn act(
     // An expired link does only one thing; anything else is refused as
     // on a GET, before any check that could tell it from a forged one.
     if expired && action != "fresh" {
-        return refuse(&state, &token, Opened::Expired(link, record), started).await;
+        return refuse(
+            &state,
+            &headers,
+            &token,
+            Opened::Expired(link, record),
+            started,
+        )
+        .await;
     }
     if !same_site(&state, &headers) {
         return (
@@ -437,7 +462,7 @@ async fn act(
                 );
             }
             Err(ServiceError::NotFound) => {
-                return refuse(&state, &token, Opened::Gone, started).await;
+                return refuse(&state, &headers, &token, Opened::Gone, started).await;
             }
             Err(e) => return unavailable(&e),
         },

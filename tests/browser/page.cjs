@@ -7,7 +7,8 @@
 //
 // Input (TIDINGS_BROWSER_INPUT, JSON): { out, pause_until, locales: [{
 //   locale, page, promise, unsubscribe }], refused: [{ state, url, locale,
-//   fresh }] }; `fresh` asks for a fresh link on an expired page.
+//   accept, fresh }] }; `accept` is the browser's Accept-Language, `fresh`
+//   asks for a fresh link on an expired page.
 // Exit 1 on a serious or critical axe violation or a failed check.
 'use strict';
 
@@ -97,14 +98,20 @@ async function expectText(page, locale, state, text) {
     await audit(page, l.locale, 'source stopped');
     await page.screenshot({ path: path.join(input.out, `page-${l.locale}-stopped.png`), fullPage: true });
 
+    // Pages that name no customer follow the browser's language.
+    await page.setExtraHTTPHeaders({ 'accept-language': l.locale });
     await page.goto(l.unsubscribe);
     await audit(page, l.locale, 'unsubscribe confirmation');
     await Promise.all([page.waitForNavigation(), page.locator('form button').click()]);
     await audit(page, l.locale, 'unsubscribed');
+    await page.setExtraHTTPHeaders({});
   }
   for (const r of input.refused) {
+    await page.setExtraHTTPHeaders(r.accept ? { 'accept-language': r.accept } : {});
     const resp = await page.goto(r.url);
     report.states.push({ state: r.state, status: resp.status() });
+    const lang = await page.getAttribute('html', 'lang');
+    if (r.locale && lang !== r.locale) fail(`${r.state}: page in ${lang}, not ${r.locale}`);
     await audit(page, r.locale || 'en', r.state);
     if (r.fresh) {
       // The expired page's one form: a fresh link by email.
