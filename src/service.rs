@@ -22,6 +22,7 @@ use crate::domain::{
     CaseId, CaseInput, CaseKey, CaseRecord, Defaults, DeliveryStatus, EventInput, FieldError,
     IdempotentResponse,
 };
+use crate::engine::page::{PrefChange, PrefError, apply_pref};
 use crate::engine::plan::{Engine, Planned};
 use crate::store::{BackupError, BackupSummary, Commit, Storage, StoreError, Writer};
 
@@ -390,6 +391,81 @@ impl Service {
             }
         }
         Ok(out)
+    }
+
+    /// A preference the customer posted on their case page: applied to
+    /// the case made `created_at`-stamp `stamp` (a case erased and made
+    /// again is another case), the case replanned, and the pending
+    /// messages the choice rules out taken out of the outbox.
+    pub async fn set_prefs(
+        &self,
+        key: &CaseKey,
+        stamp: u32,
+        change: &PrefChange,
+    ) -> Result<Result<(), PrefError>, ServiceError> {
+        let keys = [key.clone()];
+        let store = &self.store;
+        self.change(Scope::internal(&keys), |records, now| {
+            let mut record = records
+                .into_iter()
+                .next()
+                .flatten()
+                .filter(|r| crate::domain::link::case_stamp(r.case.created_at) == stamp)
+                .ok_or(ServiceError::NotFound)?;
+            let engine = self.engine.load();
+            let cancelled = match apply_pref(&mut record, change, &engine.channels, now) {
+                Ok(c) => c,
+                Err(e) => return Ok((vec![Commit::default()], Err(e))),
+            };
+            engine.reschedule(&mut record, now);
+            let mut commit = Commit::record(record);
+            for id in cancelled {
+                if let Some(entry) = store.outbox_entry(id)? {
+                    commit.outbox_remove.push((entry.id, entry.next_attempt_at));
+                }
+            }
+            Ok((vec![commit], Ok(())))
+        })
+        .await
+    }
+
+    /// A fresh case page link, asked for on an expired page, queued by
+    /// email to the address on file; whether one was queued (none when the
+    /// case has no email address or got one within the last day).
+    pub async fn send_fresh_link(&self, key: &CaseKey, stamp: u32) -> Result<bool, ServiceError> {
+        let keys = [key.clone()];
+        self.change(Scope::internal(&keys), |records, now| {
+            let mut record = records
+                .into_iter()
+                .next()
+                .flatten()
+                .filter(|r| crate::domain::link::case_stamp(r.case.created_at) == stamp)
+                .ok_or(ServiceError::NotFound)?;
+            if !crate::engine::page::fresh_link_due(&record, now) {
+                return Ok((vec![Commit::default()], false));
+            }
+            let engine = self.engine.load();
+            let (msg, entry) = engine.message(
+                &[&record],
+                crate::domain::MessageKind::Link,
+                crate::engine::page::LINK_TEMPLATE,
+                None,
+                crate::domain::Channel::Email,
+                now,
+                None,
+                None,
+                engine.ids.next_id(),
+            );
+            record.messages.push(msg);
+            record.updated_at = now;
+            let commit = Commit {
+                record: Some(record),
+                outbox_put: entry.into_iter().collect(),
+                ..Commit::default()
+            };
+            Ok((vec![commit], true))
+        })
+        .await
     }
 
     pub fn get_case(&self, source: &str, id: CaseId) -> Result<CaseRecord, ServiceError> {

@@ -85,6 +85,7 @@ fn record(case: Case, due: Option<DateTime<Utc>>) -> CaseRecord {
             rule_updates: 1,
             escalated: false,
             resolution_sent: false,
+            closed_at: None,
         },
         messages: vec![MessageRecord {
             id: Uuid::from_u128(0xACC),

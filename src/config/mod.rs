@@ -137,6 +137,10 @@ enum RawQuiet {
 struct RawConsent {
     secret_env: Option<String>,
     secret_file: Option<String>,
+    /// The key before a rotation: links signed with it still open.
+    previous_secret_env: Option<String>,
+    previous_secret_file: Option<String>,
+    link_valid_after_close: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,11 +251,15 @@ pub struct SmsConfig {
     pub help_text: String,
 }
 
-/// The key that signs unsubscribe links, when configured; otherwise the
-/// daemon keeps a generated one in its store.
+/// The key that signs unsubscribe and case page links, when configured;
+/// otherwise the daemon keeps a generated one in its store. The previous
+/// key still opens links during a rotation.
 #[derive(Clone, Default)]
 pub struct ConsentConfig {
     pub secret: Option<Vec<u8>>,
+    pub previous_secret: Option<Vec<u8>>,
+    /// How long a case page link stays valid after the case closes.
+    pub link_valid_after_close: Duration,
 }
 
 impl fmt::Debug for ConsentConfig {
@@ -377,29 +385,7 @@ impl Config {
             raw.sms.unwrap_or_default(),
             &mut errors,
         );
-        let consent = raw.consent.unwrap_or_default();
-        let consent = match read_secret(
-            base,
-            consent.secret_env.as_deref(),
-            consent.secret_file.as_deref(),
-        ) {
-            Ok(Some(s)) if s.len() < 16 => {
-                errors.push(Diagnostic::new(
-                    path,
-                    1,
-                    1,
-                    "consent: the secret must be at least 16 characters",
-                ));
-                ConsentConfig::default()
-            }
-            Ok(secret) => ConsentConfig {
-                secret: secret.map(String::into_bytes),
-            },
-            Err(m) => {
-                errors.push(Diagnostic::new(path, 1, 1, format!("consent: {m}")));
-                ConsentConfig::default()
-            }
-        };
+        let consent = resolve_consent(path, base, raw.consent.unwrap_or_default(), &mut errors);
         let digest_window = spanned_duration(
             path,
             "digest.window",
@@ -552,6 +538,52 @@ fn certificates(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'st
         return Err(format!("no certificate in {}", path.display()));
     }
     Ok(certs)
+}
+
+fn resolve_consent(
+    path: &Path,
+    base: &Path,
+    raw: RawConsent,
+    errors: &mut Vec<Diagnostic>,
+) -> ConsentConfig {
+    let mut secret =
+        |name: &str, env: Option<&str>, file: Option<&str>| match read_secret(base, env, file) {
+            Ok(Some(s)) if s.len() < 16 => {
+                errors.push(Diagnostic::new(
+                    path,
+                    1,
+                    1,
+                    format!("consent: the {name} must be at least 16 characters"),
+                ));
+                None
+            }
+            Ok(s) => s.map(String::into_bytes),
+            Err(m) => {
+                errors.push(Diagnostic::new(path, 1, 1, format!("consent: {m}")));
+                None
+            }
+        };
+    let current = secret(
+        "secret",
+        raw.secret_env.as_deref(),
+        raw.secret_file.as_deref(),
+    );
+    let previous = secret(
+        "previous secret",
+        raw.previous_secret_env.as_deref(),
+        raw.previous_secret_file.as_deref(),
+    );
+    ConsentConfig {
+        secret: current,
+        previous_secret: previous,
+        link_valid_after_close: spanned_duration(
+            path,
+            "consent.link_valid_after_close",
+            raw.link_valid_after_close.as_ref(),
+            Duration::from_secs(30 * 86_400),
+            errors,
+        ),
+    }
 }
 
 fn read_secret(

@@ -327,6 +327,42 @@ pub struct Case {
     pub fields: BTreeMap<String, serde_json::Value>,
     pub latest_note: Option<Note>,
     pub created_at: DateTime<Utc>,
+    /// What the customer chose on their case page; kept when the ticket
+    /// system replaces the case.
+    #[serde(default, skip_serializing_if = "CasePrefs::is_default")]
+    pub prefs: CasePrefs,
+}
+
+/// The customer's own choices for one case (from their case page).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasePrefs {
+    /// The channels this case may use, when narrowed on the page
+    /// (within the customer's channels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<Channel>>,
+    /// No progress update, note or status message before this instant;
+    /// updates resume by themselves at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<DateTime<Utc>>,
+    /// No more messages to the customer about this case.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+}
+
+impl CasePrefs {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the customer's choices let `channel` carry this case.
+    pub fn allows(&self, channel: Channel) -> bool {
+        !self.stopped && self.channels.as_ref().is_none_or(|c| c.contains(&channel))
+    }
+
+    /// Whether updates are paused at `now`.
+    pub fn paused_at(&self, now: DateTime<Utc>) -> bool {
+        self.paused_until.is_some_and(|u| now < u)
+    }
 }
 
 /// A validated event.

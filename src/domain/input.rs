@@ -134,6 +134,7 @@ impl CaseInput {
             fields: self.fields,
             latest_note,
             created_at,
+            prefs: super::CasePrefs::default(),
         })
     }
 }

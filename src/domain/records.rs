@@ -63,7 +63,7 @@ pub enum DeliveryStatus {
 
 /// Why a message goes out: an event (`created`, `resolved`, `note`,
 /// `status`), a scheduled `progress` update (or digest), or an internal
-/// `escalation`. Stored and shown as those words.
+/// `escalation`, or a fresh case page `link`. Stored and shown as those words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
@@ -75,6 +75,8 @@ pub enum MessageKind {
     #[default]
     Progress,
     Escalation,
+    /// A fresh link to the case page, asked for on an expired one.
+    Link,
 }
 
 impl MessageKind {
@@ -86,6 +88,7 @@ impl MessageKind {
             Self::Status => "status",
             Self::Progress => "progress",
             Self::Escalation => "escalation",
+            Self::Link => "link",
         }
     }
 }
@@ -176,6 +179,10 @@ pub struct ScheduleState {
     pub rule_updates: u32,
     pub escalated: bool,
     pub resolution_sent: bool,
+    /// When the case was last resolved or closed (`None` while it is open);
+    /// its page link stays valid for a while after.
+    #[serde(default)]
+    pub closed_at: Option<DateTime<Utc>>,
 }
 
 /// A case with everything tidings keeps about it.
@@ -279,6 +286,8 @@ pub enum OptOutVia {
     UnsubscribeLink,
     /// The provider said so (Twilio 21610).
     Provider,
+    /// "Stop all updates from this help desk" on a case page.
+    CasePage,
 }
 
 impl std::fmt::Display for OptOutVia {
@@ -287,6 +296,7 @@ impl std::fmt::Display for OptOutVia {
             Self::SmsStop => "sms_stop",
             Self::UnsubscribeLink => "unsubscribe_link",
             Self::Provider => "provider",
+            Self::CasePage => "case_page",
         })
     }
 }
@@ -294,6 +304,25 @@ impl std::fmt::Display for OptOutVia {
 /// A recipient on one channel, as the store knows it: keyed, not in clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Contact(pub [u8; 32]);
+
+/// A recipient on `channel` as one source (help desk) knows them: an
+/// opt-out filed under this key silences that source only.
+pub fn scoped_contact_of(
+    salt: &[u8; 32],
+    source: &str,
+    channel: Channel,
+    address: &str,
+) -> Contact {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(salt)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(b"source:");
+    mac.update(source.as_bytes());
+    mac.update(b"\0");
+    mac.update(channel.as_str().as_bytes());
+    mac.update(b":");
+    mac.update(address.trim().to_lowercase().as_bytes());
+    Contact(mac.finalize().into_bytes().into())
+}
 
 /// A stored answer for a retried request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

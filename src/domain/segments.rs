@@ -395,6 +395,9 @@ mod tests {
             ("next_update_at_short", "Wed 25 Nov, 12:00 PM EST"),
             ("latest_note_author", "Maria Fernandez"),
             ("company.name", "Northwind Travel"),
+            // Planning leaves the case page link out wherever it would
+            // cost a segment (`engine::page::render_sms_with_link`).
+            ("status_url", ""),
         ];
         table
             .iter()

@@ -3,6 +3,7 @@
 //! I/O besides loading rule and template files at build time.
 
 pub mod pace;
+pub mod page;
 pub mod plan;
 pub mod promises;
 pub mod render;

@@ -12,8 +12,8 @@ use crate::domain::Company;
 use crate::domain::clock::SharedIds;
 use crate::domain::{Case, Channel, Content, Event, MessageKind, Note, SmsText, Status};
 use crate::domain::{
-    CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry, RECORD_VERSION, ScheduleState,
-    contact_of,
+    CaseKey, CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry, RECORD_VERSION, ScheduleState,
+    scoped_contact_of,
 };
 use crate::engine::render::{MessageContext, Templates, one_line};
 use crate::engine::rules::{RuleSet, Trigger};
@@ -74,13 +74,26 @@ pub struct Engine {
     pub ids: SharedIds,
 }
 
-/// The keys behind contacts and unsubscribe links (see `store`).
+/// The keys behind contacts, unsubscribe links and case page links (see
+/// `store`), and how long a page link outlives its case.
 #[derive(Clone, Default)]
 pub struct ConsentKeys {
     /// The store's contact salt.
     pub salt: [u8; 32],
-    /// Signs unsubscribe links.
+    /// Signs unsubscribe and case page links.
     pub unsubscribe_key: Vec<u8>,
+    /// The key before the last rotation: its links still open.
+    pub previous_key: Vec<u8>,
+    /// A case page link stays valid this long after the case closes (or
+    /// after a fresh link was issued).
+    pub link_valid_after_close: std::time::Duration,
+}
+
+impl ConsentKeys {
+    /// The keys that open a link: the current one, then the previous one.
+    pub fn opening_keys(&self) -> [&[u8]; 2] {
+        [&self.unsubscribe_key, &self.previous_key]
+    }
 }
 
 impl std::fmt::Debug for ConsentKeys {
@@ -134,6 +147,7 @@ impl Engine {
                         rule_updates: 0,
                         escalated: false,
                         resolution_sent: false,
+                        closed_at: None,
                     },
                     messages: Vec::new(),
                     idempotency_keys: Vec::new(),
@@ -154,7 +168,9 @@ impl Engine {
             Some(mut record) => {
                 let old_status = record.case.status;
                 let new_status = case.status;
+                let prefs = std::mem::take(&mut record.case.prefs);
                 record.case = case;
+                record.case.prefs = prefs;
                 record.updated_at = now;
                 let mut outbox = Vec::new();
                 self.status_changed(&mut record, old_status, new_status, now, &mut outbox);
@@ -500,7 +516,10 @@ impl Engine {
     /// we send on and they can be reached by.
     pub fn next_channel(&self, case: &Case, tried: &[Channel]) -> Option<Channel> {
         case.customer.channels.iter().copied().find(|c| {
-            !tried.contains(c) && self.channels.contains(c) && case.customer.reachable_by(*c)
+            !tried.contains(c)
+                && self.channels.contains(c)
+                && case.customer.reachable_by(*c)
+                && case.prefs.allows(*c)
         })
     }
 
@@ -564,6 +583,11 @@ impl Engine {
         let Some(on) = self.rules.on(trigger) else {
             return;
         };
+        // A pause holds back news too; the acknowledgement and the
+        // resolution still go.
+        if matches!(trigger, Trigger::Note | Trigger::Status) && record.case.prefs.paused_at(now) {
+            return;
+        }
         let promised = record.schedule.next_update_at;
         let update = self.ids.next_id();
         for channel in self.allowed(&record.case, &on.channels) {
@@ -588,7 +612,9 @@ impl Engine {
         channels
             .iter()
             .copied()
-            .filter(|c| self.channels.contains(c) && case.customer.reachable_by(*c))
+            .filter(|c| {
+                self.channels.contains(c) && case.customer.reachable_by(*c) && case.prefs.allows(*c)
+            })
             .collect()
     }
 
@@ -604,6 +630,10 @@ impl Engine {
     pub fn reschedule(&self, record: &mut CaseRecord, now: DateTime<Utc>) {
         let case = &record.case;
         let s = &mut record.schedule;
+        s.closed_at = match case.status {
+            Status::Resolved | Status::Closed => s.closed_at.or(Some(now)),
+            _ => None,
+        };
         let rule = self.rules.matching(case, now);
         let name = rule.map(|r| r.name.clone());
         if name != s.rule {
@@ -642,6 +672,15 @@ impl Engine {
         {
             s.next_update_at = Some(promised);
         }
+        // A pause the customer asked for moves the next update to its end
+        // (the first instant there that every channel may send).
+        if let (Some(next), Some(until), Some(r)) =
+            (s.next_update_at, case.prefs.paused_until, rule)
+            && until > now
+            && next < until
+        {
+            s.next_update_at = Some(self.resume_at(r, case, until));
+        }
         let escalation_at = rule.and_then(|r| {
             let esc = r.escalate.as_ref()?;
             (!s.escalated)
@@ -654,9 +693,42 @@ impl Engine {
         };
     }
 
-    /// The signed one-click opt-out link for an email address.
-    pub fn unsubscribe_url(&self, email: &str) -> String {
-        let contact = contact_of(&self.consent.salt, Channel::Email, email);
+    /// The first instant at or after `until` at which every channel of
+    /// `rule` may send to the customer of `case`.
+    fn resume_at(
+        &self,
+        rule: &crate::engine::rules::Rule,
+        case: &Case,
+        until: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let quiet: Vec<QuietHours> = rule
+            .quiet_hours
+            .iter()
+            .chain(
+                self.allowed(case, &rule.channels)
+                    .iter()
+                    .filter_map(|c| self.channel_quiet(*c)),
+            )
+            .copied()
+            .collect();
+        first_allowed_all(&quiet, until, case.customer.timezone)
+    }
+
+    /// The signed link to the customer's own page for `case`, issued at `now`.
+    pub fn status_url(&self, case: &Case, now: DateTime<Utc>) -> String {
+        let link = crate::domain::link::PageLink::new(
+            CaseKey::new(&case.source, case.id.clone()),
+            case.created_at,
+            now,
+        );
+        let token = crate::domain::link::page_token(&self.consent.unsubscribe_key, &link);
+        format!("{}/c/{token}", self.public_url)
+    }
+
+    /// The signed one-click opt-out link for an email address, scoped to
+    /// the source (help desk) that sends it.
+    pub fn unsubscribe_url(&self, source: &str, email: &str) -> String {
+        let contact = scoped_contact_of(&self.consent.salt, source, Channel::Email, email);
         let token =
             crate::domain::signature::unsubscribe_token(&self.consent.unsubscribe_key, &contact.0);
         format!("{}/unsubscribe/{token}", self.public_url)
@@ -666,7 +738,7 @@ impl Engine {
     /// the first being the one it is filed under) on `channel`, and the
     /// history entry each of those cases keeps for it.
     #[allow(clippy::too_many_arguments)]
-    fn message(
+    pub(crate) fn message(
         &self,
         records: &[&CaseRecord],
         kind: MessageKind,
@@ -708,8 +780,8 @@ impl Engine {
         };
         let (to_name, to) =
             internal_to.unwrap_or_else(|| (one_line(&case.customer.name), address(case, channel)));
-        let unsubscribe_url =
-            (channel == Channel::Email && !internal).then(|| self.unsubscribe_url(&to));
+        let unsubscribe_url = (channel == Channel::Email && !internal)
+            .then(|| self.unsubscribe_url(&case.source, &to));
         let mut ctx = MessageContext::new(
             case,
             promised,
@@ -717,6 +789,9 @@ impl Engine {
             &self.company,
             unsubscribe_url.clone().unwrap_or_default(),
         );
+        if !internal {
+            ctx.status_url = self.status_url(case, now);
+        }
         if records.len() > 1 {
             ctx.cases = records
                 .iter()
@@ -729,10 +804,14 @@ impl Engine {
                 .templates
                 .render_email(template, locale, &ctx)
                 .map(Content::Email),
-            Channel::Sms => self
-                .templates
-                .render_sms(template, locale, &ctx, self.max_segments)
-                .map(|text| Content::Sms(SmsText { text })),
+            Channel::Sms => crate::engine::page::render_sms_with_link(
+                &self.templates,
+                template,
+                locale,
+                &ctx,
+                self.max_segments,
+            )
+            .map(|text| Content::Sms(SmsText { text })),
         };
         let content = match rendered {
             Ok(c) => c,

@@ -311,6 +311,7 @@ mod tests {
                 rule_updates: 0,
                 escalated: false,
                 resolution_sent: false,
+                closed_at: None,
             },
             messages,
             idempotency_keys: Vec::new(),

@@ -50,6 +50,8 @@ pub struct MessageContext {
     pub next_update_at_short: Option<String>,
     pub next_update_at_iso: Option<String>,
     pub unsubscribe_url: String,
+    /// The signed link to the customer's own page for the case.
+    pub status_url: String,
     pub company: Company,
     /// A digest's cases (the first is `case`); empty otherwise.
     pub cases: Vec<CaseView>,
@@ -107,6 +109,7 @@ impl MessageContext {
             next_update_at_short: next_update_at.map(|t| format_short(t, tz, &c.locale)),
             next_update_at_iso: next_update_at.map(|t| t.to_rfc3339()),
             unsubscribe_url,
+            status_url: String::new(),
             company: company.clone(),
             cases: Vec::new(),
         }
@@ -387,7 +390,7 @@ impl Templates {
     /// so a typo in a variable shows up before a customer would see it.
     pub fn check(&self, sample: &MessageContext) -> Vec<Diagnostic> {
         let mut out = Vec::new();
-        for name in &self.names {
+        for name in self.names.iter().filter(|n| !is_page(n)) {
             let Ok(tmpl) = self.env.get_template(name) else {
                 continue;
             };
@@ -408,6 +411,51 @@ impl Templates {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Renders the page template `page/{file}` in `locale`.
+    pub fn render_page(
+        &self,
+        file: &str,
+        locale: &Locale,
+        ctx: &impl Serialize,
+    ) -> Result<String, RenderError> {
+        let name = self
+            .resolve(&format!("page/{file}"), locale)
+            .ok_or_else(|| RenderError::Missing {
+                template: file.to_owned(),
+                channel: "page",
+            })?;
+        let err = |e: minijinja::Error| RenderError::Template {
+            name: name.clone(),
+            message: describe(&e),
+        };
+        self.env
+            .get_template(&name)
+            .map_err(err)?
+            .render(Serde(ctx))
+            .map_err(err)
+    }
+
+    /// Renders every page template in every locale folder against the
+    /// sample for its file name (`case.html.j2` → `samples["case.html.j2"]`).
+    pub fn check_pages(&self, samples: &BTreeMap<&str, serde_json::Value>) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for name in self.names.iter().filter(|n| is_page(n)) {
+            let file = name.rsplit('/').next().unwrap_or(name);
+            let (Some(sample), Ok(tmpl)) = (samples.get(file), self.env.get_template(name)) else {
+                continue;
+            };
+            if let Err(e) = tmpl.render(Serde(sample)) {
+                out.push(template_diagnostic(&self.dir.join(name), tmpl.source(), &e));
+            }
+        }
+        out
+    }
+}
+
+/// Whether a template belongs to the customer's case page.
+fn is_page(name: &str) -> bool {
+    name.starts_with("page/") || name.contains("/page/")
 }
 
 /// An SMS body: trimmed, lines trimmed at the end, no blank-line runs.
@@ -567,6 +615,7 @@ mod tests {
             )),
             next_update_at_iso: Some(now.to_rfc3339()),
             unsubscribe_url: String::new(),
+            status_url: String::new(),
             company: Company {
                 name: c("Example Support"),
                 support_url: None,

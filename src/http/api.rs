@@ -661,8 +661,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/unsubscribe/{token}",
-            get(crate::http::consent::unsubscribe).post(crate::http::consent::unsubscribe),
+            get(crate::http::consent::unsubscribe_confirm)
+                .post(crate::http::consent::unsubscribe)
+                .layer(middleware::map_response(crate::http::page::hygiene)),
         )
+        .merge(crate::http::page::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))

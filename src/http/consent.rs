@@ -8,18 +8,18 @@
 //!   START, YES, UNSTOP opt it back in; HELP is answered with the help text.
 //! - `POST /v1/sms/status`: Twilio's delivery reports, filed on the message
 //!   named in the callback URL (which Twilio signs with the rest).
-//! - `GET`/`POST /unsubscribe/{token}`: the signed link in every email; the
-//!   token names the address only by its keyed hash.
+//! - `GET /unsubscribe/{token}`: the signed link in every email asks for
+//!   confirmation; only `POST` (the page's button, or RFC 8058 one-click)
+//!   opts out. The token names the address, for the source that sent the
+//!   email, only by its keyed hash.
 //!
 //! Opt-outs live in their own tree, keyed by contact, so erasing a case
 //! never forgets one.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
 use crate::domain::{CaseId, Channel};
 use crate::domain::{CaseKey, Contact, DeliveryStatus, OptOutVia};
@@ -278,31 +278,69 @@ pub async fn sms_status(
     StatusCode::NO_CONTENT.into_response()
 }
 
-fn page(status: StatusCode, title: &str, text: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head><body><h1>{t}</h1><p>{x}</p></body></html>",
-        t = xml_escape(title),
-        x = xml_escape(text)
-    );
-    (status, Html(html)).into_response()
+fn opened_contact(state: &ApiState, token: &str) -> Option<[u8; 32]> {
+    let engine = state.svc.engine.load();
+    engine
+        .consent
+        .opening_keys()
+        .iter()
+        .filter(|k| !k.is_empty())
+        .find_map(|k| crate::domain::signature::open_unsubscribe_token(k, token))
 }
 
-/// `GET` and `POST /unsubscribe/{token}` (RFC 8058 one-click for POST).
-pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String>) -> Response {
-    let key: Arc<[u8]> = state
-        .svc
-        .engine
-        .load()
-        .consent
-        .unsubscribe_key
-        .clone()
-        .into();
-    let Some(hash) = crate::domain::signature::open_unsubscribe_token(&key, &token) else {
-        return page(
-            StatusCode::NOT_FOUND,
-            "Link not valid",
-            "This unsubscribe link is not valid. Please use the link from your most recent email.",
-        );
+fn unsubscribe_notice(
+    state: &ApiState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    kind: &str,
+    token: &str,
+) -> Response {
+    let locale = crate::http::page::reader_locale(state, headers);
+    let company = state.svc.engine.load().company.name.clone();
+    crate::http::page::notice(
+        state,
+        status,
+        &locale,
+        &crate::http::page::Notice {
+            lang: locale.to_string(),
+            company,
+            kind,
+            action: token,
+            form_token: String::new(),
+            css: "../c/page.css",
+        },
+    )
+}
+
+/// `GET /unsubscribe/{token}`: asks for confirmation and changes nothing
+/// (a mail scanner that follows every link must not opt anyone out).
+pub async fn unsubscribe_confirm(
+    State(state): State<ApiState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if opened_contact(&state, &token).is_none() {
+        return unsubscribe_notice(&state, &headers, StatusCode::NOT_FOUND, "not_found", "");
+    }
+    unsubscribe_notice(
+        &state,
+        &headers,
+        StatusCode::OK,
+        "unsubscribe_confirm",
+        &token,
+    )
+}
+
+/// `POST /unsubscribe/{token}`: the confirmation form, or RFC 8058
+/// one-click from the mail client. The token names the address (for the
+/// source that sent it) only by its keyed hash.
+pub async fn unsubscribe(
+    State(state): State<ApiState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(hash) = opened_contact(&state, &token) else {
+        return unsubscribe_notice(&state, &headers, StatusCode::NOT_FOUND, "not_found", "");
     };
     let store = &state.svc.store;
     if let Err(e) = store.room(crate::store::Writer::Internal) {
@@ -315,11 +353,7 @@ pub async fn unsubscribe(State(state): State<ApiState>, Path(token): Path<String
         return unavailable(e);
     }
     tracing::info!("email address unsubscribed by link");
-    page(
-        StatusCode::OK,
-        "Unsubscribed",
-        "You will not receive further email updates about your support cases.",
-    )
+    unsubscribe_notice(&state, &headers, StatusCode::OK, "unsubscribed", "")
 }
 
 #[cfg(test)]

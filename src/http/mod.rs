@@ -1,4 +1,5 @@
 //! The HTTP layer: the case API, Twilio's webhooks and unsubscribe links,
+//! the customer's own case page,
 //! ticket systems' webhooks, email bounces,
 //! the admin routes, and the server that runs them.
 
@@ -7,5 +8,6 @@ pub mod api;
 pub mod bounce;
 pub mod consent;
 pub mod inbound;
+pub mod page;
 pub mod serve;
 pub mod state;

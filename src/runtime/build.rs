@@ -62,6 +62,9 @@ pub fn build_engine(
         need(&on.template, &on.origin, &on.channels);
     }
     errors.extend(templates.check(&sample_context(config, now)));
+    errors.extend(
+        templates.check_pages(&crate::engine::page::samples(sample_case(config, now), now)),
+    );
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -79,6 +82,8 @@ pub fn build_engine(
         consent: ConsentKeys {
             salt: [0; 32],
             unsubscribe_key: config.consent.secret.clone().unwrap_or_default(),
+            previous_key: config.consent.previous_secret.clone().unwrap_or_default(),
+            link_valid_after_close: config.consent.link_valid_after_close,
         },
         ids,
     })
@@ -94,7 +99,7 @@ pub fn with_store_keys(engine: &mut Engine, store: &dyn Storage) {
 }
 
 /// A realistic case with every field filled, for template checks.
-fn sample_context(config: &Config, now: DateTime<Utc>) -> MessageContext {
+fn sample_case(config: &Config, now: DateTime<Utc>) -> Case {
     let input = CaseInput {
         subject: "Replacement router has not shipped".into(),
         status: Status::Open,
@@ -128,6 +133,12 @@ fn sample_context(config: &Config, now: DateTime<Utc>) -> MessageContext {
         author: Some("Jordan".into()),
         at: now,
     });
+    case
+}
+
+/// The variables of a message about the sample case.
+fn sample_context(config: &Config, now: DateTime<Utc>) -> MessageContext {
+    let case = sample_case(config, now);
     MessageContext::new(
         &case,
         Some(now + chrono::Duration::hours(4)),

@@ -232,6 +232,16 @@ impl Dispatcher {
         if let Some(o) = store.opted_out(contact)? {
             return Ok(Gate::Closed(Report::OptedOut(o.via.to_string())));
         }
+        // An opt-out from this source (help desk) only.
+        let scoped = crate::domain::scoped_contact_of(
+            &store.contact_salt(),
+            &entry.case.source,
+            entry.channel,
+            &entry.to,
+        );
+        if let Some(o) = store.opted_out(scoped)? {
+            return Ok(Gate::Closed(Report::OptedOut(o.via.to_string())));
+        }
         let now = self.svc.now();
         if stale(entry.kind, entry.promised, now) {
             return Ok(Gate::Closed(Report::Stale));

@@ -100,7 +100,10 @@ impl Reloader {
                 .map_err(ReloadError::Invalid)?;
         // The keys behind contacts and unsubscribe links stay those the
         // daemon started with: links already sent must keep working.
+        // How long page links outlive a case is read again.
+        let window = engine.consent.link_valid_after_close;
         engine.consent = self.svc.engine.load().consent.clone();
+        engine.consent.link_valid_after_close = window;
         let needs_restart = restart_only_changes(running, &config);
         for setting in &needs_restart {
             tracing::warn!(setting, "changed setting ignored until restart");

@@ -87,6 +87,7 @@ fn engine_with(rules: &str, templates: Templates) -> Engine {
         consent: ConsentKeys {
             salt: [7; 32],
             unsubscribe_key: b"unsubscribe-key".to_vec(),
+            ..ConsentKeys::default()
         },
         ids: Arc::new(SeqIds::default()),
     }
@@ -185,7 +186,7 @@ fn a_new_case_is_acknowledged_and_scheduled() {
     assert!(text(email).contains(&long) && text(sms).contains(&short));
     assert_eq!([&email.to, &sms.to], ["maria@example.com", "+12125550143"]);
     assert_eq!(email.to_name, "Maria Hernandez");
-    let unsubscribe = e.unsubscribe_url("maria@example.com");
+    let unsubscribe = e.unsubscribe_url("desk", "maria@example.com");
     assert!(unsubscribe.starts_with("https://tidings.example/unsubscribe/"));
     assert_eq!(email.unsubscribe_url, Some(unsubscribe));
     assert_eq!(sms.unsubscribe_url, None);
@@ -556,3 +557,4 @@ fn a_rule_with_an_interval_past_the_last_date_plans_nothing() {
 }
 
 mod delivery;
+mod prefs;

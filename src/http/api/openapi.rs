@@ -459,10 +459,14 @@ fn other_operations(doc: &mut Value) {
     let unsubscribe = |method: &str| {
         json!({
             "tags": ["consent"], "operationId": format!("unsubscribe_{method}"),
-            "summary": "The one-click email opt-out link (POST per RFC 8058).",
+            "summary": if method == "get" {
+                "The email opt-out link: a confirmation page; changes nothing."
+            } else {
+                "Opts the address out for the source that sent the email (the confirmation's button, or RFC 8058 one-click)."
+            },
             "parameters": [{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": {
-                "200": html("Unsubscribed"),
+                "200": html(if method == "get" { "The confirmation page" } else { "Unsubscribed" }),
                 "400": plain("The path is not valid UTF-8"),
                 "404": html("The link is not valid"),
                 "503": unavailable.clone(),
