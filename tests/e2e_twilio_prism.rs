@@ -833,3 +833,52 @@ async fn a_hard_bounce_sends_the_same_update_by_sms_once() {
     );
     assert_log_clean(&d, &[token]);
 }
+
+/// A mail system that gave up on a temporary error (`Action: failed`,
+/// 4.x.x): the same update goes by email once more.
+#[tokio::test]
+async fn a_soft_bounce_sends_the_email_once_more() {
+    let Some(bin) = peer_or_skip(smtp_sink(), "smtp-sink", "apt-get install postfix") else {
+        return;
+    };
+    let sink = Sink::start(&bin).await;
+    let d = Setup::new(rules("1h", "email", "email"))
+        .smtp(sink.port)
+        .email("bounce_address: bounces@example.com")
+        .admin()
+        .start()
+        .await;
+    d.put_case("BNC-2", &case_on(&["email"])).await;
+    let (mails, arrived) = sink
+        .wait_for(Instant::now() + Duration::from_secs(10), |m| !m.is_empty())
+        .await;
+    assert!(arrived, "no acknowledgement at the sink");
+    let dump = std::fs::read_to_string(sink.dir.path().join(&mails[0].file)).expect("dump");
+    let token = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Mail-Args: <bounces+"))
+        .and_then(|l| l.split('@').next())
+        .expect("a VERP sender")
+        .to_owned();
+    let first = d.messages("BNC-2").await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let gave_up = String::from_utf8(report("exim-5.0.0.eml", &token))
+        .expect("utf-8")
+        .replace("Status: 5.0.0", "Status: 4.4.1");
+    let (code, err) = pipe_bounce(&d, gave_up.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let (mails, arrived) = sink
+        .wait_for(Instant::now() + Duration::from_secs(10), |m| m.len() == 2)
+        .await;
+    assert!(arrived, "no second email");
+    let h = d.messages("BNC-2").await;
+    let again: Vec<&Value> = h
+        .iter()
+        .filter(|m| m["fallback_for"] == first.as_str())
+        .collect();
+    assert_eq!(again.len(), 1, "{h:?}");
+    assert_eq!(again[0]["channel"], "email");
+    assert_eq!(mails[1].id(), again[0]["id"].as_str().expect("id"));
+}

@@ -7,8 +7,11 @@
 //! find the case (by the contact index, never in clear). A hard bounce
 //! (`Action: failed`, 5.x.x) fails the message and, when it had gone out,
 //! sends the same update on the customer's next channel, once
-//! (`Engine::late_fallback`). A soft one (delayed, or 4.x.x) is filed as
-//! `provider_status: delayed`: the mail system is still trying.
+//! (`Engine::late_fallback`). A soft one the mail system gave up on
+//! (`Action: failed`, 4.x.x) sends the same update once more on email
+//! (`Engine::late_retry`; a resend that fails again falls back). A delay
+//! warning is filed as `provider_status: delayed`: the mail system is
+//! still trying.
 //!
 //! Answers: 200 with what was done; 400 when the body is no delivery
 //! status notification; 422 when no address in it carries a token of
@@ -59,6 +62,9 @@ pub async fn receive(svc: &Service, raw: &[u8]) -> Response {
             .into_response();
     };
     let hard = rcpt.verdict() == Verdict::Hard;
+    // A soft failure the mail system gave up on (failed, 4.x.x), not a
+    // delay warning.
+    let gave_up = !hard && rcpt.action.trim().eq_ignore_ascii_case("failed");
     let mut candidates: Vec<CaseKey> = Vec::new();
     for r in &report.recipients {
         if let Some(addr) = &r.address {
@@ -96,13 +102,15 @@ pub async fn receive(svc: &Service, raw: &[u8]) -> Response {
                     return Ok((vec![Commit::default()], None));
                 }
                 let mut late = None;
-                if hard {
-                    let was_sent = msg.status == DeliveryStatus::Sent;
+                let was_sent = msg.status == DeliveryStatus::Sent;
+                if hard || gave_up {
                     msg.status = DeliveryStatus::Failed;
                     msg.provider_status = Some("bounced".into());
                     msg.error = Some(reason.trim().to_owned());
-                    if was_sent {
+                    if was_sent && hard {
                         late = engine.late_fallback(&record, id, now);
+                    } else if was_sent {
+                        late = engine.late_retry(&record, id, now);
                     }
                 } else {
                     msg.provider_status = Some("delayed".into());
@@ -121,7 +129,7 @@ pub async fn receive(svc: &Service, raw: &[u8]) -> Response {
         match filed {
             Ok(None) => continue,
             Ok(Some(fallback)) => {
-                let result = if hard { "failed" } else { "delayed" };
+                let result = if hard || gave_up { "failed" } else { "delayed" };
                 tracing::info!(
                     case = %keys[0],
                     msg_id = %id,

@@ -22,6 +22,34 @@ impl Engine {
         failed: Uuid,
         now: DateTime<Utc>,
     ) -> Option<(MessageRecord, Option<OutboxEntry>)> {
+        self.late_resend(record, failed, now, false)
+    }
+
+    /// For `failed`, a message the mail system gave up on for a temporary
+    /// reason (a 4.x.x bounce): the same update once more on the same
+    /// channel; a resend that fails again falls back to the next channel
+    /// instead. `None` as for `late_fallback`.
+    pub fn late_retry(
+        &self,
+        record: &CaseRecord,
+        failed: Uuid,
+        now: DateTime<Utc>,
+    ) -> Option<(MessageRecord, Option<OutboxEntry>)> {
+        let again = record
+            .messages
+            .iter()
+            .find(|m| m.id == failed)
+            .is_some_and(|m| m.fallback_for.is_none());
+        self.late_resend(record, failed, now, again)
+    }
+
+    fn late_resend(
+        &self,
+        record: &CaseRecord,
+        failed: Uuid,
+        now: DateTime<Utc>,
+        same_channel: bool,
+    ) -> Option<(MessageRecord, Option<OutboxEntry>)> {
         let m = record.messages.iter().find(|m| m.id == failed)?;
         if m.internal || !m.covers.is_empty() {
             return None;
@@ -45,7 +73,11 @@ impl Engine {
                 return None;
             }
         }
-        let channel = self.next_channel(&record.case, &tried)?;
+        let channel = if same_channel {
+            m.channel
+        } else {
+            self.next_channel(&record.case, &tried)?
+        };
         let (mut msg, entry) = self.message(
             &[record],
             m.kind,

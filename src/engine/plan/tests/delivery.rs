@@ -237,3 +237,27 @@ fn a_late_failure_sends_the_same_update_on_the_next_channel_once() {
     r.messages[0].internal = true;
     assert!(e.late_fallback(&r, ack.id, later).is_none());
 }
+
+#[test]
+fn a_late_temporary_failure_is_sent_once_more_then_falls_back() {
+    let e = engine();
+    let mut c = case("CASE-1");
+    c.customer.channels = vec![Email, Sms];
+    let mut r = created(&e, c, t0());
+    r.messages.retain(|m| m.channel == Email);
+    r.messages[0].status = DeliveryStatus::Sent;
+    let first = r.messages[0].id;
+    let later = t0() + hours(1);
+    let (again, entry) = e.late_retry(&r, first, later).expect("sent again");
+    assert_eq!(again.channel, Email, "the same channel");
+    assert_eq!(again.fallback_for, Some(first));
+    assert!(entry.is_some());
+    // The resend failing too: the next channel, not a third email.
+    r.messages[0].status = DeliveryStatus::Failed;
+    let mut again = again;
+    again.status = DeliveryStatus::Sent;
+    let resend = again.id;
+    r.messages.push(again);
+    let (fallback, _) = e.late_retry(&r, resend, later).expect("falls back");
+    assert_eq!(fallback.channel, Sms);
+}
