@@ -43,16 +43,12 @@ async fn from_daemon(
     since: Option<&str>,
     source: Option<&str>,
 ) -> anyhow::Result<Audit> {
-    let env = super::backup::ADMIN_TOKEN_ENV;
-    let token = std::env::var(env).map_err(|_| {
+    let token = super::admin_token().ok_or_else(|| {
         anyhow::anyhow!(
-            "the store is in use (is the daemon running?); asking the daemon needs the admin token in {env}"
+            "the store is in use (is the daemon running?); asking the daemon needs the admin token in {}",
+            super::backup::ADMIN_TOKEN_ENV
         )
     })?;
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(s) = since {
         query.append_pair("since", s);
@@ -60,11 +56,11 @@ async fn from_daemon(
     if let Some(s) = source {
         query.append_pair("source", s);
     }
-    let url = format!("http://{addr}/-/audit?{}", query.finish());
+    let url = super::daemon_url(config, &format!("/-/audit?{}", query.finish()));
     let _ = rustls::crypto::ring::default_provider().install_default();
     let resp = reqwest::Client::new()
         .get(&url)
-        .bearer_auth(token.trim())
+        .bearer_auth(token)
         .send()
         .await
         .with_context(|| {

@@ -87,20 +87,16 @@ pub async fn backup(config: &Locations, to: &Path) -> anyhow::Result<(BackupSumm
 }
 
 async fn from_daemon(config: &Locations) -> anyhow::Result<Vec<u8>> {
-    let token = std::env::var(ADMIN_TOKEN_ENV).map_err(|_| {
+    let token = super::admin_token().ok_or_else(|| {
         anyhow::anyhow!(
             "the store is in use (is the daemon running?); an online backup asks the daemon and needs the admin token in {ADMIN_TOKEN_ENV}"
         )
     })?;
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{addr}/-/backup");
+    let url = super::daemon_url(config, "/-/backup");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let resp = reqwest::Client::new()
         .post(&url)
-        .bearer_auth(token.trim())
+        .bearer_auth(token)
         .send()
         .await
         .with_context(|| {

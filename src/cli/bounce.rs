@@ -28,17 +28,13 @@ pub fn run(config: &Locations, input: impl Read) -> (u8, String) {
     if let Err(e) = input.take(MAX_REPORT).read_to_end(&mut raw) {
         return (EX_TEMPFAIL, format!("reading standard input: {e}"));
     }
-    let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) else {
+    let Some(token) = super::admin_token() else {
         return (
             EX_TEMPFAIL,
             format!("the admin token is needed in {ADMIN_TOKEN_ENV}"),
         );
     };
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{addr}/v1/email/bounce");
+    let url = super::daemon_url(config, "/v1/email/bounce");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -50,7 +46,7 @@ pub fn run(config: &Locations, input: impl Read) -> (u8, String) {
     let answer = rt.block_on(async {
         let resp = reqwest::Client::new()
             .post(&url)
-            .bearer_auth(token.trim())
+            .bearer_auth(token)
             .header("content-type", "message/rfc822")
             .body(raw)
             .send()

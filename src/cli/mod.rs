@@ -32,3 +32,20 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 pub fn clock() -> crate::domain::clock::SharedClock {
     crate::domain::clock::system()
 }
+
+/// The URL of `path` on the running daemon (its `listen` address; an
+/// unspecified one is reached on loopback), for the commands that ask it.
+pub(crate) fn daemon_url(config: &crate::config::Locations, path: &str) -> String {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}{path}")
+}
+
+/// The admin token from `TIDINGS_ADMIN_TOKEN`, for asking the daemon.
+pub(crate) fn admin_token() -> Option<String> {
+    std::env::var(backup::ADMIN_TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_owned())
+}

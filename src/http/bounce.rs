@@ -115,14 +115,7 @@ pub async fn receive(svc: &Service, raw: &[u8]) -> Response {
                 } else {
                     msg.provider_status = Some("delayed".into());
                 }
-                let mut commit = Commit::default();
-                let fallback = late.map(|(fallback, entry)| {
-                    let channel = fallback.channel;
-                    record.messages.push(fallback);
-                    commit.outbox_put.extend(entry);
-                    channel
-                });
-                commit.record = Some(record);
+                let (commit, fallback) = Commit::record_with_resend(record, late);
                 Ok((vec![commit], Some(fallback)))
             })
             .await;

@@ -251,14 +251,7 @@ pub async fn sms_status(
                     late = engine.late_fallback(&record, msg_id, now);
                 }
             }
-            let mut commit = Commit::default();
-            let fallback = late.map(|(fallback, entry)| {
-                let channel = fallback.channel;
-                record.messages.push(fallback);
-                commit.outbox_put.extend(entry);
-                channel
-            });
-            commit.record = Some(record);
+            let (commit, fallback) = Commit::record_with_resend(record, late);
             Ok((vec![commit], Some(fallback)))
         })
         .await;

@@ -71,6 +71,24 @@ pub struct Commit {
 }
 
 impl Commit {
+    /// Stores `record` with a resend a late failure planned (its history
+    /// entry, and its outbox entry when it rendered); returns the commit and
+    /// the resend's channel.
+    pub fn record_with_resend(
+        mut record: CaseRecord,
+        resend: Option<(crate::domain::MessageRecord, Option<OutboxEntry>)>,
+    ) -> (Self, Option<crate::domain::Channel>) {
+        let mut commit = Self::default();
+        let channel = resend.map(|(msg, entry)| {
+            let channel = msg.channel;
+            record.messages.push(msg);
+            commit.outbox_put.extend(entry);
+            channel
+        });
+        commit.record = Some(record);
+        (commit, channel)
+    }
+
     /// Stores `record` as it is now.
     pub fn record(record: CaseRecord) -> Self {
         Self {
