@@ -418,7 +418,33 @@ impl Service {
                 Err(e) => return Ok((vec![Commit::default()], Err(e))),
             };
             engine.reschedule(&mut record, now);
-            let mut commit = Commit::record(record);
+            // The last message before a pause says when updates resume: one
+            // confirmation, on the customer's first channel for this case.
+            let mut outbox_put = Vec::new();
+            if matches!(change, PrefChange::Pause(_))
+                && let Some(channel) =
+                    crate::engine::page::choosable(&record.case, &engine.channels)
+                        .into_iter()
+                        .find(|c| record.case.prefs.allows(*c))
+            {
+                let (msg, entry) = engine.message(
+                    &[&record],
+                    crate::domain::MessageKind::Paused,
+                    crate::engine::page::PAUSED_TEMPLATE,
+                    None,
+                    channel,
+                    now,
+                    record.schedule.next_update_at,
+                    None,
+                    engine.ids.next_id(),
+                );
+                record.messages.push(msg);
+                outbox_put.extend(entry);
+            }
+            let mut commit = Commit {
+                outbox_put,
+                ..Commit::record(record)
+            };
             for id in cancelled {
                 if let Some(entry) = store.outbox_entry(id)? {
                     commit.outbox_remove.push((entry.id, entry.next_attempt_at));

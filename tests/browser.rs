@@ -178,10 +178,22 @@ async fn the_page_works_in_chromium_in_every_locale_with_no_serious_accessibilit
     }
 
     // The browser stopped every case: the next updates do not arrive.
+    settled(&app, &locales).await;
     let before = app.mails().len();
     clock.advance(chrono::Duration::hours(4));
+    settled(&app, &locales).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.mails().len(),
+        before,
+        "mail after the browser stopped it"
+    );
+}
+
+/// Waits until no message of the browser's cases is pending.
+async fn settled(app: &TestApp, locales: &[(&str, &str, &str)]) {
     for (locale, _, _) in locales {
-        peers::eventually(Duration::from_secs(6), "updates settled", async || {
+        peers::eventually(Duration::from_secs(6), "messages settled", async || {
             let case = app.get_case(&format!("WEB-{locale}")).await;
             let pending = case["messages"]
                 .as_array()
@@ -196,12 +208,6 @@ async fn the_page_works_in_chromium_in_every_locale_with_no_serious_accessibilit
         })
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        app.mails().len(),
-        before,
-        "mail after the browser stopped it"
-    );
 }
 
 /// Runs `tests/browser/page.cjs` on `input`; it must pass.

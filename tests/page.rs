@@ -343,7 +343,7 @@ async fn a_prefetcher_that_gets_every_link_in_fifty_messages_changes_nothing() {
     clock.advance(hours(4));
     app.wait_mails(SETTLE, |m| m.len() >= 60).await;
     for id in &ids {
-        let h = history(&app, id, TOKEN).await;
+        let h = common_wait_history(&app, id, TOKEN, 6).await;
         assert!(h.iter().all(|(_, s)| s == "sent"), "{id}: {h:?}");
     }
 }
@@ -438,8 +438,9 @@ async fn preferences_posted_on_the_page_steer_the_next_messages() {
     assert_eq!(h.last().map(|(c, _)| c.as_str()), Some("sms"), "{h:?}");
     assert_eq!(mails_to(&app, "p@example.com", 1).await.len(), 1);
 
-    // Back to email, then a pause until Wednesday: nothing before 09:00
-    // New York time that day (14:00 UTC), the update right then.
+    // Back to email, then a pause until Wednesday: a confirmation that says
+    // when updates resume, nothing more before 09:00 New York time that day
+    // (14:00 UTC), the update right then.
     post(
         &url,
         &[
@@ -464,19 +465,26 @@ async fn preferences_posted_on_the_page_steer_the_next_messages() {
         html.contains("Updates paused until <strong>Wednesday 09:00</strong>"),
         "{html}"
     );
+    let confirmation = mails_to(&app, "p@example.com", 2).await.remove(1);
+    let text = confirmation.text();
+    assert!(
+        text.contains("we have paused updates")
+            && text.contains("Wednesday, January 20, 2027 at 9:00 AM EST"),
+        "{text}"
+    );
     let resume: DateTime<Utc> = "2027-01-20T14:00:00Z".parse().expect("instant");
     while clock_now(&app) + hours(4) < resume {
         clock.advance(hours(4));
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     assert_eq!(
-        mails_to(&app, "p@example.com", 1).await.len(),
-        1,
+        mails_to(&app, "p@example.com", 2).await.len(),
+        2,
         "no email during the pause"
     );
     clock.set(resume);
-    let mails = mails_to(&app, "p@example.com", 2).await;
-    assert_eq!(mails.len(), 2);
+    let mails = mails_to(&app, "p@example.com", 3).await;
+    assert_eq!(mails.len(), 3);
     let case = app.get_case("PREF-1").await;
     let last = case["messages"]
         .as_array()
@@ -490,7 +498,7 @@ async fn preferences_posted_on_the_page_steer_the_next_messages() {
     assert_eq!(r.status(), 303);
     clock.advance(chrono::Duration::days(2));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(app.mails().len(), 2, "no email after stop");
+    assert_eq!(app.mails().len(), 3, "no email after stop");
 }
 
 fn clock_now(app: &TestApp) -> DateTime<Utc> {

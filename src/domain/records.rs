@@ -63,7 +63,8 @@ pub enum DeliveryStatus {
 
 /// Why a message goes out: an event (`created`, `resolved`, `note`,
 /// `status`), a scheduled `progress` update (or digest), or an internal
-/// `escalation`, or a fresh case page `link`. Stored and shown as those words.
+/// `escalation`, a fresh case page `link`, or the confirmation of a pause
+/// (`paused`). Stored and shown as those words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
@@ -77,6 +78,8 @@ pub enum MessageKind {
     Escalation,
     /// A fresh link to the case page, asked for on an expired one.
     Link,
+    /// The confirmation of a pause set on the case page: when updates resume.
+    Paused,
 }
 
 impl MessageKind {
@@ -89,6 +92,7 @@ impl MessageKind {
             Self::Progress => "progress",
             Self::Escalation => "escalation",
             Self::Link => "link",
+            Self::Paused => "paused",
         }
     }
 }

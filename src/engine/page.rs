@@ -338,6 +338,9 @@ fn without_link(ctx: &MessageContext) -> MessageContext {
     }
 }
 
+/// The template that confirms a pause and says when updates resume.
+pub const PAUSED_TEMPLATE: &str = "paused";
+
 /// The template a fresh page link is sent with.
 pub const LINK_TEMPLATE: &str = "page-link";
 

@@ -795,7 +795,14 @@ impl Engine {
         if records.len() > 1 {
             ctx.cases = records
                 .iter()
-                .map(|r| crate::engine::render::CaseView::new(&r.case, now))
+                .map(|r| crate::engine::render::CaseView {
+                    status_url: if internal {
+                        String::new()
+                    } else {
+                        self.status_url(&r.case, now)
+                    },
+                    ..crate::engine::render::CaseView::new(&r.case, now)
+                })
                 .collect();
         }
         let locale = &case.customer.locale;

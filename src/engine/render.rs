@@ -79,6 +79,8 @@ pub struct CaseView {
     pub fields: BTreeMap<String, serde_json::Value>,
     pub latest_note: Option<String>,
     pub latest_note_author: Option<String>,
+    /// In a digest, the case's own page link (`status_url` otherwise).
+    pub status_url: String,
 }
 
 impl MessageContext {
@@ -142,6 +144,7 @@ impl CaseView {
             fields: case.fields.clone(),
             latest_note: case.latest_note.as_ref().map(|n| n.body.clone()),
             latest_note_author: case.latest_note.as_ref().and_then(|n| n.author.clone()),
+            status_url: String::new(),
         }
     }
 
@@ -602,6 +605,7 @@ mod tests {
                 fields: BTreeMap::new(),
                 latest_note: Some(c(note)),
                 latest_note_author: Some(c(name)),
+                status_url: String::new(),
             },
             next_update_at: Some(format_local(
                 now,

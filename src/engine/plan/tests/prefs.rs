@@ -112,3 +112,28 @@ fn every_customer_message_links_its_case_page() {
         .expect("a link that opens");
     assert_eq!(link.case.to_string(), "desk/CASE-1");
 }
+
+#[test]
+fn a_digest_links_every_case_it_covers_to_its_own_page() {
+    let e = engine();
+    let one = created(&e, case("CASE-1"), t0());
+    let two = created(&e, case("CASE-2"), t0());
+    let planned = e.due_group(vec![one, two], t0() + days(1), t0() + days(1));
+    let digest = planned
+        .iter()
+        .flat_map(|(_, outbox)| outbox)
+        .find(|o| o.channel == Email && !o.also.is_empty())
+        .expect("a digest");
+    let keys = e.consent.opening_keys();
+    let mut cases: Vec<String> = digest
+        .content
+        .text()
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("https://tidings.example/c/"))
+        .filter_map(|t| crate::domain::link::open_page_token(&keys, t))
+        .map(|l| l.case.to_string())
+        .collect();
+    cases.sort();
+    cases.dedup();
+    assert_eq!(cases, ["desk/CASE-1", "desk/CASE-2"]);
+}
