@@ -440,9 +440,25 @@ impl Templates {
     }
 
     /// Renders every page template in every locale folder against the
-    /// sample for its file name (`case.html.j2` → `samples["case.html.j2"]`).
+    /// sample for its file name (`case.html.j2` → `samples["case.html.j2"]`),
+    /// and names each of those files missing from the top-level `page/`
+    /// folder, the fallback of every locale (a templates folder from before
+    /// the case page, say).
     pub fn check_pages(&self, samples: &BTreeMap<&str, serde_json::Value>) -> Vec<Diagnostic> {
         let mut out = Vec::new();
+        for file in samples.keys() {
+            let name = format!("page/{file}");
+            if !self.names.iter().any(|n| *n == name) {
+                out.push(Diagnostic::new(
+                    &self.dir.join(&name),
+                    1,
+                    1,
+                    format!(
+                        "the case page needs {name}: copy the shipped templates/page/ folder in"
+                    ),
+                ));
+            }
+        }
         for name in self.names.iter().filter(|n| is_page(n)) {
             let file = name.rsplit('/').next().unwrap_or(name);
             let (Some(sample), Ok(tmpl)) = (samples.get(file), self.env.get_template(name)) else {

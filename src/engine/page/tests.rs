@@ -223,6 +223,30 @@ fn channels_pause_and_stop_change_the_prefs_and_cancel_pending_messages() {
 }
 
 #[test]
+fn a_templates_folder_without_the_page_is_named_by_check() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&src).expect("templates") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let templates =
+        crate::engine::render::Templates::load(dir.path(), "en".parse().expect("locale"))
+            .expect("load");
+    let now = t("2026-12-01T12:00:00Z");
+    let problems = templates.check_pages(&samples(record("en", "UTC").case, now));
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("the case page needs page/case.html.j2")),
+        "{text:?}"
+    );
+}
+
+#[test]
 fn every_shipped_page_template_renders_its_sample() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
     let templates =
