@@ -67,7 +67,15 @@ struct Slots {
     /// The keys the ring held when it was opened: the only ones that can
     /// be orphans of a crash (see `keep_only`).
     at_open: Vec<KeyId>,
+    /// Keys already written and synced but not handed out yet (their slot,
+    /// id and key): a new case takes one without a sync of its own. Spares
+    /// left by a stop or a crash are orphans at the next open, and swept.
+    spare: Vec<(u64, KeyId, [u8; KEY_LEN])>,
 }
+
+/// Keys made (and synced) at once when no spare is left: one `fdatasync`
+/// per this many new cases instead of one per case.
+pub(crate) const SPARE_BATCH: usize = 256;
 
 /// The per-case keys, in a file of fixed slots overwritten in place.
 pub struct Keyring {
@@ -118,6 +126,7 @@ impl Keyring {
                 free,
                 next,
                 retired: Vec::new(),
+                spare: Vec::new(),
             }),
         })
     }
@@ -130,34 +139,60 @@ impl Keyring {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes `n` fresh keys and syncs them to disk before returning.
+    /// Hands out `n` fresh keys, each on disk (synced) before it is
+    /// returned. Keys are made in batches of [`SPARE_BATCH`] with one sync;
+    /// the rest wait as spares for the next callers.
     pub fn create(&self, n: usize) -> Result<Vec<(KeyId, [u8; KEY_LEN])>, SealError> {
         if n == 0 {
             return Ok(Vec::new());
         }
         let mut s = self.lock();
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut id: KeyId = rand::random();
-            while id == [0; ID_LEN] || s.keys.contains_key(&id) {
-                id = rand::random();
-            }
-            let key: [u8; KEY_LEN] = rand::random();
-            let at = match s.free.pop() {
-                Some(at) => at,
-                None => {
-                    s.next += 1;
-                    s.next - 1
+        if s.spare.len() < n {
+            let wanted = n - s.spare.len() + SPARE_BATCH;
+            let mut made = Vec::with_capacity(wanted);
+            for _ in 0..wanted {
+                let mut id: KeyId = rand::random();
+                while id == [0; ID_LEN]
+                    || s.keys.contains_key(&id)
+                    || s.spare.iter().chain(&made).any(|(_, i, _)| *i == id)
+                {
+                    id = rand::random();
                 }
-            };
-            let mut slot = [0u8; SLOT];
-            slot[..ID_LEN].copy_from_slice(&id);
-            slot[ID_LEN..ID_LEN + KEY_LEN].copy_from_slice(&key);
-            s.file.write_all_at(&slot, at * SLOT as u64)?;
+                let key: [u8; KEY_LEN] = rand::random();
+                let at = match s.free.pop() {
+                    Some(at) => at,
+                    None => {
+                        s.next += 1;
+                        s.next - 1
+                    }
+                };
+                let mut slot = [0u8; SLOT];
+                slot[..ID_LEN].copy_from_slice(&id);
+                slot[ID_LEN..ID_LEN + KEY_LEN].copy_from_slice(&key);
+                if let Err(e) = s.file.write_all_at(&slot, at * SLOT as u64) {
+                    // The slots written so far are not synced: give them
+                    // back, so none is handed out before it is on disk.
+                    s.free.push(at);
+                    let taken: Vec<u64> = made.iter().map(|(at, _, _)| *at).collect();
+                    s.free.extend(taken);
+                    return Err(e.into());
+                }
+                made.push((at, id, key));
+            }
+            if let Err(e) = s.file.sync_data() {
+                let taken: Vec<u64> = made.iter().map(|(at, _, _)| *at).collect();
+                s.free.extend(taken);
+                return Err(e.into());
+            }
+            s.spare.extend(made);
+        }
+        let from = s.spare.len() - n;
+        let taken: Vec<_> = s.spare.drain(from..).collect();
+        let mut out = Vec::with_capacity(n);
+        for (at, id, key) in taken {
             s.keys.insert(id, (at, key));
             out.push((id, key));
         }
-        s.file.sync_data()?;
         Ok(out)
     }
 
@@ -302,10 +337,11 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "the keyring is private");
 
-        // The ring survives a reopen; a destroyed key is gone from the file.
+        // The ring survives a reopen (with the spares synced beside the two
+        // handed out); a destroyed key is gone from the file.
         drop(ring);
         let ring = Keyring::open(dir.path()).expect("reopen");
-        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.len(), 2 + SPARE_BATCH);
         ring.destroy(&[keys[0].0]).expect("destroy");
         assert!(matches!(
             ring.open_value(&sealed),
@@ -315,7 +351,10 @@ mod tests {
         assert!(!file.windows(KEY_LEN).any(|w| w == keys[0].1));
         assert!(file.windows(KEY_LEN).any(|w| w == keys[1].1));
 
-        // Slots are reused; orphans go.
+        // Spares left by the last close are orphans and go; their slots
+        // and the destroyed key's take the next batch.
+        let live: HashSet<KeyId> = [keys[1].0].into();
+        assert_eq!(ring.keep_only(&live).expect("gc"), SPARE_BATCH);
         let again = ring.create(1).expect("create");
         assert_eq!(
             file.len(),
@@ -323,9 +362,8 @@ mod tests {
                 .expect("read")
                 .len()
         );
-        let live: HashSet<KeyId> = [again[0].0].into();
-        assert_eq!(ring.keep_only(&live).expect("gc"), 1);
-        assert_eq!(ring.len(), 1);
+        assert_eq!(ring.len(), 2, "keys[1] and the one just handed out");
+        assert!(ring.key(&again[0].0).is_some());
     }
 
     #[test]
