@@ -364,6 +364,10 @@ fn check_mime(input: &Input, case: Case) {
         "content-transfer-encoding",
         "list-unsubscribe",
         "list-unsubscribe-post",
+        "auto-submitted",
+        "in-reply-to",
+        "references",
+        "reply-to",
     ];
     let mut subjects = 0;
     for line in head.split("\r\n") {
