@@ -406,12 +406,7 @@ impl Service {
         let keys = [key.clone()];
         let store = &self.store;
         self.change(Scope::internal(&keys), |records, now| {
-            let mut record = records
-                .into_iter()
-                .next()
-                .flatten()
-                .filter(|r| crate::domain::link::case_stamp(r.case.created_at) == stamp)
-                .ok_or(ServiceError::NotFound)?;
+            let mut record = linked(records, stamp)?;
             let engine = self.engine.load();
             let cancelled = match apply_pref(&mut record, change, &engine.channels, now) {
                 Ok(c) => c,
@@ -461,12 +456,7 @@ impl Service {
     pub async fn send_fresh_link(&self, key: &CaseKey, stamp: u32) -> Result<bool, ServiceError> {
         let keys = [key.clone()];
         self.change(Scope::internal(&keys), |records, now| {
-            let mut record = records
-                .into_iter()
-                .next()
-                .flatten()
-                .filter(|r| crate::domain::link::case_stamp(r.case.created_at) == stamp)
-                .ok_or(ServiceError::NotFound)?;
+            let mut record = linked(records, stamp)?;
             if !crate::engine::page::fresh_link_due(&record, now) {
                 return Ok((vec![Commit::default()], false));
             }
@@ -592,4 +582,15 @@ pub fn report_render_failures(key: &CaseKey, before: usize, record: &CaseRecord)
             tracing::error!(case = %key, msg_id = %m.id, template = %m.template, error = m.error.as_deref().unwrap_or(""), "a message could not be rendered");
         }
     }
+}
+
+/// The case a page link names: there, and the same case the link was made
+/// for (its creation stamp), else not found.
+fn linked(records: Vec<Option<CaseRecord>>, stamp: u32) -> Result<CaseRecord, ServiceError> {
+    records
+        .into_iter()
+        .next()
+        .flatten()
+        .filter(|r| crate::domain::link::case_stamp(r.case.created_at) == stamp)
+        .ok_or(ServiceError::NotFound)
 }
