@@ -43,12 +43,6 @@ async fn from_daemon(
     since: Option<&str>,
     source: Option<&str>,
 ) -> anyhow::Result<Audit> {
-    let token = super::admin_token().ok_or_else(|| {
-        anyhow::anyhow!(
-            "the store is in use (is the daemon running?); asking the daemon needs the admin token in {}",
-            super::backup::ADMIN_TOKEN_ENV
-        )
-    })?;
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(s) = since {
         query.append_pair("since", s);
@@ -56,22 +50,7 @@ async fn from_daemon(
     if let Some(s) = source {
         query.append_pair("source", s);
     }
-    let url = super::daemon_url(config, &format!("/-/audit?{}", query.finish()));
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| {
-            format!("the store is in use, and the daemon at {url} cannot be reached")
-        })?;
-    let status = resp.status();
-    if !status.is_success() {
-        bail!(
-            "the daemon refused the audit ({status}): {}",
-            resp.text().await.unwrap_or_default()
-        );
-    }
-    resp.json().await.context("the daemon's answer")
+    let path = format!("/-/audit?{}", query.finish());
+    let body = super::ask_daemon(config, reqwest::Method::GET, &path, "audit").await?;
+    serde_json::from_slice(&body).context("the daemon's answer")
 }

@@ -87,30 +87,7 @@ pub async fn backup(config: &Locations, to: &Path) -> anyhow::Result<(BackupSumm
 }
 
 async fn from_daemon(config: &Locations) -> anyhow::Result<Vec<u8>> {
-    let token = super::admin_token().ok_or_else(|| {
-        anyhow::anyhow!(
-            "the store is in use (is the daemon running?); an online backup asks the daemon and needs the admin token in {ADMIN_TOKEN_ENV}"
-        )
-    })?;
-    let url = super::daemon_url(config, "/-/backup");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| {
-            format!("the store is in use, and the daemon at {url} cannot be reached")
-        })?;
-    let status = resp.status();
-    let body = resp.bytes().await?;
-    if !status.is_success() {
-        bail!(
-            "the daemon refused the backup ({status}): {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    Ok(body.to_vec())
+    super::ask_daemon(config, reqwest::Method::POST, "/-/backup", "online backup").await
 }
 
 /// Why a restore did not happen.

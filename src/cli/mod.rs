@@ -49,3 +49,40 @@ pub(crate) fn admin_token() -> Option<String> {
         .ok()
         .map(|t| t.trim().to_owned())
 }
+
+/// Asks the running daemon for `path` with the admin token (the store is
+/// locked while it runs); the answer's body, or why there is none. `what`
+/// names the request in errors ("backup", "audit").
+pub(crate) async fn ask_daemon(
+    config: &crate::config::Locations,
+    method: reqwest::Method,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let token = admin_token().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the store is in use (is the daemon running?); the {what} asks the daemon and needs the admin token in {}",
+            backup::ADMIN_TOKEN_ENV
+        )
+    })?;
+    let url = daemon_url(config, path);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| {
+            format!("the store is in use, and the daemon at {url} cannot be reached")
+        })?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "the daemon refused the {what} ({status}): {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(body.to_vec())
+}
