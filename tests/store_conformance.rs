@@ -215,6 +215,7 @@ macro_rules! conformance {
                 a_delivered_mark_lasts_as_long_as_its_outbox_entry,
                 contacts_are_keyed_by_channel_and_normalised_address,
                 cases_of_follows_the_customer_address,
+                a_case_is_found_by_its_short_link_until_erased,
                 opt_out_and_opt_in_round_trip,
                 claim_send_paces_one_recipient,
                 idempotent_answers_are_kept_until_pruned,
@@ -780,6 +781,29 @@ mod suite {
             sorted(store.cases_of(jan_email).expect("cases of")),
             vec![key("C-1"), key("C-3")]
         );
+    }
+
+    pub async fn a_case_is_found_by_its_short_link_until_erased(store: &dyn Storage) {
+        use tidings::domain::link::{case_stamp, link_contact, short_code};
+        let salt = store.contact_salt();
+        let one = maria("C-1", Some(at(60)));
+        let code = short_code(&salt, &one.key(), case_stamp(one.case.created_at));
+        let entry = link_contact(&salt, &code);
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![]);
+        commit_record(store, &one);
+        commit_record(store, &maria("C-2", None));
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![key("C-1")]);
+        // Not one of the customer's contacts: digests never see it.
+        assert!(!store.contacts_of(&one.case).contains(&entry));
+        // Another record of the case keeps the entry, once.
+        commit_record(store, &one);
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![key("C-1")]);
+        let erase = Commit {
+            erase: true,
+            ..Commit::default()
+        };
+        store.commit(&one.key(), &erase).expect("erase");
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![]);
     }
 
     pub async fn opt_out_and_opt_in_round_trip(store: &dyn Storage) {

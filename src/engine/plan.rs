@@ -714,13 +714,17 @@ impl Engine {
         first_allowed_all(&quiet, until, case.customer.timezone)
     }
 
-    /// The signed link to the customer's own page for `case`, issued at `now`.
-    pub fn status_url(&self, case: &Case, now: DateTime<Utc>) -> String {
-        let link = crate::domain::link::PageLink::new(
-            CaseKey::new(&case.source, case.id.clone()),
-            case.created_at,
-            now,
-        );
+    /// The link to the customer's own page for `case`, issued at `now`:
+    /// the signed token, or in an SMS the short code (`/s/{code}`), which
+    /// leaves room for the case's own text.
+    pub fn status_url(&self, case: &Case, channel: Channel, now: DateTime<Utc>) -> String {
+        let key = CaseKey::new(&case.source, case.id.clone());
+        if channel == Channel::Sms {
+            let stamp = crate::domain::link::case_stamp(case.created_at);
+            let code = crate::domain::link::short_code(&self.consent.salt, &key, stamp);
+            return format!("{}/s/{code}", self.public_url);
+        }
+        let link = crate::domain::link::PageLink::new(key, case.created_at, now);
         let token = crate::domain::link::page_token(&self.consent.unsubscribe_key, &link);
         format!("{}/c/{token}", self.public_url)
     }
@@ -790,7 +794,7 @@ impl Engine {
             unsubscribe_url.clone().unwrap_or_default(),
         );
         if !internal {
-            ctx.status_url = self.status_url(case, now);
+            ctx.status_url = self.status_url(case, channel, now);
         }
         if records.len() > 1 {
             ctx.cases = records
@@ -799,7 +803,7 @@ impl Engine {
                     status_url: if internal {
                         String::new()
                     } else {
-                        self.status_url(&r.case, now)
+                        self.status_url(&r.case, channel, now)
                     },
                     ..crate::engine::render::CaseView::new(&r.case, now)
                 })
