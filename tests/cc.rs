@@ -310,3 +310,79 @@ async fn a_customer_and_two_ccs_each_in_their_language_and_zone_opt_out_and_eras
         "erased addresses survive in the store: {found:?}"
     );
 }
+
+#[test]
+fn preview_and_simulate_show_what_each_recipient_gets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = rules(
+        "updates",
+        &[
+            ("every", "1d"),
+            ("progress", "email, sms"),
+            ("created", "email, sms"),
+        ],
+    );
+    let cfg = Setup::new(rules)
+        .extra("sms:\n  transport: file\n  file_dir: outbox/sms\n")
+        .write(dir.path(), 0)
+        .display()
+        .to_string();
+    let file = dir.path().join("CC-2.json");
+    std::fs::write(&file, case().to_string()).expect("case file");
+    let file = file.display().to_string();
+
+    let (code, out, err) = tidings(&["preview", "--config", &cfg, "--case", &file], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The customer's email first, then each CC's own message.
+    let (maria, rest) = out.split_once("to: cc:0").expect("cc:0's message");
+    let (jan, zofia) = rest.split_once("to: cc:1").expect("cc:1's message");
+    assert!(maria.contains(MARIA) && maria.contains("EST"), "{maria}");
+    assert!(
+        jan.contains(JAN) && jan.contains("Halo Jan") && jan.contains("WIB"),
+        "{jan}"
+    );
+    assert!(!jan.contains(MARIA), "{jan}");
+    assert!(
+        zofia.starts_with('\n') || zofia.contains("Segments"),
+        "{zofia}"
+    );
+    assert!(
+        zofia.contains(ZOFIA) && zofia.contains("Dzien dobry") && zofia.contains("CET"),
+        "{zofia}"
+    );
+
+    let (code, out, err) = tidings(
+        &[
+            "simulate",
+            "--config",
+            &cfg,
+            "--case",
+            &file,
+            "--days",
+            "2",
+            "--start",
+            "2026-11-23T10:00:00Z",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let lines = |who: &str| -> Vec<&str> {
+        out.lines()
+            .filter(|l| !l.starts_with('#') && l.split_whitespace().any(|w| w == who))
+            .collect()
+    };
+    // The acknowledgement and the next day's update (the one after falls
+    // past the two days), each at their own time.
+    let (c, j, z) = (lines("customer"), lines("cc:0"), lines("cc:1"));
+    assert_eq!((c.len(), j.len(), z.len()), (2, 2, 2), "{out}");
+    assert!(c.iter().all(|l| l.contains("EST")), "{out}");
+    assert!(
+        j.iter().all(|l| l.contains("WIB") && l.contains("email")),
+        "{out}"
+    );
+    assert!(
+        z.iter().all(|l| l.contains("CET") && l.contains("sms")),
+        "{out}"
+    );
+    assert!(out.contains("# cc:1: Europe/Warsaw, pl"), "{out}");
+}

@@ -75,7 +75,11 @@ fn each_recipient_gets_the_update_in_their_language_and_zone() {
     let maria = p.outbox.iter().find(|o| o.recipient.is_customer());
     let maria = maria.expect("Maria's email");
     assert_ne!(jan.unsubscribe_url, maria.unsubscribe_url);
-    assert!(jan.unsubscribe_url.is_some());
+    // It opts out Jan's address for this source, nobody else's.
+    assert_eq!(
+        jan.unsubscribe_url.as_deref(),
+        Some(e.unsubscribe_url("desk", "jan@example.com").as_str())
+    );
     assert!(!jan.content.text().contains("/c/"));
     assert_eq!(jan.promised, Some(promised));
     // One update: the same id, recorded per recipient in the history.
