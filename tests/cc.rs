@@ -234,14 +234,11 @@ async fn a_customer_and_two_ccs_each_in_their_language_and_zone_opt_out_and_eras
         .find(|m| to_header(&sink, m).contains(MARIA))
         .expect("an email to Maria");
     assert_ne!(link, unsubscribe_link(&sink, marias), "one link per person");
-    let r = d
+    let one_click = d
         .http
         .post(&link)
-        .form(&[("List-Unsubscribe", "One-Click")])
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(r.status(), 200);
+        .form(&[("List-Unsubscribe", "One-Click")]);
+    d.call(one_click, 200, "Jan's one-click unsubscribe").await;
     let unsubscribed = SystemTime::now();
     let (mails_before, sms_before) = (sink.mails().len(), texted.len());
     // The others keep receiving: three more updates each.
@@ -293,8 +290,8 @@ async fn a_customer_and_two_ccs_each_in_their_language_and_zone_opt_out_and_eras
     }
 
     // Erasure: none of the three addresses is left in the store files.
-    let del = d.http.delete(d.url("/v1/cases/CC-1")).bearer_auth(TOKEN);
-    assert_eq!(del.send().await.expect("DELETE").status(), 204);
+    d.call(d.http.delete(d.url("/v1/cases/CC-1")), 204, "DELETE CC-1")
+        .await;
     d.stop();
     let needles = [
         ("customer", MARIA),

@@ -272,7 +272,7 @@ impl Engine {
                 }),
             };
             let entry = chosen.and_then(|c| {
-                let (msg, entry) = self.message_to(
+                let (msg, entry) = self.message(
                     &[&record],
                     who,
                     MessageKind::Progress,
@@ -388,7 +388,7 @@ impl Engine {
             let Some(intent) = intent.as_ref() else {
                 return;
             };
-            let msg = self.message_to(
+            let msg = self.message(
                 &[&*record],
                 who,
                 MessageKind::Progress,
@@ -424,6 +424,7 @@ impl Engine {
                     let group: Vec<&CaseRecord> = chunk.iter().map(|i| &planned[*i].0).collect();
                     self.message(
                         &group,
+                        Recipient::Customer,
                         MessageKind::Progress,
                         DIGEST_TEMPLATE,
                         rule,
@@ -468,16 +469,8 @@ impl Engine {
         for i in 0..planned.len() {
             let (record, _, intent) = &planned[i];
             let Some(intent) = intent else { continue };
-            let sends: Vec<(Recipient, Channel)> = record
-                .case
-                .recipients()
-                .filter(|(who, _)| !who.is_customer())
-                .flat_map(|(who, _)| {
-                    self.allowed_to(&record.case, who, &intent.channels)
-                        .into_iter()
-                        .map(move |c| (who, c))
-                })
-                .collect();
+            let mut sends = self.sends(&record.case, &intent.channels);
+            sends.retain(|(who, _)| !who.is_customer());
             for (who, channel) in sends {
                 single(&mut planned, i, who, channel);
             }
@@ -515,6 +508,7 @@ impl Engine {
                 let promised = record.schedule.next_update_at;
                 let msg = self.message(
                     &[&record],
+                    Recipient::Customer,
                     MessageKind::Escalation,
                     &esc.template,
                     Some(rule.name.clone()),
@@ -558,7 +552,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> (MessageRecord, Option<OutboxEntry>) {
         let kind = failed.kind;
-        let (mut msg, entry) = self.message_to(
+        let (mut msg, entry) = self.message(
             records,
             failed.recipient,
             kind,
@@ -666,17 +660,8 @@ impl Engine {
         }
         let promised = record.schedule.next_update_at;
         let update = self.ids.next_id();
-        let sends: Vec<(Recipient, Channel)> = record
-            .case
-            .recipients()
-            .flat_map(|(who, _)| {
-                self.allowed_to(&record.case, who, &on.channels)
-                    .into_iter()
-                    .map(move |c| (who, c))
-            })
-            .collect();
-        for (who, channel) in sends {
-            let msg = self.message_to(
+        for (who, channel) in self.sends(&record.case, &on.channels) {
+            let msg = self.message(
                 &[&*record],
                 who,
                 MessageKind::from(trigger),
@@ -712,6 +697,18 @@ impl Engine {
                 self.channels.contains(c)
                     && person.reachable_by(*c)
                     && (!who.is_customer() || case.prefs.allows(*c))
+            })
+            .collect()
+    }
+
+    /// Where a message on `channels` goes: each recipient of `case` (the
+    /// customer first), on each of those channels they allow.
+    fn sends(&self, case: &Case, channels: &[Channel]) -> Vec<(Recipient, Channel)> {
+        case.recipients()
+            .flat_map(|(who, _)| {
+                self.allowed_to(case, who, channels)
+                    .into_iter()
+                    .map(move |c| (who, c))
             })
             .collect()
     }
@@ -846,40 +843,12 @@ impl Engine {
     }
 
     /// Renders one message for `records` (one case, or a digest's cases,
-    /// the first being the one it is filed under) on `channel`, and the
-    /// history entry each of those cases keeps for it.
+    /// the first being the one it is filed under) to `who`, one of the
+    /// case's recipients, on `channel` (their address, their name in the
+    /// greeting, their language and zone, their own unsubscribe link), and
+    /// the history entry each of those cases keeps for it.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn message(
-        &self,
-        records: &[&CaseRecord],
-        kind: MessageKind,
-        template: &str,
-        rule: Option<String>,
-        channel: Channel,
-        now: DateTime<Utc>,
-        promised: Option<DateTime<Utc>>,
-        internal_to: Option<(String, String)>,
-        update: Uuid,
-    ) -> (MessageRecord, Option<OutboxEntry>) {
-        self.message_to(
-            records,
-            Recipient::Customer,
-            kind,
-            template,
-            rule,
-            channel,
-            now,
-            promised,
-            internal_to,
-            update,
-        )
-    }
-
-    /// `message` for `who`, one of the case's recipients: their address,
-    /// their name in the greeting, their language and zone, their own
-    /// unsubscribe link.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn message_to(
         &self,
         records: &[&CaseRecord],
         who: Recipient,

@@ -79,7 +79,7 @@ impl Engine {
         } else {
             self.next_channel_for(&record.case, m.recipient, &tried)?
         };
-        let (mut msg, entry) = self.message_to(
+        let (mut msg, entry) = self.message(
             &[record],
             m.recipient,
             m.kind,
