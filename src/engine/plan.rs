@@ -575,6 +575,13 @@ impl Engine {
         self.next_channel_for(case, Recipient::Customer, tried)
     }
 
+    /// Whether a message to `who` at `to` on `channel` is still theirs to
+    /// fall back for: a replaced case may list someone else at a CC's
+    /// position (the customer is always the customer).
+    pub fn still_reaches(case: &Case, who: Recipient, channel: Channel, to: &str) -> bool {
+        who.is_customer() || case.person(who).is_some_and(|p| address(p, channel) == to)
+    }
+
     /// `next_channel` for `who`, one of the case's recipients, in their
     /// own order of preference.
     pub fn next_channel_for(

@@ -23,6 +23,7 @@ use crate::domain::{
     CaseKey, CaseRecord, Channel, DeliveryStatus, MessageRecord, OptOutVia, OutboxEntry,
 };
 use crate::engine::pace::{Recipient, choose, recipient};
+use crate::engine::plan::Engine;
 use crate::engine::settle::{DeliveryPolicy, Report, Settlement, settle_report};
 use crate::engine::supersede::stale;
 use crate::runtime::supervise::Heartbeat;
@@ -398,6 +399,9 @@ impl Dispatcher {
     ) -> Option<(Channel, MessageRecord, Option<OutboxEntry>)> {
         let primary = *records.iter().find(|r| r.key() == entry.case)?;
         let update = entry.update?;
+        if !Engine::still_reaches(&primary.case, entry.recipient, entry.channel, &entry.to) {
+            return None;
+        }
         // The same update to the same person (the customer or one CC).
         let siblings = primary.messages.iter().filter(|m| {
             m.update == Some(update) && m.id != entry.id && m.recipient == entry.recipient

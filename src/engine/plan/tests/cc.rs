@@ -149,6 +149,23 @@ fn a_cc_falls_back_to_their_own_next_channel() {
     assert_eq!(entry.to, "+12125550199");
     assert_eq!(entry.promised, failed.promised);
     assert_eq!(msg.fallback_for, Some(failed.id));
+    // Once the case lists someone else first in CC, Jan's failed email is
+    // no one's to fall back for.
+    use crate::engine::plan::Engine;
+    assert!(Engine::still_reaches(
+        &r.case,
+        Recipient::Cc(0),
+        Email,
+        "jan@example.com"
+    ));
+    let mut replaced = r.case.clone();
+    replaced.cc.remove(0);
+    assert!(!Engine::still_reaches(
+        &replaced,
+        Recipient::Cc(0),
+        Email,
+        "jan@example.com"
+    ));
 }
 
 #[test]
