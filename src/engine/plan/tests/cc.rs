@@ -278,3 +278,45 @@ fn bad_cc_input_names_the_field() {
     let back: Case = serde_json::from_value(v).expect("reads");
     assert!(back.cc.is_empty());
 }
+
+#[test]
+fn a_late_failure_to_a_cc_falls_back_on_their_channel_whatever_the_others_got() {
+    let e = engine();
+    let mut c = with_cc();
+    c.cc[0].phone = Some("+12125550199".parse().expect("phone"));
+    c.cc[0].channels = vec![Email, Sms];
+    // The customer on email only, so the acknowledgement's SMS is Jan's
+    // and Zofia's.
+    c.customer.channels = vec![Email];
+    let mut r = created(&e, c, t0());
+    // Here every copy went out, then the carrier reported Jan's SMS
+    // undelivered.
+    for m in &mut r.messages {
+        m.status = DeliveryStatus::Sent;
+    }
+    r.messages
+        .retain(|m| m.recipient != Recipient::Cc(0) || m.channel == Sms);
+    let jan_sms = r
+        .messages
+        .iter()
+        .find(|m| m.recipient == Recipient::Cc(0))
+        .expect("Jan's SMS")
+        .clone();
+    let later = t0() + hours(1);
+    // Maria's and Zofia's copies of the same update reached them: that
+    // does not count as reaching Jan.
+    let (msg, entry) = e
+        .late_fallback(&r, jan_sms.id, later)
+        .expect("Jan's update goes again");
+    let entry = entry.expect("renders");
+    assert_eq!((msg.recipient, msg.channel), (Recipient::Cc(0), Email));
+    assert_eq!(entry.to, "jan@example.com");
+    assert_eq!(msg.update, jan_sms.update);
+    // Zofia has nothing after SMS: her failure falls back nowhere.
+    let zofia = r
+        .messages
+        .iter()
+        .find(|m| m.recipient == Recipient::Cc(1))
+        .expect("Zofia's SMS");
+    assert!(e.late_fallback(&r, zofia.id, later).is_none());
+}
