@@ -383,3 +383,38 @@ fn preview_and_simulate_show_what_each_recipient_gets() {
     );
     assert!(out.contains("# cc:1: Europe/Warsaw, pl"), "{out}");
 }
+
+#[tokio::test]
+async fn a_ticket_systems_webhook_keeps_the_people_in_cc() {
+    let maps = tempfile::tempdir().expect("tempdir");
+    let mapping = maps.path().join("freshdesk.yaml");
+    std::fs::write(&mapping, "default_region: GB\npublic_comments: note\n").expect("mapping");
+    let token = "freshdesk-shared-token-cc01";
+    let d = Setup::new(rules("updates", &[]))
+        .extra(&format!(
+            "inbound:\n  - system: freshdesk\n    source: helpdesk\n    secret_env: FRESHDESK_WEBHOOK_TOKEN\n    mapping: {}\n",
+            mapping.display()
+        ))
+        .env("FRESHDESK_WEBHOOK_TOKEN", token)
+        .start()
+        .await;
+    // Created through the API with a CC, then updated by the help desk's
+    // own webhook, which knows nothing of CCs.
+    d.put_case("1207", &case()).await;
+    let body =
+        std::fs::read(repo("tests/fixtures/inbound/freshdesk/created.json")).expect("fixture");
+    let r = d
+        .http
+        .post(d.url("/v1/inbound/freshdesk/helpdesk"))
+        .header("content-type", "application/json")
+        .header("x-tidings-token", token)
+        .body(body);
+    d.call(r, 200, "Freshdesk's webhook on 1207").await;
+    let case = d.get_case("1207").await;
+    assert_eq!(
+        case["customer"]["phone"], "+447911123456",
+        "the help desk's customer"
+    );
+    assert_eq!(case["cc"].as_array().map(Vec::len), Some(2), "{case}");
+    assert_eq!(case["cc"][1]["locale"], "pl");
+}
