@@ -4,7 +4,8 @@
 //! their own messages in their language and zone (read from smtp-sink's
 //! dumps and the SMS file transport's files), one CC's one-click opt-out
 //! leaves the others receiving, and `DELETE` leaves none of the three
-//! addresses in the store files.
+//! addresses in the store files. `preview` and `simulate` show what each
+//! of them gets, and a ticket system's webhook keeps them on the case.
 //!
 //! Skips when `smtp-sink` is not installed, unless `TIDINGS_E2E_REQUIRED=1`.
 
