@@ -38,6 +38,14 @@ fn with_cc() -> Case {
     c
 }
 
+/// `with_cc`, Jan also reachable by SMS, after email.
+fn with_jan_by_sms_too() -> Case {
+    let mut c = with_cc();
+    c.cc[0].phone = Some("+12125550199".parse().expect("phone"));
+    c.cc[0].channels = vec![Email, Sms];
+    c
+}
+
 fn to(outbox: &[OutboxEntry], who: Recipient) -> Vec<(Channel, &str)> {
     outbox
         .iter()
@@ -129,9 +137,7 @@ fn an_sms_only_cc_in_another_zone_gets_sms_in_their_language() {
 #[test]
 fn a_cc_falls_back_to_their_own_next_channel() {
     let e = engine();
-    let mut c = with_cc();
-    c.cc[0].phone = Some("+12125550199".parse().expect("phone"));
-    c.cc[0].channels = vec![Email, Sms];
+    let c = with_jan_by_sms_too();
     let p = e.due(created(&e, c, t0()), t0() + days(1));
     let failed = p.outbox.iter().find(|o| o.recipient == Recipient::Cc(0));
     let failed = failed.expect("Jan's email").clone();
@@ -282,9 +288,7 @@ fn bad_cc_input_names_the_field() {
 #[test]
 fn a_late_failure_to_a_cc_falls_back_on_their_channel_whatever_the_others_got() {
     let e = engine();
-    let mut c = with_cc();
-    c.cc[0].phone = Some("+12125550199".parse().expect("phone"));
-    c.cc[0].channels = vec![Email, Sms];
+    let mut c = with_jan_by_sms_too();
     // The customer on email only, so the acknowledgement's SMS is Jan's
     // and Zofia's.
     c.customer.channels = vec![Email];
