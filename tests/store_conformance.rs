@@ -50,6 +50,7 @@ fn case(id: &str, email: Option<&str>, phone: Option<&str>) -> Case {
             locale: Some("en".into()),
             channels: None,
         },
+        cc: Vec::new(),
         assignee: Some("Jordan".into()),
         eta: Some(at(3 * 24 * 60)),
         tags: vec!["hardware".into()],
@@ -93,6 +94,7 @@ fn record(case: Case, due: Option<DateTime<Utc>>) -> CaseRecord {
             template: "acknowledgement".into(),
             rule: None,
             channel: Channel::Email,
+            recipient: Default::default(),
             status: DeliveryStatus::Sent,
             attempts: 1,
             due_at: at(-60),
@@ -128,6 +130,7 @@ fn entry(case: &CaseKey, n: u128, due: DateTime<Utc>) -> OutboxEntry {
         id: Uuid::from_u128(n),
         case: case.clone(),
         channel: Channel::Email,
+        recipient: Default::default(),
         to_name: "Maria Hernandez".into(),
         to: MARIA_EMAIL.into(),
         content: Content::Email(EmailText {

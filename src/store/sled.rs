@@ -379,18 +379,25 @@ impl SledStore {
         Ok(out)
     }
 
-    /// The recipients a case record is indexed under.
+    /// The recipients a case record is indexed under: the customer and
+    /// everyone in CC.
     pub fn contacts_of(&self, case: &Case) -> Vec<Contact> {
-        let c = &case.customer;
-        c.email
-            .iter()
-            .map(|e| self.contact(Channel::Email, e.as_ref()))
-            .chain(
+        let mut out = Vec::new();
+        for (_, c) in case.recipients() {
+            out.extend(
+                c.email
+                    .iter()
+                    .map(|e| self.contact(Channel::Email, e.as_ref())),
+            );
+            out.extend(
                 c.phone
                     .iter()
                     .map(|p| self.contact(Channel::Sms, p.as_ref())),
-            )
-            .collect()
+            );
+        }
+        out.sort_by_key(|c| c.0);
+        out.dedup();
+        out
     }
 
     /// Everything a case record is indexed under: its recipients and the
@@ -669,6 +676,8 @@ impl SledStore {
         struct SlimCase {
             customer: SlimCustomer,
             created_at: DateTime<Utc>,
+            #[serde(default)]
+            cc: Vec<SlimCustomer>,
         }
         #[derive(Deserialize)]
         struct SlimCustomer {
@@ -685,14 +694,16 @@ impl SledStore {
         let Ok(slim) = serde_json::from_slice::<Slim>(&plain) else {
             return (Vec::new(), None);
         };
-        let c = slim.case.customer;
-        let contacts = c
-            .email
-            .iter()
-            .map(|e| self.contact(Channel::Email, e))
-            .chain(c.phone.iter().map(|p| self.contact(Channel::Sms, p)))
-            .chain(CaseKey::from_bytes(case_key).map(|k| self.link_entry(&k, slim.case.created_at)))
-            .collect();
+        let mut contacts = Vec::new();
+        for c in std::iter::once(slim.case.customer).chain(slim.case.cc) {
+            contacts.extend(c.email.iter().map(|e| self.contact(Channel::Email, e)));
+            contacts.extend(c.phone.iter().map(|p| self.contact(Channel::Sms, p)));
+        }
+        contacts.extend(
+            CaseKey::from_bytes(case_key).map(|k| self.link_entry(&k, slim.case.created_at)),
+        );
+        contacts.sort_by_key(|c: &Contact| c.0);
+        contacts.dedup();
         (contacts, slim.schedule.due_at)
     }
 

@@ -14,11 +14,12 @@
 mod daemon;
 mod fixtures;
 mod prism;
+mod scan;
 mod sink;
 
 // Each test file uses a part of the harness.
 #[allow(unused_imports)]
-pub use {daemon::*, fixtures::*, prism::*, sink::*};
+pub use {daemon::*, fixtures::*, prism::*, scan::*, sink::*};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
