@@ -243,6 +243,15 @@ impl Dispatcher {
         if let Some(o) = store.opted_out(scoped)? {
             return Ok(Gate::Closed(Report::OptedOut(o.via.to_string())));
         }
+        // Someone in CC taken off the case (or given another address)
+        // since the message was planned gets nothing more.
+        if !entry.recipient.is_customer()
+            && !store.get(&entry.case)?.is_some_and(|r| {
+                Engine::still_reaches(&r.case, entry.recipient, entry.channel, &entry.to)
+            })
+        {
+            return Ok(Gate::Closed(Report::Departed));
+        }
         let now = self.svc.now();
         if stale(entry.kind, entry.promised, now) {
             return Ok(Gate::Closed(Report::Stale));
