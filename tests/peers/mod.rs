@@ -13,12 +13,13 @@
 
 mod daemon;
 mod fixtures;
+mod postgres;
 mod prism;
 mod sink;
 
 // Each test file uses a part of the harness.
 #[allow(unused_imports)]
-pub use {daemon::*, fixtures::*, prism::*, sink::*};
+pub use {daemon::*, fixtures::*, postgres::*, prism::*, sink::*};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
