@@ -21,7 +21,9 @@
 //!   advisory lock.
 //! - `postgres/commit.rs`: `commit_many`, one transaction.
 //! - `postgres/reads.rs`: everything else (reads, the outbox walk,
-//!   contacts, opt-outs, pacing, idempotency, the backup).
+//!   contacts, opt-outs, pacing, idempotency).
+//! - `postgres/backup.rs`: a backup in the sled store's format, from one
+//!   snapshot (so `tidings restore` makes a sled store of it).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::domain::{
 
 use super::{BackupError, BackupSummary, Commit, Result, StoreError, Writer, codec};
 
+mod backup;
 mod commit;
 mod reads;
 mod schema;

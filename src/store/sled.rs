@@ -45,13 +45,14 @@ use crate::domain::{
 mod ops;
 mod seal;
 use super::sealing::SealError;
+pub(crate) use ops::BackupWriter;
 pub use ops::{BackupError, BackupSummary, verify_backup};
 
 use super::codec::{self, decode, encode, idempotency_key_bytes};
 use super::{Commit, Result, StoreError, Writer};
 use seal::{KEY_LEN, KeyId, Keyring};
 
-fn ms_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
+pub(crate) fn ms_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
     // Offset so instants before 1970 still sort as unsigned big-endian.
     let ms = (t.timestamp_millis() as i128 - i128::from(i64::MIN)) as u64;
     let mut k = Vec::with_capacity(8 + suffix.len());

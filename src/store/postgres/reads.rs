@@ -1,6 +1,6 @@
 //! The PostgreSQL store's reads and single-row writes: cases, the
 //! schedule head, the outbox walk, delivered marks, contacts, opt-outs,
-//! pacing, idempotency, the backup.
+//! pacing, idempotency.
 
 use std::collections::VecDeque;
 
@@ -13,11 +13,14 @@ use crate::domain::{
 };
 
 use super::super::sealing::{self, KEY_LEN, SealError};
-use super::{BackupError, BackupSummary, PgStore, Result, StoreError, codec, from_ms, ms, pg};
+use super::{BackupError, PgStore, Result, StoreError, codec, from_ms, ms, pg};
 
 /// Opens a stored value with the key its row joined (`None`: the key is
 /// gone, the case erased).
-fn unseal(value: &[u8], key: Option<Vec<u8>>) -> std::result::Result<Vec<u8>, SealError> {
+pub(super) fn unseal(
+    value: &[u8],
+    key: Option<Vec<u8>>,
+) -> std::result::Result<Vec<u8>, SealError> {
     sealing::open(value, |_| {
         key.and_then(|k| <[u8; KEY_LEN]>::try_from(k.as_slice()).ok())
     })
@@ -455,16 +458,6 @@ impl PgStore {
             vec![Box::new(ms(before))],
         )?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
-    }
-
-    /// Not supported yet on PostgreSQL: `pg_dump` copies the database.
-    pub async fn backup(
-        &self,
-        _out: &mut (dyn std::io::Write + Send),
-    ) -> std::result::Result<BackupSummary, BackupError> {
-        Err(BackupError::Format(
-            "backup is not supported on the postgres store; use pg_dump".into(),
-        ))
     }
 }
 
