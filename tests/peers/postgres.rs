@@ -5,7 +5,7 @@
 //!
 //! The server runs under a shell that stops it (fast shutdown) when its
 //! standard input closes, which happens when the test process ends however
-//! it ends: no cluster outlives its tests.
+//! it ends: no cluster (nor its dir) outlives its tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -95,10 +95,12 @@ impl PgCluster {
             data.display(),
             dir.path().display()
         );
-        // The server stops when the test process (our stdin's writer) ends.
+        // The server stops when the test process (our stdin's writer) ends,
+        // and its dir goes with it.
         let script = format!(
-            "{server} >{log} 2>&1 & pid=$!; read _; kill -INT $pid; wait $pid",
-            log = dir.path().join("log").display()
+            "{server} >{log} 2>&1 & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+            log = dir.path().join("log").display(),
+            dir = dir.path().display()
         );
         let mut child = as_postgres(Path::new("/bin/sh"))
             .args(["-c", &script])
@@ -131,6 +133,11 @@ impl PgCluster {
             std::thread::sleep(super::POLL);
         }
         cluster
+    }
+
+    /// The cluster's data directory (its table files and WAL).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
     }
 
     /// Runs one SQL command as the superuser in database `db`; its output.
