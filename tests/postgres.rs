@@ -4,7 +4,8 @@
 //! One daemon's life: the acknowledgement and a progress update arrive; a
 //! `kill -9` and a restart lose nothing and send nothing twice; `DELETE`
 //! erases the case (its key row gone, the customer's address in no file of
-//! the cluster); a second daemon on the same database refuses to start.
+//! the cluster); a second daemon on the same database refuses to start;
+//! `tidings backup` goes through the daemon.
 //! Skips when PostgreSQL or smtp-sink is missing, unless
 //! `TIDINGS_E2E_REQUIRED=1`.
 
@@ -30,6 +31,7 @@ fn case_body() -> Value {
 fn setup(sink: &Sink, db: &PgDatabase) -> Setup {
     Setup::new(rules("updates", &[("every", "2s")]))
         .smtp(sink.port)
+        .admin()
         .extra(&format!(
             "digest:\n  window: 0s\nstore:\n  postgres:\n    url_env: {URL_ENV}\n    pool_size: 4\n"
         ))
@@ -155,6 +157,25 @@ async fn a_daemon_on_postgres_sends_survives_kill_9_erases_and_runs_alone() {
     // sent), so nothing may arrive twice.
     let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "sent twice: {twice:?}");
+
+    // A backup through the daemon, in the backup format, holds the case.
+    let to = daemon.dir.path().join("backup");
+    let (code, out, err) = tidings(
+        &[
+            "backup",
+            "--config",
+            &daemon.config_arg(),
+            "--to",
+            &to.display().to_string(),
+        ],
+        &[("TIDINGS_ADMIN_TOKEN", ADMIN_TOKEN), (URL_ENV, &db.url)],
+    );
+    assert_eq!(code, 0, "backup: {out}{err}");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(to.join("manifest.json")).expect("the backup's manifest"),
+    )
+    .expect("a JSON manifest");
+    assert_eq!(manifest["trees"]["cases"], json!(1), "{manifest}");
 
     // Erasure: the case, its key and every row of it go.
     let resp = daemon

@@ -470,6 +470,9 @@ impl Config {
 pub struct Locations {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `store: postgres`: the store is not in `data_dir`, so the offline
+    /// tools ask the running daemon.
+    pub postgres_store: bool,
 }
 
 impl Locations {
@@ -491,6 +494,10 @@ impl Locations {
         Ok(Self {
             listen,
             data_dir: resolve_path(base, raw.data_dir.as_deref().unwrap_or("./data")),
+            postgres_store: matches!(
+                raw.store.as_ref().map(|s| &s.value),
+                Some(store::RawStore::Postgres(_))
+            ),
         })
     }
 }
