@@ -30,6 +30,19 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> 
     })
 }
 
+/// The status of a stored case record, read without its history.
+pub(crate) fn decode_status(key: &[u8], bytes: &[u8]) -> Result<crate::domain::Status> {
+    #[derive(Deserialize)]
+    struct Only {
+        case: OnlyCase,
+    }
+    #[derive(Deserialize)]
+    struct OnlyCase {
+        status: crate::domain::Status,
+    }
+    decode::<Only>(key, bytes).map(|o| o.case.status)
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|e| unreachable!("records always serialize: {e}"))
 }

@@ -345,17 +345,9 @@ impl super::Storage for PgStore {
         }))
     }
     fn scan_case_statuses(&self) -> Box<dyn Iterator<Item = Result<Status>> + Send + '_> {
-        #[derive(serde::Deserialize)]
-        struct Only {
-            case: OnlyCase,
-        }
-        #[derive(serde::Deserialize)]
-        struct OnlyCase {
-            status: Status,
-        }
         Box::new(self.scan_values().map(|item| {
             let (key, plain) = item?;
-            codec::decode::<Only>(&key, &plain).map(|o| o.case.status)
+            codec::decode_status(&key, &plain)
         }))
     }
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {

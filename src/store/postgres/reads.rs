@@ -40,6 +40,9 @@ fn read_if_live<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// A sealed value and the key its row joined.
+type SealedRow = (Vec<u8>, Option<Vec<u8>>);
+
 /// How many cases a walk reads per query.
 const SCAN_BATCH: i64 = 256;
 
@@ -113,23 +116,28 @@ impl PgStore {
         }
     }
 
+    /// The sealed value of the row `sql` finds by `param`, with the key
+    /// its row joined (`None`: erased).
+    fn sealed_of<P>(&self, sql: &'static str, param: P) -> Result<Option<SealedRow>>
+    where
+        P: tokio_postgres::types::ToSql + Sync + Send + 'static,
+    {
+        self.run(move |mut conn| async move {
+            let row = conn.client().query_opt(sql, &[&param]).await.map_err(pg)?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
     pub fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>> {
         let k = key.bytes();
-        let row = self.run(move |mut conn| async move {
-            let row = conn
-                .client()
-                .query_opt(
-                    "SELECT c.value, k.key FROM cases c LEFT JOIN case_keys k ON k.id = c.key_id
-                     WHERE c.case_key = $1",
-                    &[&k],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(row.map(|r| (k, r.get::<_, Vec<u8>>(0), r.get::<_, Option<Vec<u8>>>(1))))
-        })?;
+        let row = self.sealed_of(
+            "SELECT c.value, k.key FROM cases c LEFT JOIN case_keys k ON k.id = c.key_id
+             WHERE c.case_key = $1",
+            k.clone(),
+        )?;
         match row {
             None => Ok(None),
-            Some((k, value, key)) => {
+            Some((value, key)) => {
                 let plain = unseal(&value, key)?;
                 codec::decode(&k, &plain).map(Some)
             }
@@ -233,18 +241,11 @@ impl PgStore {
 
     /// An outbox entry; `None` also for one whose case was erased.
     pub fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>> {
-        let row = self.run(move |mut conn| async move {
-            let row = conn
-                .client()
-                .query_opt(
-                    "SELECT o.value, k.key FROM outbox o LEFT JOIN case_keys k ON k.id = o.key_id
-                     WHERE o.id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(row.map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Option<Vec<u8>>>(1))))
-        })?;
+        let row = self.sealed_of(
+            "SELECT o.value, k.key FROM outbox o LEFT JOIN case_keys k ON k.id = o.key_id
+             WHERE o.id = $1",
+            id,
+        )?;
         match row {
             Some((value, key)) => read_if_live(id.as_bytes(), &value, key),
             None => Ok(None),
@@ -430,20 +431,13 @@ impl PgStore {
 
     pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
         let k = codec::idempotency_key_bytes(key);
-        let row = self.run(move |mut conn| async move {
-            let row = conn
-                .client()
-                .query_opt(
-                    "SELECT i.value, k.key FROM idempotency i
-                     LEFT JOIN case_keys k ON k.id = i.key_id WHERE i.key = $1",
-                    &[&k],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(row.map(|r| (k, r.get::<_, Vec<u8>>(0), r.get::<_, Option<Vec<u8>>>(1))))
-        })?;
+        let row = self.sealed_of(
+            "SELECT i.value, k.key FROM idempotency i
+             LEFT JOIN case_keys k ON k.id = i.key_id WHERE i.key = $1",
+            k.clone(),
+        )?;
         match row {
-            Some((k, value, key)) => read_if_live(&k, &value, key),
+            Some((value, key)) => read_if_live(&k, &value, key),
             None => Ok(None),
         }
     }
