@@ -201,6 +201,11 @@ fn parse_config(url: &str) -> Result<tokio_postgres::Config> {
         StoreError::Postgres(format!("the connection string does not parse: {}", pg(e)))
     })?;
     config.application_name("tidings");
+    // A database that does not answer fails a call in seconds (the API
+    // answers 503) rather than after the system's TCP timeout.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
+    }
     Ok(config)
 }
 
