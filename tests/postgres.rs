@@ -5,7 +5,8 @@
 //! `kill -9` and a restart lose nothing and send nothing twice; `DELETE`
 //! erases the case (its key row gone, the customer's address in no file of
 //! the cluster); a second daemon on the same database refuses to start;
-//! `tidings backup` goes through the daemon.
+//! `tidings backup` goes through the daemon. And `tidings migrate` applies
+//! the schema once; bad `store:` settings are named with their place.
 //! Skips when PostgreSQL or smtp-sink is missing, unless
 //! `TIDINGS_E2E_REQUIRED=1`.
 
@@ -205,5 +206,47 @@ async fn a_daemon_on_postgres_sends_survives_kill_9_erases_and_runs_alone() {
     assert!(
         !daemon.log().contains(EMAIL) && !daemon.log().contains(&db.url),
         "the log holds the address or the database URL"
+    );
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_once_and_bad_store_settings_are_named() {
+    let Some(cluster) = postgres() else { return };
+    let db = cluster.database();
+    let dir = tempfile::tempdir().expect("a config dir");
+    let write = |store: &str| {
+        let path = Setup::new(rules("updates", &[("every", "1h")]))
+            .extra(store)
+            .write(dir.path(), free_port());
+        path.display().to_string()
+    };
+    let config = write(&format!(
+        "store:\n  postgres:\n    url_env: {URL_ENV}\n    pool_size: 2\n"
+    ));
+    let env = [(URL_ENV, db.url.as_str())];
+    let (code, out, err) = tidings(&["migrate", "--config", &config], &env);
+    assert_eq!(code, 0, "migrate: {out}{err}");
+    assert!(out.contains("applied 0001_initial"), "{out}");
+    let recorded = cluster.psql(&db.name, "SELECT version, name FROM schema_migrations");
+    assert_eq!(recorded.trim(), "1|initial");
+    let (code, out, _) = tidings(&["migrate", "--config", &config], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("up to date"), "{out}");
+
+    // The variable unset: named with its place, for migrate and check alike.
+    for command in ["migrate", "check"] {
+        let (code, _, err) = tidings(&[command, "--config", &config], &[]);
+        assert_eq!(code, 1, "{command}: {err}");
+        assert!(
+            err.contains("tidings.yaml:") && err.contains(&format!("{URL_ENV} is not set")),
+            "{command}: {err}"
+        );
+    }
+    let config = write("store: mysql\n");
+    let (code, _, err) = tidings(&["check", "--config", &config], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("tidings.yaml:") && err.contains("mysql"),
+        "{err}"
     );
 }
