@@ -17,13 +17,14 @@ use tokio_util::sync::CancellationToken;
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
 use crate::config::Config;
+use crate::config::StoreChoice;
 use crate::domain::clock::{SharedClock, system, v7_ids};
 use crate::http::api::{ApiState, router};
 use crate::runtime::build::{build_engine, with_store_keys};
 use crate::runtime::dispatch::Dispatcher;
 use crate::runtime::supervise::{Heartbeat, all_fresh};
 use crate::service::Service;
-use crate::store::{SledStore, Storage};
+use crate::store::{PgStore, PgStoreConfig, SledStore, Storage};
 
 /// Runs the daemon on the wall clock until `shutdown` resolves.
 pub async fn run(
@@ -50,32 +51,22 @@ pub async fn run_with_clock(
             config.data_dir.display()
         )
     })?;
-    let db = config.data_dir.join("db");
-    let store =
-        SledStore::open(&db).map_err(|e| anyhow::anyhow!("the store in {}: {e}", db.display()))?;
-    store.set_reserve(config.storage_reserve);
-    let sweeper = store.clone();
-    tokio::task::spawn_blocking(move || match sweeper.sweep_keys() {
-        Ok(0) => {}
-        Ok(orphans) => tracing::info!(orphans, "keyring: destroyed keys no stored value names"),
-        Err(e) => tracing::warn!(error = %e, "keyring: looking for keys left by a crash failed"),
-    });
-    with_store_keys(&mut engine, &store);
+    let storage = open_store(&config)?;
+    with_store_keys(&mut engine, &*storage);
     let texter = Texter::new(
         &config.sms.transport,
         config.sms.twilio.as_ref(),
         &config.public_url,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    let pruned = store.prune_idempotency(clock.now() - chrono::Duration::days(1))?;
+    let pruned = storage.prune_idempotency(clock.now() - chrono::Duration::days(1))?;
     let mut mailer =
         Mailer::new(&config.email.transport, &config.email.from).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(bounces) = &config.email.bounce_address {
         mailer = mailer.with_bounces(bounces, &engine.consent.unsubscribe_key);
     }
     crate::metrics::install();
-    crate::metrics::count_cases(store.scan_case_statuses())?;
-    let storage: Arc<dyn Storage> = Arc::new(store);
+    crate::metrics::count_cases(storage.scan_case_statuses())?;
     let mut svc = Service::new(
         storage.clone(),
         Arc::new(engine),
@@ -175,6 +166,45 @@ pub async fn run_with_clock(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the backend `store:` chose. sled: the database in `data_dir/db`,
+/// with the sweep of keys a crash left behind started in the background.
+/// PostgreSQL: migrations applied, and the database's daemon lock taken
+/// (one daemon per database until replicas share work).
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    match &config.store {
+        StoreChoice::Sled => {
+            let db = config.data_dir.join("db");
+            let store = SledStore::open(&db)
+                .map_err(|e| anyhow::anyhow!("the store in {}: {e}", db.display()))?;
+            store.set_reserve(config.storage_reserve);
+            let sweeper = store.clone();
+            tokio::task::spawn_blocking(move || match sweeper.sweep_keys() {
+                Ok(0) => {}
+                Ok(orphans) => {
+                    tracing::info!(orphans, "keyring: destroyed keys no stored value names");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "keyring: looking for keys left by a crash failed");
+                }
+            });
+            Ok(Arc::new(store))
+        }
+        StoreChoice::Postgres { url, pool_size } => {
+            let pg = PgStoreConfig {
+                url: url.clone(),
+                pool_size: *pool_size,
+            };
+            let store =
+                PgStore::open(&pg).map_err(|e| anyhow::anyhow!("the postgres store: {e}"))?;
+            store
+                .lock_daemon()
+                .map_err(|e| anyhow::anyhow!("the postgres store: {e}"))?;
+            tracing::info!(pool_size, "store: PostgreSQL");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Watches the workers. One that ends before shutdown (a panic, an

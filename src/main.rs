@@ -98,6 +98,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply the store's schema migrations (PostgreSQL; the daemon applies
+    /// them at start too).
+    Migrate {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+    },
     /// Load cases from a JSON-lines file (one PUT /v1/cases body a line,
     /// with its "id"), the daemon stopped.
     Import {
@@ -301,6 +307,22 @@ fn main() -> ExitCode {
             file,
             source,
         } => import(&config, &file, source.as_deref()),
+        Command::Migrate { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match tidings::cli::migrate(&config) {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tidings migrate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve { config } => {
             let config = match load(&config) {
                 Ok(c) => c,

@@ -17,8 +17,10 @@ use tidings::domain::{
     DeliveryStatus, EmailText, IdempotentResponse, MessageRecord, OptOut, OptOutVia, OutboxEntry,
     Priority, RECORD_VERSION, ScheduleState, Status, contact_of, parse_timezone,
 };
-use tidings::store::{Commit, SledStore, Storage, Writer, verify_backup};
+use tidings::store::{Commit, PgStore, PgStoreConfig, SledStore, Storage, Writer, verify_backup};
 use uuid::Uuid;
+
+mod peers;
 
 // Test data.
 
@@ -197,7 +199,7 @@ macro_rules! conformance {
     (@each $open:path; $($test:ident),+ $(,)?) => {$(
         #[tokio::test]
         async fn $test() {
-            let fixture = $open().await;
+            let Some(fixture) = $open().await else { return };
             suite::$test(&*fixture.store).await;
         }
     )+};
@@ -229,7 +231,8 @@ macro_rules! conformance {
 
             #[tokio::test]
             async fn a_reopened_store_keeps_what_was_flushed() {
-                suite::a_reopened_store_keeps_what_was_flushed($open().await, $reopen).await;
+                let Some(fixture) = $open().await else { return };
+                suite::a_reopened_store_keeps_what_was_flushed(fixture, $reopen).await;
             }
         }
     };
@@ -1137,13 +1140,13 @@ mod suite {
 
 // Backends.
 
-async fn open_sled() -> Fixture<tempfile::TempDir> {
+async fn open_sled() -> Option<Fixture<tempfile::TempDir>> {
     let home = tempfile::tempdir().expect("a temporary directory");
     let store = SledStore::open(home.path()).expect("a fresh sled store opens");
-    Fixture {
+    Some(Fixture {
         store: Box::new(store),
         home,
-    }
+    })
 }
 
 async fn reopen_sled(fixture: Fixture<tempfile::TempDir>) -> Fixture<tempfile::TempDir> {
@@ -1157,3 +1160,31 @@ async fn reopen_sled(fixture: Fixture<tempfile::TempDir>) -> Fixture<tempfile::T
 }
 
 conformance!(sled, open: open_sled, reopen: reopen_sled);
+
+fn pg_config(db: &peers::PgDatabase) -> PgStoreConfig {
+    PgStoreConfig {
+        url: db.url.clone(),
+        pool_size: 4,
+    }
+}
+
+async fn open_postgres() -> Option<Fixture<peers::PgDatabase>> {
+    let home = peers::postgres()?.database();
+    let store = PgStore::open(&pg_config(&home)).expect("a fresh PostgreSQL store opens");
+    Some(Fixture {
+        store: Box::new(store),
+        home,
+    })
+}
+
+async fn reopen_postgres(fixture: Fixture<peers::PgDatabase>) -> Fixture<peers::PgDatabase> {
+    let Fixture { store, home } = fixture;
+    drop(store);
+    let store = PgStore::open(&pg_config(&home)).expect("the PostgreSQL store opens again");
+    Fixture {
+        store: Box::new(store),
+        home,
+    }
+}
+
+conformance!(postgres, open: open_postgres, reopen: reopen_postgres);

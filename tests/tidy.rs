@@ -21,7 +21,7 @@
 //! - `file_length`: no file under `src/` is longer than 600 lines, unless
 //!   `LONG_FILES` below lists it with the reason it stays whole.
 //! - `confined`: what only one place may know or do (`CONFINED`): sled
-//!   only under `src/store/`, `.commit(`/`.commit_many(` only in the store
+//!   (and `tokio_postgres`) only under `src/store/`, `.commit(`/`.commit_many(` only in the store
 //!   and `src/service.rs` (the one write path).
 //! - `invariants`: every bullet of `## Architecture invariants` ends with
 //!   `Checked by:` and backticked references to tidy checks
@@ -97,6 +97,11 @@ const CONFINED: &[(&[&str], &[&str], &str)] = &[
         &["sled", "::"],
         &["src/store/"],
         "only the store knows sled",
+    ),
+    (
+        &["tokio_postgres", "::"],
+        &["src/store/"],
+        "only the store knows PostgreSQL",
     ),
     (
         &[".", "commit", "("],

@@ -18,6 +18,10 @@ pub async fn audit(
     source: Option<&str>,
 ) -> anyhow::Result<Audit> {
     let now = SystemClock.now();
+    if config.postgres_store {
+        // The daemon reads its database.
+        return from_daemon(config, since, source).await;
+    }
     let db = config.data_dir.join("db");
     if !db.exists() {
         bail!("no store at {}", db.display());

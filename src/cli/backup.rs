@@ -47,6 +47,14 @@ fn db_dir(config: &Locations) -> PathBuf {
 /// Copies the store into `to` (created if needed).
 pub async fn backup(config: &Locations, to: &Path) -> anyhow::Result<(BackupSummary, Via)> {
     let db = db_dir(config);
+    if config.postgres_store {
+        // The daemon reads its database; offline, pg_dump does.
+        std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+        let bytes = from_daemon(config)
+            .await
+            .context("store: postgres is backed up through the running daemon (or with pg_dump)")?;
+        return finish(to, &bytes);
+    }
     if !db.exists() {
         bail!("no store at {}", db.display());
     }
@@ -65,25 +73,38 @@ pub async fn backup(config: &Locations, to: &Path) -> anyhow::Result<(BackupSumm
         // Locked: the daemon holds it.
         Err(_) => {
             let bytes = from_daemon(config).await?;
-            let summary = verify_backup(&bytes).context("the daemon's copy")?;
-            std::fs::write(&partial, &bytes)
-                .with_context(|| format!("cannot write {}", partial.display()))?;
-            (summary, Via::Daemon)
+            return finish(to, &bytes);
         }
     };
-    std::fs::File::open(&partial).and_then(|f| f.sync_all())?;
-    std::fs::rename(&partial, to.join(BACKUP_FILE))?;
+    seal_folder(to, &partial, &summary, via)?;
+    Ok((summary, via))
+}
+
+/// Writes the daemon's copy into `to`, once it verifies.
+fn finish(to: &Path, bytes: &[u8]) -> anyhow::Result<(BackupSummary, Via)> {
+    let summary = verify_backup(bytes).context("the daemon's copy")?;
+    let partial = to.join(format!("{BACKUP_FILE}.partial"));
+    std::fs::write(&partial, bytes)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    seal_folder(to, &partial, &summary, Via::Daemon)?;
+    Ok((summary, Via::Daemon))
+}
+
+/// Syncs the copy, moves it in place and writes the manifest beside it.
+fn seal_folder(to: &Path, partial: &Path, summary: &BackupSummary, via: Via) -> anyhow::Result<()> {
+    std::fs::File::open(partial).and_then(|f| f.sync_all())?;
+    std::fs::rename(partial, to.join(BACKUP_FILE))?;
     let manifest = Manifest {
         created_at: SystemClock.now(),
         via,
         version: env!("CARGO_PKG_VERSION"),
-        summary: &summary,
+        summary,
     };
     std::fs::write(
         to.join(MANIFEST_FILE),
         serde_json::to_vec_pretty(&manifest)?,
     )?;
-    Ok((summary, via))
+    Ok(())
 }
 
 async fn from_daemon(config: &Locations) -> anyhow::Result<Vec<u8>> {
@@ -106,6 +127,12 @@ pub fn restore(
     from: &Path,
     force: bool,
 ) -> Result<BackupSummary, RestoreError> {
+    if config.postgres_store {
+        return Err(RestoreError::Failed(anyhow::anyhow!(
+            "restore makes a sled store in data_dir, and this config uses store: postgres; \
+             restore with the config's store set to sled, or restore the database with pg_restore"
+        )));
+    }
     let file = from.join(BACKUP_FILE);
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     verify_backup(&bytes).with_context(|| file.display().to_string())?;

@@ -19,10 +19,11 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::config::StoreChoice;
 use crate::domain::clock::{SharedClock, v7_ids};
 use crate::domain::{CaseId, CaseInput, CaseRecord, Diagnostic};
 use crate::service::{Reply, Service, ServiceError};
-use crate::store::{SledStore, Storage};
+use crate::store::{PgStore, PgStoreConfig, SledStore, Storage};
 
 /// Lines stored concurrently: enough that one flush covers many of them.
 const IN_FLIGHT: usize = 64;
@@ -139,17 +140,32 @@ pub async fn import(
         .map_err(|d| anyhow::anyhow!("{d}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let db = config.data_dir.join("db");
-    let store = SledStore::open(&db).map_err(|e| {
-        if e.to_string().contains("could not acquire lock") {
-            ImportError::InUse(db.clone())
-        } else {
-            ImportError::Failed(anyhow::anyhow!("the store in {}: {e}", db.display()))
+    let storage: Arc<dyn Storage> = match &config.store {
+        StoreChoice::Sled => {
+            let db = config.data_dir.join("db");
+            let store = SledStore::open(&db).map_err(|e| {
+                if e.to_string().contains("could not acquire lock") {
+                    ImportError::InUse(db.clone())
+                } else {
+                    ImportError::Failed(anyhow::anyhow!("the store in {}: {e}", db.display()))
+                }
+            })?;
+            store.set_reserve(config.storage_reserve);
+            Arc::new(store)
         }
-    })?;
-    store.set_reserve(config.storage_reserve);
-    crate::runtime::build::with_store_keys(&mut engine, &store);
-    let storage: Arc<dyn Storage> = Arc::new(store);
+        // The daemon's lock keeps a running daemon and an import apart.
+        StoreChoice::Postgres { url, pool_size } => {
+            let pg = PgStoreConfig {
+                url: url.clone(),
+                pool_size: *pool_size,
+            };
+            let store = PgStore::open(&pg)
+                .and_then(|s| s.lock_daemon().map(|()| s))
+                .map_err(|e| ImportError::Failed(anyhow::anyhow!("the postgres store: {e}")))?;
+            Arc::new(store)
+        }
+    };
+    crate::runtime::build::with_store_keys(&mut engine, &*storage);
     let svc = Service::new(storage, Arc::new(engine), clock, config.defaults());
     let source: Arc<str> = source.into();
 

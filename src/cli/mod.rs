@@ -1,5 +1,5 @@
 //! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`,
-//! `import`, `audit`, `bounce`.
+//! `import`, `audit`, `bounce`, `migrate`.
 
 pub mod audit;
 pub mod backup;
@@ -21,6 +21,29 @@ pub fn engine(config: &Config) -> Result<Engine, Diagnostics> {
 /// `tidings check`: warnings when valid, every problem when not.
 pub fn check(config: &Config) -> Result<Vec<Diagnostic>, Diagnostics> {
     crate::runtime::build::check(config, v7_ids(), SystemClock.now()).map(|(_, w)| w)
+}
+
+/// `tidings migrate`: applies the PostgreSQL store's migrations the
+/// database lacks (the daemon applies them at start too); what it did, in
+/// words.
+pub fn migrate(config: &Config) -> anyhow::Result<String> {
+    match &config.store {
+        crate::config::StoreChoice::Sled => {
+            Ok("store: sled keeps no schema; nothing to migrate".into())
+        }
+        crate::config::StoreChoice::Postgres { url, pool_size } => {
+            let applied = crate::store::migrate_postgres(&crate::store::PgStoreConfig {
+                url: url.clone(),
+                pool_size: *pool_size,
+            })
+            .map_err(|e| anyhow::anyhow!("the postgres store: {e}"))?;
+            Ok(if applied.is_empty() {
+                "store: postgres: the schema is up to date".into()
+            } else {
+                format!("store: postgres: applied {}", applied.join(", "))
+            })
+        }
+    }
 }
 
 /// Now, for the tools that start from the present.

@@ -24,8 +24,10 @@ use crate::engine::schedule::QuietHours;
 use crate::engine::settle::DeliveryPolicy;
 
 mod inbound;
+mod store;
 
 pub use inbound::{InboundEntry, InboundSystem, Mapping, PublicComments};
+pub use store::StoreChoice;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +46,7 @@ struct RawConfig {
     consent: Option<RawConsent>,
     digest: Option<RawDigest>,
     storage: Option<RawStorage>,
+    store: Option<Spanned<store::RawStore>>,
     delivery: Option<RawDelivery>,
     log: Option<LogConfig>,
     admin: Option<RawAdmin>,
@@ -294,6 +297,8 @@ pub struct Config {
     pub digest_window: Duration,
     /// Free space kept on the store's disk; intake stops below it.
     pub storage_reserve: u64,
+    /// The backend the daemon keeps its state in (`store:`).
+    pub store: StoreChoice,
     pub delivery: DeliveryPolicy,
     pub log: LogConfig,
     /// SHA-256 of the admin token; the admin endpoints are off without it.
@@ -402,6 +407,7 @@ impl Config {
             &mut errors,
         );
         let delivery = resolve_delivery(path, raw.delivery, &mut errors);
+        let store = store::resolve(path, raw.store.as_ref(), &mut errors);
         let defaults = Defaults {
             timezone: default_timezone,
             locale: default_locale.clone(),
@@ -447,6 +453,7 @@ impl Config {
                 .storage
                 .and_then(|s| s.reserve_mib)
                 .map_or(DEFAULT_RESERVE, |m| m.saturating_mul(1024 * 1024)),
+            store,
             delivery,
             log: raw.log.unwrap_or_default(),
             admin_token_sha256,
@@ -463,6 +470,9 @@ impl Config {
 pub struct Locations {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `store: postgres`: the store is not in `data_dir`, so the offline
+    /// tools ask the running daemon.
+    pub postgres_store: bool,
 }
 
 impl Locations {
@@ -484,6 +494,10 @@ impl Locations {
         Ok(Self {
             listen,
             data_dir: resolve_path(base, raw.data_dir.as_deref().unwrap_or("./data")),
+            postgres_store: matches!(
+                raw.store.as_ref().map(|s| &s.value),
+                Some(store::RawStore::Postgres(_))
+            ),
         })
     }
 }

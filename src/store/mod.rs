@@ -27,9 +27,14 @@ use crate::domain::{
     OptOutVia, OutboxEntry, Status,
 };
 
+mod codec;
+mod postgres;
+mod sealing;
 mod sled;
 
-pub use self::sled::{BackupError, BackupSummary, SealError, SledStore, verify_backup};
+pub use self::postgres::{PgStore, PgStoreConfig, migrate as migrate_postgres};
+pub use self::sealing::SealError;
+pub use self::sled::{BackupError, BackupSummary, SledStore, verify_backup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +50,8 @@ pub enum StoreError {
     Full { free_mib: u64, reserve_mib: u64 },
     #[error("storage: {0}")]
     Seal(#[from] SealError),
+    #[error("storage: PostgreSQL: {0}")]
+    Postgres(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -31,8 +31,7 @@
 //! so the copies sled's log keeps are unreadable.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
@@ -40,18 +39,20 @@ use uuid::Uuid;
 use crate::domain::{Case, Channel, OptOutVia};
 use crate::domain::{
     CaseKey, CaseRecord, Contact, DeliveredMark, IdempotentResponse, OptOut, OutboxEntry,
-    RECORD_VERSION, contact_of,
+    contact_of,
 };
 
 mod ops;
 mod seal;
+use super::sealing::SealError;
+pub(crate) use ops::BackupWriter;
 pub use ops::{BackupError, BackupSummary, verify_backup};
-pub use seal::SealError;
 
+use super::codec::{self, decode, encode, idempotency_key_bytes};
 use super::{Commit, Result, StoreError, Writer};
 use seal::{KEY_LEN, KeyId, Keyring};
 
-fn ms_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
+pub(crate) fn ms_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
     // Offset so instants before 1970 still sort as unsigned big-endian.
     let ms = (t.timestamp_millis() as i128 - i128::from(i64::MIN)) as u64;
     let mut k = Vec::with_capacity(8 + suffix.len());
@@ -64,27 +65,6 @@ fn ms_of(key: &[u8]) -> Option<DateTime<Utc>> {
     let raw = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let ms = (i128::from(raw) + i128::from(i64::MIN)) as i64;
     DateTime::from_timestamp_millis(ms)
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    #[derive(Deserialize)]
-    struct Versioned {
-        #[serde(default)]
-        v: u32,
-    }
-    if let Ok(Versioned { v }) = serde_json::from_slice::<Versioned>(bytes)
-        && v > RECORD_VERSION
-    {
-        return Err(StoreError::Version { found: v });
-    }
-    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        err,
-    })
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_else(|e| unreachable!("records always serialize: {e}"))
 }
 
 /// The sled database and its trees.
@@ -382,43 +362,17 @@ impl SledStore {
     /// The recipients a case record is indexed under: the customer and
     /// everyone in CC.
     pub fn contacts_of(&self, case: &Case) -> Vec<Contact> {
-        let mut out = Vec::new();
-        for (_, c) in case.recipients() {
-            out.extend(
-                c.email
-                    .iter()
-                    .map(|e| self.contact(Channel::Email, e.as_ref())),
-            );
-            out.extend(
-                c.phone
-                    .iter()
-                    .map(|p| self.contact(Channel::Sms, p.as_ref())),
-            );
-        }
-        out.sort_by_key(|c| c.0);
-        out.dedup();
-        out
+        codec::contacts_of(&self.salt, case)
     }
 
     /// Everything a case record is indexed under: its recipients and the
     /// entry its short page link (`/s/{code}`) is found by.
     fn indexed_under(&self, case: &Case) -> Vec<Contact> {
-        let mut all = self.contacts_of(case);
-        all.push(self.link_entry(
-            &CaseKey::new(&case.source, case.id.clone()),
-            case.created_at,
-        ));
-        all
+        codec::indexed_under(&self.salt, case)
     }
 
     fn link_entry(&self, key: &CaseKey, created_at: DateTime<Utc>) -> Contact {
-        let salt = self.contact_salt();
-        let code = crate::domain::link::short_code(
-            &salt,
-            key,
-            crate::domain::link::case_stamp(created_at),
-        );
-        crate::domain::link::link_contact(&salt, &code)
+        codec::link_entry(&self.salt, key, created_at)
     }
 
     /// Waits until everything written so far is on disk.
@@ -909,11 +863,6 @@ impl super::Storage for SledStore {
     ) -> super::BoxFuture<'a, std::result::Result<BackupSummary, BackupError>> {
         Box::pin(SledStore::backup(self, out))
     }
-}
-
-/// Idempotency keys are hashed: a client's key may hold anything.
-fn idempotency_key_bytes(key: &str) -> Vec<u8> {
-    Sha256::digest(key.as_bytes()).to_vec()
 }
 
 #[cfg(test)]

@@ -13,13 +13,14 @@
 
 mod daemon;
 mod fixtures;
+mod postgres;
 mod prism;
 mod scan;
 mod sink;
 
 // Each test file uses a part of the harness.
 #[allow(unused_imports)]
-pub use {daemon::*, fixtures::*, prism::*, scan::*, sink::*};
+pub use {daemon::*, fixtures::*, postgres::*, prism::*, scan::*, sink::*};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

@@ -25,19 +25,13 @@ impl SledStore {
     /// The status of every stored case: one pass over the cases tree that
     /// reads only the status field of each record.
     pub fn scan_case_statuses(&self) -> impl Iterator<Item = Result<Status>> + '_ {
-        #[derive(serde::Deserialize)]
-        struct Only {
-            case: OnlyCase,
-        }
-        #[derive(serde::Deserialize)]
-        struct OnlyCase {
-            status: Status,
-        }
         self.cases.iter().filter_map(|item| match item {
-            Ok((k, v)) => self
-                .read_if_live::<Only>(&k, &v)
-                .map(|o| o.map(|o| o.case.status))
-                .transpose(),
+            // A case erased while the walk runs is not there any more.
+            Ok((k, v)) => match self.keyring.open_value(&v) {
+                Ok(plain) => Some(super::codec::decode_status(&k, &plain)),
+                Err(super::SealError::MissingKey) => None,
+                Err(e) => Some(Err(e.into())),
+            },
             Err(e) => Some(Err(e.into())),
         })
     }
@@ -98,6 +92,73 @@ impl<W: std::io::Write> Hashing<W> {
     }
 }
 
+/// Writes the backup format: the header, each tree's name and entries
+/// (values in clear), the entry count, the checksum. Any backend's backup
+/// is written through it, so `restore` makes a sled store of any of them.
+pub(crate) struct BackupWriter<W: std::io::Write> {
+    w: Hashing<W>,
+    summary: BackupSummary,
+    current: Option<String>,
+}
+
+impl<W: std::io::Write> BackupWriter<W> {
+    pub(crate) fn start(out: W) -> std::result::Result<Self, BackupError> {
+        use sha2::Digest;
+        let mut w = Hashing {
+            inner: out,
+            hash: sha2::Sha256::new(),
+        };
+        w.put(MAGIC)?;
+        w.put(&FORMAT.to_be_bytes())?;
+        Ok(Self {
+            w,
+            summary: BackupSummary {
+                format: FORMAT,
+                ..BackupSummary::default()
+            },
+            current: None,
+        })
+    }
+
+    /// Starts the tree `name`; the entries that follow are its.
+    pub(crate) fn tree(&mut self, name: &[u8]) -> std::result::Result<(), BackupError> {
+        self.w.put(b"T")?;
+        self.w.put_chunk(name)?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        self.summary.trees.insert(name.clone(), 0);
+        self.current = Some(name);
+        Ok(())
+    }
+
+    pub(crate) fn entry(&mut self, k: &[u8], v: &[u8]) -> std::result::Result<(), BackupError> {
+        let Some(tree) = &self.current else {
+            return Err(BackupError::Format("an entry before its tree".into()));
+        };
+        self.w.put(b"E")?;
+        self.w.put_chunk(k)?;
+        self.w.put_chunk(v)?;
+        *self.summary.trees.entry(tree.clone()).or_default() += 1;
+        self.summary.entries += 1;
+        Ok(())
+    }
+
+    /// Counts a value left out because its key was destroyed.
+    pub(crate) fn shredded(&mut self) {
+        self.summary.shredded += 1;
+    }
+
+    pub(crate) fn finish(mut self) -> std::result::Result<BackupSummary, BackupError> {
+        use sha2::Digest;
+        self.w.put(b"Z")?;
+        self.w.put(&self.summary.entries.to_be_bytes())?;
+        let digest = self.w.hash.finalize();
+        self.w.inner.write_all(&digest)?;
+        self.w.inner.flush()?;
+        self.summary.sha256 = hex::encode(digest);
+        Ok(self.summary)
+    }
+}
+
 impl SledStore {
     /// Writes a consistent copy of every tree to `out`. The caller keeps
     /// writers out meanwhile (the service holds every lock stripe), so the
@@ -116,26 +177,14 @@ impl SledStore {
         &self,
         out: impl std::io::Write,
     ) -> std::result::Result<BackupSummary, BackupError> {
-        use sha2::Digest;
-        let mut w = Hashing {
-            inner: out,
-            hash: sha2::Sha256::new(),
-        };
-        w.put(MAGIC)?;
-        w.put(&FORMAT.to_be_bytes())?;
-        let mut summary = BackupSummary {
-            format: FORMAT,
-            ..BackupSummary::default()
-        };
+        let mut w = BackupWriter::start(out)?;
         for name in self.db.tree_names() {
             let tree = self.db.open_tree(&name)?;
             // Only these trees hold sealed values. The others are copied
             // as they are: a generated key in `meta` is 32 random bytes,
             // and one in 256 begins like a sealed value.
             let sealed = [&b"cases"[..], b"outbox", b"idempotency"].contains(&&*name);
-            w.put(b"T")?;
-            w.put_chunk(&name)?;
-            let mut n = 0u64;
+            w.tree(&name)?;
             for item in tree.iter() {
                 let (k, v) = item?;
                 // The backup holds values in the clear (it is a file of its
@@ -149,7 +198,7 @@ impl SledStore {
                         // Sealed under a destroyed key: what is left of an
                         // erased case, unreadable by design; not copied.
                         Err(super::SealError::MissingKey) => {
-                            summary.shredded += 1;
+                            w.shredded();
                             continue;
                         }
                         Err(e) => {
@@ -159,23 +208,10 @@ impl SledStore {
                         }
                     }
                 };
-                w.put(b"E")?;
-                w.put_chunk(&k)?;
-                w.put_chunk(&plain)?;
-                n += 1;
+                w.entry(&k, &plain)?;
             }
-            summary
-                .trees
-                .insert(String::from_utf8_lossy(&name).into_owned(), n);
-            summary.entries += n;
         }
-        w.put(b"Z")?;
-        w.put(&summary.entries.to_be_bytes())?;
-        let digest = w.hash.finalize();
-        w.inner.write_all(&digest)?;
-        w.inner.flush()?;
-        summary.sha256 = hex::encode(digest);
-        Ok(summary)
+        w.finish()
     }
 
     /// Creates a database in `dir` (which must not hold one) from a backup.

@@ -30,31 +30,14 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use crate::store::sealing::{self, ID_LEN};
+pub use crate::store::sealing::{KEY_LEN, KeyId, SealError, key_id};
 
 /// The keyring file, inside sled's directory so it moves with the store.
 pub const KEYRING_FILE: &str = "tidings.keys";
 
-const VERSION: u8 = 1;
-const ID_LEN: usize = 16;
-pub const KEY_LEN: usize = 32;
 /// A slot: the key's id, the key, zero padding. All zeros is a free slot.
 const SLOT: usize = 64;
-const HEADER: usize = 1 + ID_LEN + NONCE_LEN;
-
-pub type KeyId = [u8; ID_LEN];
-
-#[derive(Debug, thiserror::Error)]
-pub enum SealError {
-    #[error("keyring I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(
-        "a sealed value names a key that is not in the keyring (erased, or the keyring was lost)"
-    )]
-    MissingKey,
-    #[error("a sealed value does not open with its key (damaged)")]
-    Damaged,
-}
 
 struct Slots {
     file: File,
@@ -252,26 +235,8 @@ impl Keyring {
     }
 
     /// Seals `plain` under the key `(id, key)`.
-    pub fn seal((id, key): &(KeyId, [u8; KEY_LEN]), plain: &[u8]) -> Vec<u8> {
-        let nonce_bytes: [u8; NONCE_LEN] = rand::random();
-        let sealing = LessSafeKey::new(
-            UnboundKey::new(&CHACHA20_POLY1305, key)
-                .unwrap_or_else(|_| unreachable!("a 32-byte key is a ChaCha20 key")),
-        );
-        let mut out = Vec::with_capacity(HEADER + plain.len() + CHACHA20_POLY1305.tag_len());
-        out.push(VERSION);
-        out.extend_from_slice(id);
-        out.extend_from_slice(&nonce_bytes);
-        let mut body = plain.to_vec();
-        sealing
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(id),
-                &mut body,
-            )
-            .unwrap_or_else(|_| unreachable!("sealing fails only past 256 GiB"));
-        out.extend_from_slice(&body);
-        out
+    pub fn seal(key: &(KeyId, [u8; KEY_LEN]), plain: &[u8]) -> Vec<u8> {
+        sealing::seal(key, plain)
     }
 
     /// The plaintext of a stored value: sealed values are opened, plain
@@ -280,38 +245,8 @@ impl Keyring {
         &self,
         stored: &'a [u8],
     ) -> Result<std::borrow::Cow<'a, [u8]>, SealError> {
-        let Some(id) = key_id(stored) else {
-            return Ok(std::borrow::Cow::Borrowed(stored));
-        };
-        let key = self.key(&id).ok_or(SealError::MissingKey)?;
-        let opening = LessSafeKey::new(
-            UnboundKey::new(&CHACHA20_POLY1305, &key)
-                .unwrap_or_else(|_| unreachable!("a 32-byte key is a ChaCha20 key")),
-        );
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&stored[1 + ID_LEN..HEADER]);
-        let mut body = stored[HEADER..].to_vec();
-        let plain_len = opening
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&id),
-                &mut body,
-            )
-            .map_err(|_| SealError::Damaged)?
-            .len();
-        body.truncate(plain_len);
-        Ok(std::borrow::Cow::Owned(body))
+        sealing::open(stored, |id| self.key(id))
     }
-}
-
-/// The key a stored value is sealed under; `None` for a plain value.
-pub fn key_id(stored: &[u8]) -> Option<KeyId> {
-    if stored.len() < HEADER || stored[0] != VERSION {
-        return None;
-    }
-    let mut id = [0u8; ID_LEN];
-    id.copy_from_slice(&stored[1..=ID_LEN]);
-    Some(id)
 }
 
 #[cfg(test)]
@@ -364,16 +299,5 @@ mod tests {
         );
         assert_eq!(ring.len(), 2, "keys[1] and the one just handed out");
         assert!(ring.key(&again[0].0).is_some());
-    }
-
-    #[test]
-    fn a_tampered_value_does_not_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ring = Keyring::open(dir.path()).expect("open");
-        let keys = ring.create(1).expect("create");
-        let mut sealed = Keyring::seal(&keys[0], b"{}");
-        let last = sealed.len() - 1;
-        sealed[last] ^= 1;
-        assert!(matches!(ring.open_value(&sealed), Err(SealError::Damaged)));
     }
 }

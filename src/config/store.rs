@@ -1,0 +1,166 @@
+//! `store:` in the config file: which backend keeps the daemon's state.
+//!
+//! ```yaml
+//! store: sled                 # the default: a sled database in data_dir/db
+//! store:
+//!   postgres:
+//!     url_env: DATABASE_URL   # the variable holding the connection string
+//!     pool_size: 16           # connections (1 to 512; 16 by default)
+//! ```
+//!
+//! The connection string is read from the environment when the config is
+//! loaded (a missing variable is a `file:line:column` error then), and is
+//! never printed.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::domain::Diagnostic;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawStore {
+    Sled,
+    Postgres(RawPostgres),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    url_env: Option<Spanned<String>>,
+    pool_size: Option<Spanned<i64>>,
+}
+
+/// The backend the daemon opens.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// sled, in `data_dir/db`.
+    Sled,
+    /// PostgreSQL at `url` (from the environment), with `pool_size`
+    /// connections.
+    Postgres { url: String, pool_size: usize },
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sled => f.write_str("Sled"),
+            // The connection string may hold a password.
+            Self::Postgres { pool_size, .. } => f
+                .debug_struct("Postgres")
+                .field("pool_size", pool_size)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// The environment variable read when `url_env` is not given.
+const DEFAULT_URL_ENV: &str = "DATABASE_URL";
+const DEFAULT_POOL: usize = 16;
+const MAX_POOL: i64 = 512;
+
+/// Validates `store:`; problems go to `errors` with their position.
+pub(super) fn resolve(
+    file: &Path,
+    raw: Option<&Spanned<RawStore>>,
+    errors: &mut Vec<Diagnostic>,
+) -> StoreChoice {
+    let Some(raw) = raw else {
+        return StoreChoice::Sled;
+    };
+    let pg = match &raw.value {
+        RawStore::Sled => return StoreChoice::Sled,
+        RawStore::Postgres(pg) => pg,
+    };
+    let pool_size = match &pg.pool_size {
+        None => DEFAULT_POOL,
+        Some(s) if (1..=MAX_POOL).contains(&s.value) => {
+            usize::try_from(s.value).unwrap_or(DEFAULT_POOL)
+        }
+        Some(s) => {
+            errors.push(Diagnostic::at(
+                file,
+                s,
+                format!(
+                    "store.postgres.pool_size: {} is not a pool size (1 to {MAX_POOL})",
+                    s.value
+                ),
+            ));
+            DEFAULT_POOL
+        }
+    };
+    let var = pg
+        .url_env
+        .as_ref()
+        .map_or(DEFAULT_URL_ENV, |s| s.value.as_str());
+    let url = match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => {
+            let message = format!("store.postgres.url_env: environment variable {var} is not set");
+            errors.push(match &pg.url_env {
+                Some(s) => Diagnostic::at(file, s, message),
+                None => Diagnostic::at(file, raw, message),
+            });
+            String::new()
+        }
+    };
+    StoreChoice::Postgres { url, pool_size }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("t.yaml"), text).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn sled_is_the_default_and_may_be_named() {
+        assert_eq!(parse("{}").expect("valid").store, StoreChoice::Sled);
+        assert_eq!(
+            parse("store: sled\n").expect("valid").store,
+            StoreChoice::Sled
+        );
+    }
+
+    #[test]
+    fn postgres_takes_its_url_from_the_environment() {
+        // A variable every test process has (this crate forbids the
+        // unsafe `set_var`).
+        let path = std::env::var("PATH").expect("PATH is set");
+        let cfg =
+            parse("store:\n  postgres:\n    url_env: PATH\n    pool_size: 4\n").expect("valid");
+        assert_eq!(
+            cfg.store,
+            StoreChoice::Postgres {
+                url: path.clone(),
+                pool_size: 4
+            }
+        );
+        assert!(!format!("{cfg:?}").contains(&path), "the URL is not shown");
+    }
+
+    #[test]
+    fn bad_store_values_are_named_with_their_position() {
+        let err = parse("store: mysql\n").expect_err("unknown backend");
+        assert!(err.starts_with("t.yaml:1:"), "{err}");
+        assert!(err.contains("mysql"), "{err}");
+
+        let err = parse("store:\n  postgres:\n    url_env: TIDINGS_TEST_PG_UNSET_VAR\n")
+            .expect_err("missing variable");
+        assert!(err.starts_with("t.yaml:3:14:"), "{err}");
+        assert!(
+            err.contains("TIDINGS_TEST_PG_UNSET_VAR is not set"),
+            "{err}"
+        );
+
+        let err = parse("store:\n  postgres:\n    url_env: PATH\n    pool_size: 0\n")
+            .expect_err("bad pool size");
+        assert!(err.starts_with("t.yaml:4:16:"), "{err}");
+        assert!(err.contains("pool_size: 0 is not a pool size"), "{err}");
+    }
+}

@@ -1,0 +1,439 @@
+//! Durable state in PostgreSQL: the same `Storage` as the sled store,
+//! with every operation sled makes atomic done as one transaction.
+//!
+//! The trait is synchronous (its callers block a tokio worker, as with
+//! sled), so the store owns a small runtime of its own holding the
+//! connections; each call sends its job there and waits for the answer.
+//! That works from any thread, inside a runtime or not (a `block_on` in a
+//! runtime's thread would panic). `synchronous_commit` is PostgreSQL's
+//! default (`on`): a commit that returns is durable, so `flush` has
+//! nothing left to wait for.
+//!
+//! Tables (`postgres/migrations/`): `cases`, `schedule`, `outbox`,
+//! `delivered`, `idempotency`, `recipients`, `optouts`, `contacts`,
+//! `case_keys` and `settings`. Keys are encoded as the sled store's are.
+//! Values that hold personal data are sealed under their case's key
+//! (`sealing`), and the key lives in `case_keys`: an erasure deletes it in
+//! the erasure's own transaction, so what PostgreSQL's files and WAL still
+//! hold of the case is ciphertext nobody can open.
+//!
+//! - `postgres/schema.rs`: migrations, the shared settings, the daemon's
+//!   advisory lock.
+//! - `postgres/commit.rs`: `commit_many`, one transaction.
+//! - `postgres/reads.rs`: everything else (reads, the outbox walk,
+//!   contacts, opt-outs, pacing, idempotency).
+//! - `postgres/backup.rs`: a backup in the sled store's format, from one
+//!   snapshot (so `tidings restore` makes a sled store of it).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::domain::{
+    Case, CaseKey, CaseRecord, Channel, Contact, DeliveredMark, IdempotentResponse, OptOut,
+    OptOutVia, OutboxEntry, Status, contact_of,
+};
+
+use super::{BackupError, BackupSummary, Commit, Result, StoreError, Writer, codec};
+
+mod backup;
+mod commit;
+mod reads;
+mod schema;
+
+pub use schema::migrate;
+
+/// Where the store is and how many connections it keeps.
+#[derive(Clone)]
+pub struct PgStoreConfig {
+    /// A libpq connection string or URL (it may hold a password: never
+    /// logged, never shown).
+    pub url: String,
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for PgStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStoreConfig")
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PostgreSQL error as the store reports it: the server's message, or
+/// the client's (never the connection string).
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        return StoreError::Postgres(format!("{}: {}", db.code().code(), db.message()));
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    StoreError::Postgres(text)
+}
+
+/// Milliseconds since the epoch, as the tables keep instants.
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+/// The store's own runtime; shut down without waiting when the store goes
+/// (dropping a runtime inside another one's thread would panic).
+struct Rt(Option<tokio::runtime::Runtime>);
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The connections: at most `size` in use; an idle one is reused unless
+/// it closed.
+struct Pool {
+    config: tokio_postgres::Config,
+    idle: std::sync::Mutex<Vec<Client>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection taken from the pool, given back when dropped.
+pub(crate) struct Conn {
+    client: Option<Client>,
+    pool: Arc<Pool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Conn {
+    fn client(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a connection holds its client until dropped"))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take()
+            && !c.is_closed()
+        {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(c);
+        }
+    }
+}
+
+/// Opens a connection and runs it on the current runtime.
+async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
+    let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %pg(e), "store: a PostgreSQL connection failed");
+        }
+    });
+    Ok(client)
+}
+
+impl Pool {
+    async fn get(self: &Arc<Self>) -> Result<Conn> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Postgres("the connection pool is closed".into()))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let client = match idle {
+            Some(c) if !c.is_closed() => c,
+            _ => connect(&self.config).await?,
+        };
+        Ok(Conn {
+            client: Some(client),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+struct Inner {
+    pool: Arc<Pool>,
+    salt: [u8; 32],
+    unsubscribe_key: [u8; 32],
+    /// The session holding the daemon's advisory lock, once taken.
+    lock: std::sync::Mutex<Option<Client>>,
+    // Last: the runtime stops after the connections are dropped.
+    rt: Rt,
+}
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+/// Parses a connection string, naming the problem but not the string.
+fn parse_config(url: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        StoreError::Postgres(format!("the connection string does not parse: {}", pg(e)))
+    })?;
+    config.application_name("tidings");
+    // A database that does not answer fails a call in seconds (the API
+    // answers 503) rather than after the system's TCP timeout.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
+    }
+    Ok(config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tidings-pg")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Postgres(format!("cannot start the store's runtime: {e}")))
+}
+
+/// Runs `job` on `rt` with a connection of `pool`; blocks until it ends.
+fn run_on<T, F, Fut>(rt: &tokio::runtime::Handle, pool: &Arc<Pool>, job: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Conn) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>> + Send,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let pool = pool.clone();
+    rt.spawn(async move {
+        let r = match pool.get().await {
+            Ok(conn) => job(conn).await,
+            Err(e) => Err(e),
+        };
+        let _ = tx.send(r);
+    });
+    rx.recv()
+        .unwrap_or_else(|_| Err(StoreError::Postgres("the store's runtime stopped".into())))
+}
+
+impl PgStore {
+    /// Connects, applies the migrations this binary has and the database
+    /// lacks, and reads (or makes) the shared settings.
+    pub fn open(config: &PgStoreConfig) -> Result<Self> {
+        let pg_config = parse_config(&config.url)?;
+        let rt = runtime()?;
+        let pool = Arc::new(Pool {
+            config: pg_config,
+            idle: std::sync::Mutex::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.pool_size.max(1))),
+        });
+        let (salt, unsubscribe_key) = run_on(rt.handle(), &pool, |mut conn| async move {
+            schema::apply(conn.client()).await?;
+            let salt = schema::generated_key(conn.client(), "contact_salt").await?;
+            let unsubscribe = schema::generated_key(conn.client(), "unsubscribe_key").await?;
+            Ok((salt, unsubscribe))
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                salt,
+                unsubscribe_key,
+                lock: std::sync::Mutex::new(None),
+                rt: Rt(Some(rt)),
+            }),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.inner
+            .rt
+            .0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the runtime lives as long as the store"))
+            .handle()
+    }
+
+    /// Runs `job` with a pooled connection on the store's runtime and
+    /// waits for it (from any thread).
+    pub(crate) fn run<T, F, Fut>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        run_on(self.handle(), &self.inner.pool, job)
+    }
+
+    /// As `run`, awaited rather than blocking.
+    pub(crate) async fn run_async<T, F, Fut>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.inner.pool.clone();
+        self.handle().spawn(async move {
+            let r = match pool.get().await {
+                Ok(conn) => job(conn).await,
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(r);
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Postgres("the store's runtime stopped".into())))
+    }
+
+    /// Takes the database's daemon lock (a session advisory lock, held
+    /// while the store lives): one daemon per database until replicas
+    /// share work through leases. Refuses while another session holds it,
+    /// naming that session.
+    pub fn lock_daemon(&self) -> Result<()> {
+        let config = self.inner.pool.config.clone();
+        let client = self.run(|_conn| async move { schema::take_daemon_lock(&config).await })?;
+        *self
+            .inner
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+        Ok(())
+    }
+
+    /// The recipient `address` on `channel`, keyed under the shared salt.
+    pub fn contact(&self, channel: Channel, address: &str) -> Contact {
+        contact_of(&self.inner.salt, channel, address)
+    }
+}
+
+impl super::Storage for PgStore {
+    fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>> {
+        PgStore::get(self, key)
+    }
+    fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
+        PgStore::commit_many(self, changes)
+    }
+    fn flush(&self) -> super::BoxFuture<'_, Result<()>> {
+        // Every commit is durable when it returns (synchronous_commit).
+        Box::pin(async { Ok(()) })
+    }
+    fn room(&self, _writer: Writer) -> Result<()> {
+        // PostgreSQL survives a full disk (it refuses the write); its
+        // operators watch its space.
+        Ok(())
+    }
+    fn scan_cases(&self) -> Box<dyn Iterator<Item = Result<CaseRecord>> + Send + '_> {
+        Box::new(self.scan_values().map(|item| {
+            let (key, plain) = item?;
+            codec::decode(&key, &plain)
+        }))
+    }
+    fn scan_case_statuses(&self) -> Box<dyn Iterator<Item = Result<Status>> + Send + '_> {
+        Box::new(self.scan_values().map(|item| {
+            let (key, plain) = item?;
+            codec::decode_status(&key, &plain)
+        }))
+    }
+    fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
+        PgStore::next_due_case(self)
+    }
+    fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()> {
+        PgStore::remove_schedule_entry(self, at, key)
+    }
+    fn due_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<Uuid>,
+    ) -> Result<(Vec<OutboxEntry>, Option<DateTime<Utc>>)> {
+        PgStore::due_outbox(self, now, limit, busy)
+    }
+    fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>> {
+        PgStore::outbox_entry(self, id)
+    }
+    fn outbox_len(&self) -> usize {
+        PgStore::outbox_len(self)
+    }
+    fn outbox_head(&self) -> Result<Option<DateTime<Utc>>> {
+        PgStore::outbox_head(self)
+    }
+    fn mark_delivered(
+        &self,
+        id: Uuid,
+        provider_id: Option<String>,
+        at: DateTime<Utc>,
+    ) -> super::BoxFuture<'_, Result<()>> {
+        Box::pin(PgStore::mark_delivered(self, id, provider_id, at))
+    }
+    fn delivered_mark(&self, id: Uuid) -> Result<Option<DeliveredMark>> {
+        PgStore::delivered_mark(self, id)
+    }
+    fn contact(&self, channel: Channel, address: &str) -> Contact {
+        PgStore::contact(self, channel, address)
+    }
+    fn contacts_of(&self, case: &Case) -> Vec<Contact> {
+        codec::contacts_of(&self.inner.salt, case)
+    }
+    fn cases_of(&self, contact: Contact) -> Result<Vec<CaseKey>> {
+        PgStore::cases_of(self, contact)
+    }
+    fn contact_salt(&self) -> [u8; 32] {
+        self.inner.salt
+    }
+    fn generated_unsubscribe_key(&self) -> [u8; 32] {
+        self.inner.unsubscribe_key
+    }
+    fn opt_out(&self, contact: Contact, via: OptOutVia, now: DateTime<Utc>) -> Result<()> {
+        PgStore::opt_out(self, contact, via, now)
+    }
+    fn opt_in(&self, contact: Contact) -> Result<bool> {
+        PgStore::opt_in(self, contact)
+    }
+    fn opted_out(&self, contact: Contact) -> Result<Option<OptOut>> {
+        PgStore::opted_out(self, contact)
+    }
+    fn claim_send(
+        &self,
+        contact: Contact,
+        gap: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), DateTime<Utc>>> {
+        PgStore::claim_send(self, contact, gap, now)
+    }
+    fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
+        PgStore::set_last_sent(self, contact, at)
+    }
+    fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
+        PgStore::idempotent_response(self, key)
+    }
+    fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<usize> {
+        PgStore::prune_idempotency(self, before)
+    }
+    fn backup<'a>(
+        &'a self,
+        out: &'a mut (dyn std::io::Write + Send),
+    ) -> super::BoxFuture<'a, std::result::Result<BackupSummary, BackupError>> {
+        Box::pin(PgStore::backup(self, out))
+    }
+}

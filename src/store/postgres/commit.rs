@@ -1,0 +1,204 @@
+//! `commit_many`: every change of a batch in one PostgreSQL transaction
+//! (the case record, its schedule and recipient index entries, the
+//! outbox, delivered marks, idempotency records, erasure with its key).
+
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::domain::CaseKey;
+
+use super::super::sealing::{self, CaseSecret, KEY_LEN, KeyId};
+use super::{PgStore, Result, StoreError, codec, ms, pg};
+use crate::store::Commit;
+
+/// One change, encoded (in clear) before it is sent to the store's
+/// runtime; sealed there, under the key the transaction finds or makes.
+struct Prepared {
+    case_key: Vec<u8>,
+    record: Option<Vec<u8>>,
+    erase: bool,
+    new_due: Option<i64>,
+    contacts: Vec<Vec<u8>>,
+    outbox_put: Vec<(Uuid, Vec<u8>, i64)>,
+    outbox_remove: Vec<Uuid>,
+    idem: Option<(Vec<u8>, Vec<u8>, i64)>,
+    idem_remove: Vec<Vec<u8>>,
+}
+
+impl Prepared {
+    fn writes(&self) -> bool {
+        self.record.is_some() || !self.outbox_put.is_empty() || self.idem.is_some()
+    }
+}
+
+impl PgStore {
+    /// Applies changes to one or several cases in one transaction.
+    pub fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
+        let salt = self.inner.salt;
+        let prepared: Vec<Prepared> = changes
+            .iter()
+            .map(|(key, c)| Prepared {
+                case_key: key.bytes(),
+                record: c.record.as_ref().map(codec::encode),
+                erase: c.erase,
+                new_due: c.record.as_ref().and_then(|r| r.schedule.due_at).map(ms),
+                contacts: c
+                    .record
+                    .as_ref()
+                    .map(|r| codec::indexed_under(&salt, &r.case))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| c.0.to_vec())
+                    .collect(),
+                outbox_put: c
+                    .outbox_put
+                    .iter()
+                    .map(|e| (e.id, codec::encode(e), ms(e.next_attempt_at)))
+                    .collect(),
+                outbox_remove: c.outbox_remove.iter().map(|(id, _)| *id).collect(),
+                idem: c
+                    .idempotency
+                    .as_ref()
+                    .map(|(k, v)| (codec::idempotency_key_bytes(k), codec::encode(v), ms(v.at))),
+                idem_remove: c
+                    .idempotency_remove
+                    .iter()
+                    .map(|k| codec::idempotency_key_bytes(k))
+                    .collect(),
+            })
+            .collect();
+        self.run(|mut conn| async move {
+            let tx = conn.client().transaction().await.map_err(pg)?;
+            for p in &prepared {
+                apply(&tx, p).await?;
+            }
+            tx.commit().await.map_err(pg)
+        })
+    }
+}
+
+/// The case's key, made (in this transaction) if it has none.
+async fn case_secret(tx: &Transaction<'_>, case_key: &[u8]) -> Result<CaseSecret> {
+    let row = tx
+        .query_opt(
+            "SELECT id, key FROM case_keys WHERE case_key = $1",
+            &[&case_key],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(row) = row {
+        let (id, key): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
+        if let (Ok(id), Ok(key)) = (
+            KeyId::try_from(id.as_slice()),
+            <[u8; KEY_LEN]>::try_from(key.as_slice()),
+        ) {
+            return Ok((id, key));
+        }
+        return Err(StoreError::Postgres(
+            "case_keys: a key of the wrong size".into(),
+        ));
+    }
+    let fresh = sealing::fresh_key();
+    tx.execute(
+        "INSERT INTO case_keys (case_key, id, key) VALUES ($1, $2, $3)",
+        &[&case_key, &&fresh.0[..], &&fresh.1[..]],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(fresh)
+}
+
+async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
+    let k = &p.case_key;
+    let exec = |sql: &'static str| async move { tx.execute(sql, &[k]).await.map_err(pg) };
+    if p.erase {
+        // Everything of the case goes, and its key with it: what the
+        // table files and the WAL still hold of it no longer opens.
+        exec("DELETE FROM delivered WHERE id IN (SELECT id FROM outbox WHERE case_key = $1)")
+            .await?;
+        exec("DELETE FROM outbox WHERE case_key = $1").await?;
+        exec("DELETE FROM idempotency WHERE case_key = $1").await?;
+        exec("DELETE FROM schedule WHERE case_key = $1").await?;
+        exec("DELETE FROM recipients WHERE case_key = $1").await?;
+        exec("DELETE FROM cases WHERE case_key = $1").await?;
+        exec("DELETE FROM case_keys WHERE case_key = $1").await?;
+    }
+    let secret = if p.writes() {
+        Some(case_secret(tx, k).await?)
+    } else {
+        None
+    };
+    let key_id: Option<&[u8]> = secret.as_ref().map(|s| &s.0[..]);
+    let seal = |plain: &[u8]| match &secret {
+        Some(s) => sealing::seal(s, plain),
+        None => plain.to_vec(),
+    };
+    if let Some(record) = &p.record {
+        // The indexes follow the record: its old entries go first.
+        exec("DELETE FROM schedule WHERE case_key = $1").await?;
+        exec("DELETE FROM recipients WHERE case_key = $1").await?;
+        tx.execute(
+            "INSERT INTO cases (case_key, key_id, value) VALUES ($1, $2, $3)
+             ON CONFLICT (case_key) DO UPDATE SET key_id = EXCLUDED.key_id, value = EXCLUDED.value",
+            &[k, &key_id, &seal(record)],
+        )
+        .await
+        .map_err(pg)?;
+        if let Some(due) = p.new_due {
+            tx.execute(
+                "INSERT INTO schedule (due_ms, case_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&due, k],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        for c in &p.contacts {
+            tx.execute(
+                "INSERT INTO recipients (contact, case_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[c, k],
+            )
+            .await
+            .map_err(pg)?;
+        }
+    }
+    if !p.outbox_remove.is_empty() {
+        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&p.outbox_remove])
+            .await
+            .map_err(pg)?;
+        tx.execute(
+            "DELETE FROM delivered WHERE id = ANY($1)",
+            &[&p.outbox_remove],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    for (id, value, due) in &p.outbox_put {
+        tx.execute(
+            "INSERT INTO outbox (id, case_key, key_id, value, next_attempt_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+                 value = EXCLUDED.value, next_attempt_ms = EXCLUDED.next_attempt_ms",
+            &[id, k, &key_id, &seal(value), due],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    if let Some((hash, value, at)) = &p.idem {
+        tx.execute(
+            "INSERT INTO idempotency (key, case_key, key_id, value, at_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+                 value = EXCLUDED.value, at_ms = EXCLUDED.at_ms",
+            &[hash, k, &key_id, &seal(value), at],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    if !p.idem_remove.is_empty() {
+        tx.execute(
+            "DELETE FROM idempotency WHERE key = ANY($1)",
+            &[&p.idem_remove],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
+}
