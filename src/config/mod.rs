@@ -24,6 +24,9 @@ use crate::engine::schedule::QuietHours;
 use crate::engine::settle::DeliveryPolicy;
 
 mod inbound;
+mod whatsapp;
+
+pub use whatsapp::WhatsAppConfig;
 
 pub use inbound::{InboundEntry, InboundSystem, Mapping, PublicComments};
 
@@ -41,6 +44,7 @@ struct RawConfig {
     api: Option<RawApi>,
     email: Option<RawEmail>,
     sms: Option<RawSms>,
+    whatsapp: Option<whatsapp::RawWhatsApp>,
     consent: Option<RawConsent>,
     digest: Option<RawDigest>,
     storage: Option<RawStorage>,
@@ -288,6 +292,8 @@ pub struct Config {
     pub tokens: Vec<ApiToken>,
     pub email: EmailConfig,
     pub sms: SmsConfig,
+    /// WhatsApp, when the `whatsapp:` section is there.
+    pub whatsapp: Option<WhatsAppConfig>,
     pub consent: ConsentConfig,
     /// Updates of one customer's cases due within this window go out as one
     /// digest; zero turns digests off.
@@ -385,6 +391,9 @@ impl Config {
             raw.sms.unwrap_or_default(),
             &mut errors,
         );
+        let whatsapp = raw
+            .whatsapp
+            .map(|w| whatsapp::resolve(path, base, &data_dir, w, &sms, &mut errors));
         let consent = resolve_consent(path, base, raw.consent.unwrap_or_default(), &mut errors);
         let digest_window = spanned_duration(
             path,
@@ -441,6 +450,7 @@ impl Config {
             tokens,
             email,
             sms,
+            whatsapp,
             consent,
             digest_window,
             storage_reserve: raw

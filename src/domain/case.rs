@@ -270,6 +270,9 @@ impl Priority {
 pub enum Channel {
     Email,
     Sms,
+    /// WhatsApp through Twilio, to the customer's phone number.
+    #[serde(rename = "whatsapp")]
+    WhatsApp,
 }
 
 impl Channel {
@@ -277,7 +280,13 @@ impl Channel {
         match self {
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::WhatsApp => "whatsapp",
         }
+    }
+
+    /// Whether the channel reaches the customer's phone number.
+    pub fn uses_phone(self) -> bool {
+        matches!(self, Self::Sms | Self::WhatsApp)
     }
 }
 
@@ -299,7 +308,7 @@ impl Customer {
         self.channels.contains(&channel)
             && match channel {
                 Channel::Email => self.email.is_some(),
-                Channel::Sms => self.phone.is_some(),
+                Channel::Sms | Channel::WhatsApp => self.phone.is_some(),
             }
     }
 }

@@ -652,6 +652,10 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(crate::http::consent::sms_inbound),
         )
         .route(
+            "/v1/whatsapp/inbound",
+            axum::routing::post(crate::http::consent::whatsapp_inbound),
+        )
+        .route(
             "/v1/inbound/{system}/{source}",
             axum::routing::post(inbound_webhook),
         )

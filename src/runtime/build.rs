@@ -39,10 +39,16 @@ pub fn build_engine(
         }
     };
     let mut errors = Vec::new();
-    let channels = vec![Channel::Email, Channel::Sms];
+    let mut channels = vec![Channel::Email, Channel::Sms];
+    if config.whatsapp.is_some() {
+        channels.push(Channel::WhatsApp);
+    }
     let mut need = |template: &str, origin: &crate::engine::rules::Origin, chans: &[Channel]| {
         for c in chans {
-            if channels.contains(c) && !templates.has(template, *c) {
+            // A WhatsApp message's body may come from the SMS template.
+            let has = templates.has(template, *c)
+                || (*c == Channel::WhatsApp && templates.has(template, Channel::Sms));
+            if channels.contains(c) && !has {
                 errors.push(origin.diagnostic(format!(
                     "template `{template}` has no {}.{}.j2 in {}",
                     template,
@@ -78,6 +84,7 @@ pub fn build_engine(
         channels,
         email_quiet: config.email.quiet_hours,
         sms_quiet: config.sms.quiet_hours,
+        whatsapp_quiet: config.whatsapp.as_ref().and_then(|w| w.quiet_hours),
         max_segments: config.sms.max_segments,
         consent: ConsentKeys {
             salt: [0; 32],

@@ -15,10 +15,11 @@ mod daemon;
 mod fixtures;
 mod prism;
 mod sink;
+mod twilio;
 
 // Each test file uses a part of the harness.
 #[allow(unused_imports)]
-pub use {daemon::*, fixtures::*, prism::*, sink::*};
+pub use {daemon::*, fixtures::*, prism::*, sink::*, twilio::*};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

@@ -83,6 +83,7 @@ fn engine_with(rules: &str, templates: Templates) -> Engine {
         channels: vec![Email, Sms],
         email_quiet: None,
         sms_quiet: None,
+        whatsapp_quiet: None,
         max_segments: 2,
         consent: ConsentKeys {
             salt: [7; 32],
