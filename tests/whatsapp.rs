@@ -43,19 +43,60 @@ on:
   created: { template: acknowledgement, channels: [whatsapp] }
 ";
 
-/// The shipped templates, and `progress.whatsapp.j2` naming an approved
-/// template whose variables are the case id and the next update.
-fn templates(dir: &std::path::Path) {
-    copy_dir(&repo("templates"), dir);
-    std::fs::write(
-        dir.join("progress.whatsapp.j2"),
+/// `{template}.whatsapp.j2` naming the approved template, whose
+/// variables are the case id and the next update.
+fn approved(template: &str) -> (String, String) {
+    (
+        format!("{template}.whatsapp.j2"),
         format!(
             "{{% block content_sid %}}{CONTENT_SID}{{% endblock %}}\n\
              {{% block var_1 %}}{{{{ case.id }}}}{{% endblock %}}\n\
              {{% block var_2 %}}{{{{ next_update_at_short or \"soon\" }}}}{{% endblock %}}\n"
         ),
     )
-    .expect("write the WhatsApp template");
+}
+
+/// What a test runs against: smtp-sink, Prism behind the tap, and the
+/// daemon with WhatsApp on, its templates and token file in `_dir`.
+struct Run {
+    sink: Sink,
+    prism: &'static Prism,
+    tap: TwilioTap,
+    d: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+/// The peers and a daemon on `rules`, with the shipped templates and
+/// `extra` template files; `None` when a peer is missing.
+async fn start(rules: &str, extra: &[(String, String)]) -> Option<Run> {
+    let (Some(bin), Some(prism)) = (smtp_sink(), prism()) else {
+        return None;
+    };
+    let sink = Sink::start(&bin).await;
+    let tap = TwilioTap::start(prism).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let tpl = dir.path().join("templates");
+    copy_dir(&repo("templates"), &tpl);
+    for (name, text) in extra {
+        std::fs::write(tpl.join(name), text).expect("write a template");
+    }
+    let cfg = format!(
+        "{}whatsapp:\n  from: \"{SENDER}\"\n",
+        sms_config(&tap.base_url(), dir.path(), "  quiet_hours: off\n")
+    );
+    let d = Setup::new(rules)
+        .smtp(sink.port)
+        .templates(&tpl)
+        .extra(&cfg)
+        .start()
+        .await;
+    Some(Run {
+        sink,
+        prism,
+        tap,
+        d,
+        _dir: dir,
+    })
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -95,24 +136,10 @@ fn from_customer(body: &str) -> Vec<(&str, &str)> {
 
 #[tokio::test]
 async fn whatsapp_keeps_the_24_hour_window_and_falls_back_to_email() {
-    let (Some(bin), Some(prism)) = (smtp_sink(), prism()) else {
+    let Some(run) = start(RULES, &[approved("progress")]).await else {
         return;
     };
-    let sink = Sink::start(&bin).await;
-    let tap = TwilioTap::start(prism).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let tpl = dir.path().join("templates");
-    templates(&tpl);
-    let cfg = format!(
-        "{}whatsapp:\n  from: \"{SENDER}\"\n",
-        sms_config(&tap.base_url(), dir.path(), "  quiet_hours: off\n")
-    );
-    let d = Setup::new(RULES)
-        .smtp(sink.port)
-        .templates(&tpl)
-        .extra(&cfg)
-        .start()
-        .await;
+    let (sink, prism, tap, d) = (&run.sink, run.prism, &run.tap, &run.d);
     d.put_case("WA-1", &case_on(&["whatsapp", "email"])).await;
 
     // (c) The acknowledgement has no approved template and the customer
@@ -149,7 +176,7 @@ async fn whatsapp_keeps_the_24_hour_window_and_falls_back_to_email() {
     // (a) Progress updates outside the window: the approved template
     // alone. A forged inbound message does not open the window.
     let forged = webhook(
-        &d,
+        d,
         "/v1/whatsapp/inbound",
         &from_customer("Any news?"),
         Some(Some("bm90IGEgc2lnbmF0dXJl")),
@@ -238,13 +265,7 @@ async fn whatsapp_keeps_the_24_hour_window_and_falls_back_to_email() {
 
     // (b) The customer writes on WhatsApp (signed): the window opens and
     // the next update goes as a free-form body.
-    let (code, twiml) = webhook(
-        &d,
-        "/v1/whatsapp/inbound",
-        &from_customer("Any news?"),
-        None,
-    )
-    .await;
+    let (code, twiml) = webhook(d, "/v1/whatsapp/inbound", &from_customer("Any news?"), None).await;
     assert_eq!(code, 200, "{twiml}");
     let wrote = tap.messages("whatsapp:").len();
     let free = loop_until(Duration::from_secs(15), || {
@@ -264,7 +285,7 @@ async fn whatsapp_keeps_the_24_hour_window_and_falls_back_to_email() {
     );
 
     // (d) STOP on WhatsApp: no more WhatsApp; the updates take email.
-    let (code, _) = webhook(&d, "/v1/whatsapp/inbound", &from_customer("stop"), None).await;
+    let (code, _) = webhook(d, "/v1/whatsapp/inbound", &from_customer("stop"), None).await;
     assert_eq!(code, 200);
     let stopped = Utc::now();
     let before = tap.messages("whatsapp:").len();
@@ -331,4 +352,82 @@ async fn loop_until<T>(within: Duration, mut probe: impl FnMut() -> Option<T>) -
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Twilio took the approved template, then reported it undelivered (a
+/// WhatsApp error): the same update goes by email, once, as for SMS.
+#[tokio::test]
+async fn an_undelivered_whatsapp_message_goes_again_by_email_once() {
+    let rules = "rules:
+  - name: progress
+    when: { status: [open] }
+    every: 1h
+    channels: [whatsapp]
+    template: progress
+on:
+  created: { template: acknowledgement, channels: [whatsapp] }
+";
+    let Some(run) = start(rules, &[approved("acknowledgement")]).await else {
+        return;
+    };
+    let (sink, prism, tap, d) = (&run.sink, run.prism, &run.tap, &run.d);
+    d.put_case("WA-LATE", &case_on(&["whatsapp", "email"]))
+        .await;
+    let h = d
+        .wait_messages(
+            "WA-LATE",
+            Duration::from_secs(15),
+            "the WhatsApp ack",
+            |m| m.iter().any(|m| is(m, "created", "whatsapp", "sent")),
+        )
+        .await;
+    let sent = tap.messages("whatsapp:");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].field("ContentSid"), Some(CONTENT_SID));
+    assert!(sink.mails().is_empty(), "nothing by email yet");
+    let wa = h[0]["id"].as_str().expect("id").to_owned();
+
+    let query = format!("/v1/sms/status?source=helpdesk&case=WA-LATE&msg={wa}");
+    let params = [
+        ("MessageSid", "SMdddddddddddddddddddddddddddddddd"),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "63024"),
+        ("ChannelPrefix", "whatsapp"),
+    ];
+    let reported = std::time::Instant::now();
+    assert_eq!(webhook(d, &query, &params, None).await.0, 204);
+    let (mails, arrived) = sink
+        .wait_for(reported + Duration::from_secs(5), |m| !m.is_empty())
+        .await;
+    assert!(arrived, "no email within 5 s of the report");
+    let h = d.messages("WA-LATE").await;
+    let fallback: Vec<&Value> = h
+        .iter()
+        .filter(|m| m["fallback_for"] == wa.as_str())
+        .collect();
+    assert_eq!(fallback.len(), 1, "{h:?}");
+    assert_eq!(fallback[0]["channel"], "email");
+    assert_eq!(fallback[0]["kind"], "created");
+    assert_eq!(mails[0].id(), fallback[0]["id"].as_str().expect("id"));
+    let failed = h
+        .iter()
+        .find(|m| m["id"] == wa.as_str())
+        .expect("the WhatsApp ack");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["provider_status"], "undelivered", "{failed}");
+
+    // Reported again: once is once.
+    assert_eq!(webhook(d, &query, &params, None).await.0, 204);
+    let h = d.messages("WA-LATE").await;
+    assert_eq!(
+        h.iter().filter(|m| m["channel"] == "email").count(),
+        1,
+        "{h:?}"
+    );
+    assert_eq!(tap.messages("whatsapp:").len(), 1);
+    assert_prism_happy(prism, 1);
+    println!(
+        "whatsapp late failure: email arrived {:.2}s after the undelivered report",
+        reported.elapsed().as_secs_f64()
+    );
 }

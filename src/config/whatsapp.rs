@@ -135,6 +135,77 @@ pub(super) fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    /// A config with SMS through Twilio (its token in a file) and `whatsapp`.
+    fn twilio(whatsapp: &str) -> Result<Config, crate::domain::Diagnostics> {
+        let dir = tempfile::tempdir().expect("dir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret").expect("token");
+        let text = format!(
+            "sms:\n  transport: twilio\n  account_sid: AC0123456789abcdef0123456789abcdef\n  auth_token_file: {token:?}\n  from: \"+15005550006\"\n  min_gap: 30s\nwhatsapp:\n{whatsapp}"
+        );
+        Config::parse(&dir.path().join("t.yaml"), &text)
+    }
+
+    #[test]
+    fn whatsapp_takes_twilio_from_sms_and_its_own_sender() {
+        let c = twilio("  from: \"whatsapp:+14155238886\"\n").expect("valid");
+        let w = c.whatsapp.expect("on");
+        let SmsTransport::Twilio {
+            base_url, sender, ..
+        } = &w.transport
+        else {
+            panic!("{:?}", w.transport);
+        };
+        assert_eq!(base_url, "https://api.twilio.com");
+        assert_eq!(sender, &SmsSender::From("whatsapp:+14155238886".into()));
+        // SMS's gap and quiet hours unless set.
+        assert_eq!(w.min_gap, Duration::from_secs(30));
+        assert_eq!(w.quiet_hours, c.sms.quiet_hours);
+    }
+
+    #[test]
+    fn a_bad_sender_is_named_with_its_position() {
+        let err = twilio("  from: \"+14155238886\"\n").expect_err("no prefix");
+        let line = err.to_string();
+        assert!(
+            line.contains("t.yaml:8:9: whatsapp.from: expected whatsapp:"),
+            "{line}"
+        );
+        let err = twilio("  quiet_hours: off\n").expect_err("no sender");
+        assert!(
+            err.to_string()
+                .contains("whatsapp: needs exactly one of from"),
+            "{err}"
+        );
+        let err = twilio("  messaging_service_sid: MG1\n").expect_err("bad sid");
+        assert!(
+            err.to_string()
+                .contains("t.yaml:8:26: whatsapp.messaging_service_sid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn with_file_transport_messages_go_to_files_and_without_the_section_whatsapp_is_off() {
+        let path = std::path::Path::new("/srv/tidings/t.yaml");
+        let c =
+            Config::parse(path, "whatsapp:\n  min_gap: 5m\n  quiet_hours: off\n").expect("valid");
+        let w = c.whatsapp.expect("on");
+        assert!(
+            matches!(&w.transport, SmsTransport::File { dir } if dir.ends_with("whatsapp")),
+            "{:?}",
+            w.transport
+        );
+        assert_eq!((w.min_gap, w.quiet_hours), (Duration::from_secs(300), None));
+        assert!(
+            Config::parse(path, "listen: 127.0.0.1:1\n")
+                .expect("valid")
+                .whatsapp
+                .is_none()
+        );
+    }
 
     #[test]
     fn sender_addresses() {

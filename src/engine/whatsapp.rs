@@ -180,6 +180,74 @@ mod tests {
         ));
     }
 
+    /// The shipped templates, and `progress.whatsapp.j2` with an approved
+    /// template but no `text` block.
+    fn templates() -> (tempfile::TempDir, Templates) {
+        let dir = tempfile::tempdir().expect("dir");
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        for entry in std::fs::read_dir(shipped).expect("templates") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                let name = path.file_name().expect("name");
+                std::fs::copy(&path, dir.path().join(name)).expect("copy");
+            }
+        }
+        std::fs::write(
+            dir.path().join("progress.whatsapp.j2"),
+            "{% block content_sid %}HXb5b62575e6e4ff6129ad7c8efe1f983e{% endblock %}\
+             {% block var_1 %}{{ case.id }}{% endblock %}",
+        )
+        .expect("write");
+        let t = Templates::load(dir.path(), "en".parse().expect("locale")).expect("load");
+        (dir, t)
+    }
+
+    fn context() -> MessageContext {
+        let case: crate::domain::Case = serde_json::from_value(serde_json::json!({
+            "id": "CASE-9", "source": "desk", "subject": "Router", "status": "open",
+            "priority": "normal", "assignee": null, "eta": null, "tags": [], "fields": {},
+            "latest_note": null, "created_at": "2026-03-01T10:00:00Z",
+            "customer": { "name": "Ana Santos", "email": null, "phone": "+12125550143",
+                "timezone": "UTC", "locale": "en", "channels": ["whatsapp"] },
+        }))
+        .expect("a valid case");
+        let company = crate::domain::Company {
+            name: "Acme".into(),
+            support_url: None,
+        };
+        let now = at("2026-03-01T10:00:00Z");
+        MessageContext::new(&case, Some(now + window()), now, &company, String::new())
+    }
+
+    #[test]
+    fn the_free_form_body_is_the_sms_text_unless_the_template_has_its_own() {
+        let (_dir, t) = templates();
+        let en = "en".parse().expect("locale");
+        let progress = render(&t, "progress", &en, &context()).expect("renders");
+        assert!(
+            progress.body.starts_with("Acme: Hi Ana, case CASE-9"),
+            "{}",
+            progress.body
+        );
+        let approved = progress.template.expect("approved");
+        assert_eq!(approved.variables["1"], "CASE-9");
+        let reminder = render(&t, "reminder", &en, &context()).expect("renders");
+        assert!(reminder.body.contains("CASE-9"), "{}", reminder.body);
+        assert_eq!(reminder.template, None);
+        // Neither an SMS nor a WhatsApp template: nothing to send.
+        let missing = render(&t, "stale-case", &en, &context());
+        assert!(
+            matches!(
+                missing,
+                Err(RenderError::Missing {
+                    channel: "whatsapp",
+                    ..
+                })
+            ),
+            "{missing:?}"
+        );
+    }
+
     #[test]
     fn long_bodies_are_clipped_to_what_twilio_takes() {
         assert_eq!(

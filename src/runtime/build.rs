@@ -175,10 +175,53 @@ pub fn check(
     ) {
         return Err(Diagnostic::new(&config.path, 1, 1, e).into());
     }
-    let warnings = engine
+    let mut warnings = engine
         .templates
         .sms_over_budget(&long_context(config, now), config.sms.max_segments);
+    if let Some(w) = &config.whatsapp {
+        if let Err(e) =
+            Texter::whatsapp(&w.transport, config.sms.twilio.as_ref(), &config.public_url)
+        {
+            return Err(Diagnostic::new(&config.path, 1, 1, e).into());
+        }
+        warnings.extend(without_approved_template(&engine, config, now));
+    }
     Ok((engine, warnings))
+}
+
+/// A warning for each rule and event message that sends on WhatsApp with
+/// a template naming no approved one (in the default locale): outside the
+/// 24-hour window those messages go on the customer's next channel.
+fn without_approved_template(
+    engine: &Engine,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Vec<Diagnostic> {
+    let ctx = sample_context(config, now);
+    let on = engine
+        .rules
+        .on
+        .values()
+        .map(|o| (&o.template, &o.channels, &o.origin));
+    engine
+        .rules
+        .rules
+        .iter()
+        .map(|r| (&r.template, &r.channels, &r.origin))
+        .chain(on)
+        .filter(|(_, channels, _)| channels.contains(&Channel::WhatsApp))
+        .filter(|(template, _, _)| {
+            engine
+                .templates
+                .render_whatsapp(template, &config.default_locale, &ctx)
+                .is_ok_and(|parts| parts.template.is_none())
+        })
+        .map(|(template, _, origin)| {
+            origin.diagnostic(format!(
+                "warning: `{template}` names no approved WhatsApp template (a content_sid block in {template}.whatsapp.j2): outside the 24-hour window its messages go on the customer's next channel"
+            ))
+        })
+        .collect()
 }
 
 /// The sample case with the longest inputs a ticket system realistically

@@ -559,3 +559,4 @@ fn a_rule_with_an_interval_past_the_last_date_plans_nothing() {
 
 mod delivery;
 mod prefs;
+mod whatsapp;
