@@ -587,34 +587,21 @@ async fn an_sms_undelivered_later_goes_again_by_email_once() {
     let sms = h[0]["id"].as_str().expect("id").to_owned();
     assert!(sink.mails().is_empty(), "nothing by email yet");
 
-    let query = format!("/v1/sms/status?source=helpdesk&case=LATE-1&msg={sms}");
     let params = [
         ("MessageSid", "SMbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
         ("MessageStatus", "undelivered"),
         ("ErrorCode", "30003"),
     ];
-    let reported = Instant::now();
-    assert_eq!(webhook(d, &query, &params, None).await.0, 204);
-    let (mails, arrived) = sink
-        .wait_for(reported + Duration::from_secs(5), |m| !m.is_empty())
-        .await;
-    assert!(arrived, "no email within 5 s of the report");
-    let h = d.messages("LATE-1").await;
-    let fallback: Vec<&Value> = h
-        .iter()
-        .filter(|m| m["fallback_for"] == sms.as_str())
-        .collect();
-    assert_eq!(fallback.len(), 1, "{h:?}");
-    assert_eq!(fallback[0]["channel"], "email");
-    assert_eq!(fallback[0]["kind"], "created");
-    assert_eq!(mails[0].id(), fallback[0]["id"].as_str().expect("id"));
-    mails[0].assert_personal();
+    let (mail, fallback, took) = late_failure_by_email(d, sink, "LATE-1", &sms, &params).await;
+    assert_eq!(fallback["kind"], "created");
+    mail.assert_personal();
     println!(
         "late failure: email arrived {:.2}s after the undelivered report",
-        reported.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
 
     // Twilio reports again (or `failed` after `undelivered`): once is once.
+    let query = format!("/v1/sms/status?source=helpdesk&case=LATE-1&msg={sms}");
     assert_eq!(webhook(d, &query, &params, None).await.0, 204);
     let h = d.messages("LATE-1").await;
     assert_eq!(

@@ -949,10 +949,7 @@ fn resolve_sms(
         }
     };
     let sid = raw.account_sid.as_ref().map(|s| {
-        let ok = s.value.len() == 34
-            && s.value.starts_with("AC")
-            && s.value[2..].bytes().all(|b| b.is_ascii_hexdigit());
-        if !ok {
+        if !crate::domain::is_twilio_sid(&s.value, "AC") {
             errors.push(Diagnostic::at(
                 file,
                 s,

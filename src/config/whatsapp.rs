@@ -96,10 +96,7 @@ pub(super) fn resolve(
                     SmsSender::From(f.value.clone())
                 }
                 (None, Some(m)) => {
-                    let ok = m.value.len() == 34
-                        && m.value.starts_with("MG")
-                        && m.value[2..].bytes().all(|b| b.is_ascii_hexdigit());
-                    if !ok {
+                    if !crate::domain::is_twilio_sid(&m.value, "MG") {
                         errors.push(Diagnostic::at(
                             file,
                             m,

@@ -146,6 +146,15 @@ impl FromStr for E164 {
     }
 }
 
+/// Whether `value` is a Twilio SID of the kind `prefix` names (`AC` an
+/// account, `MG` a messaging service, `HX` a content template): the prefix
+/// and 32 hexadecimal digits.
+pub fn is_twilio_sid(value: &str, prefix: &str) -> bool {
+    value.len() == 34
+        && value.starts_with(prefix)
+        && value[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A BCP 47-style language tag: `en`, `id`, `pl`, `tl`, `pt-BR`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Locale(String);

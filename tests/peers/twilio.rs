@@ -181,3 +181,34 @@ impl TwilioTap {
             .collect()
     }
 }
+
+/// Plays Twilio's delivery report `params` (an `undelivered` or `failed`
+/// one) for message `msg` of case `case`, then waits up to 5 s for the same
+/// update by email at `sink`: the one message there, the history entry
+/// that files it as the fallback of `msg` (the only one), and how long it
+/// took.
+pub async fn late_failure_by_email(
+    d: &Daemon,
+    sink: &super::Sink,
+    case: &str,
+    msg: &str,
+    params: &[(&str, &str)],
+) -> (super::Mail, serde_json::Value, std::time::Duration) {
+    let query = format!("/v1/sms/status?source=helpdesk&case={case}&msg={msg}");
+    let reported = std::time::Instant::now();
+    assert_eq!(webhook(d, &query, params, None).await.0, 204);
+    let (mails, arrived) = sink
+        .wait_for(reported + std::time::Duration::from_secs(5), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert!(arrived, "no email within 5 s of the report");
+    let took = reported.elapsed();
+    let h = d.messages(case).await;
+    let fallback: Vec<&serde_json::Value> = h.iter().filter(|m| m["fallback_for"] == msg).collect();
+    assert_eq!(fallback.len(), 1, "{h:?}");
+    assert_eq!(fallback[0]["channel"], "email");
+    let mail = mails.into_iter().next().expect("one email");
+    assert_eq!(mail.id(), fallback[0]["id"].as_str().expect("id"));
+    (mail, fallback[0].clone(), took)
+}

@@ -39,7 +39,7 @@ pub struct WhatsAppParts {
 
 /// Whether `sid` is a Content API template SID: `HX` and 32 hex digits.
 pub fn is_content_sid(sid: &str) -> bool {
-    sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    crate::domain::is_twilio_sid(sid, "HX")
 }
 
 impl Templates {
