@@ -322,12 +322,39 @@ async fn whatsapp_keeps_the_24_hour_window_and_falls_back_to_email() {
 
     let all = tap.messages("whatsapp:");
     assert_prism_happy(prism, all.len());
+    // Counted under their own channel: every WhatsApp request Prism took
+    // is a sent progress update; the acknowledgement and reminder failed.
+    let m = d.metrics().await;
+    let series = |rule: &str, result: &str| {
+        metric(
+            &m,
+            &format!(
+                r#"tidings_messages_total{{channel="whatsapp",rule="{rule}",result="{result}"}}"#
+            ),
+        )
+    };
+    assert_eq!(series("progress", "sent"), Some(all.len() as f64), "{m}");
+    assert_eq!(series("created", "failed"), Some(1.0), "{m}");
+    assert_eq!(series("waiting", "failed"), Some(1.0), "{m}");
     println!(
         "whatsapp: {} requests in all ({} free-form), 0 Prism complaints; {} updates by email after STOP",
         all.len(),
         all.iter().filter(|t| t.field("Body").is_some()).count(),
         opted_out
     );
+    // START opts back in (and, a message from the customer, keeps the
+    // window open): the next update is a free-form WhatsApp message again.
+    let (code, _) = webhook(d, "/v1/whatsapp/inbound", &from_customer("START"), None).await;
+    assert_eq!(code, 200);
+    let restarted = tap.messages("whatsapp:").len();
+    let again = loop_until(Duration::from_secs(15), || {
+        tap.messages("whatsapp:").into_iter().nth(restarted)
+    })
+    .await
+    .expect("WhatsApp again after START");
+    assert!(again.field("Body").is_some(), "{again:?}");
+    assert_prism_happy(prism, restarted + 1);
+
     let log = d.log();
     for secret in [
         "+12125550143",
