@@ -388,8 +388,8 @@ pub struct MessageView {
     fallback_for: Option<String>,
     /// For a digest: every case it covered.
     covers: Vec<String>,
-    /// The SMS provider's latest delivery report (queued, sent, delivered,
-    /// undelivered, failed).
+    /// Twilio's latest delivery report for an SMS or WhatsApp message
+    /// (queued, sent, delivered, read, undelivered, failed).
     provider_status: Option<String>,
     /// How the promise this message made came out, once settled:
     /// `{"result": "kept"|"late"|"superseded", "at": …}`, `late_by_secs`

@@ -119,7 +119,7 @@ fn request_schemas(doc: &mut Value) {
                 "example": "en"
             },
             "channels": {
-                "description": "Allowed channels in order of preference; every channel with an address when absent.",
+                "description": "Allowed channels in order of preference; when absent, email and sms where there is an address (whatsapp only when named).",
                 "type": ["array", "null"],
                 "items": {"$ref": "#/components/schemas/Channel"}
             }
