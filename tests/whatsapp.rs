@@ -417,7 +417,7 @@ on:
     let params = [
         ("MessageSid", "SMdddddddddddddddddddddddddddddddd"),
         ("MessageStatus", "undelivered"),
-        ("ErrorCode", "63024"),
+        ("ErrorCode", "63003"),
         ("ChannelPrefix", "whatsapp"),
     ];
     let (_, fallback, took) = late_failure_by_email(d, sink, "WA-LATE", &wa, &params).await;
