@@ -424,6 +424,7 @@ impl Service {
             {
                 let (msg, entry) = engine.message(
                     &[&record],
+                    crate::domain::Recipient::Customer,
                     crate::domain::MessageKind::Paused,
                     crate::engine::page::PAUSED_TEMPLATE,
                     None,
@@ -463,6 +464,7 @@ impl Service {
             let engine = self.engine.load();
             let (msg, entry) = engine.message(
                 &[&record],
+                crate::domain::Recipient::Customer,
                 crate::domain::MessageKind::Link,
                 crate::engine::page::LINK_TEMPLATE,
                 None,

@@ -1,6 +1,7 @@
 //! Erasure is real: after `DELETE /v1/cases/{id}`, the customer's email
-//! address, phone number, name and the case's note and subject are in no
-//! file of the sled store, byte for byte, old log segments included.
+//! address, phone number, name, those of the person in CC, and the case's
+//! note and subject are in no file of the sled store, byte for byte, old
+//! log segments included.
 //!
 //! The daemon runs as a child process (the real binary) with file
 //! transports, so the messages it sends land in an outbox folder beside the
@@ -9,10 +10,9 @@
 
 mod peers;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use peers::{Daemon, Sent, Setup, TOKEN, rules};
+use peers::{Daemon, Sent, Setup, TOKEN, count, rules, scan};
 use serde_json::json;
 
 const EMAIL: &str = "quintessa.erasure-canary.7f3a9@example.org";
@@ -23,6 +23,12 @@ const PHONE_DIGITS: &str = "48601987654";
 const NAME: &str = "Quintessa Erasurefield";
 const SUBJECT: &str = "Canary subject 5d1e: broken heat pump";
 const NOTE: &str = "Canary note 9c2b: the engineer replaced the compressor valve";
+/// A person copied on the case: their messages go by SMS, their email
+/// address is only on the case.
+const CC_EMAIL: &str = "ottoline.cc-canary.4b8e@example.net";
+const CC_PHONE: &str = "+48601555777";
+const CC_PHONE_DIGITS: &str = "48601555777";
+const CC_NAME: &str = "Ottoline Copiedfield";
 
 /// The acknowledgement and notes by email and SMS, progress a month away;
 /// file transports, so the messages land in `outbox/` beside the store.
@@ -52,49 +58,6 @@ sms:
         )
         .start()
         .await
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn count(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len()).filter(|w| *w == needle).count()
-}
-
-/// Every needle in every file under `dir`: (file, needle, occurrences).
-fn scan(dir: &Path, needles: &[(&str, &str)]) -> (usize, u64, Vec<(String, String, usize)>) {
-    let files = files_under(dir);
-    let mut bytes = 0u64;
-    let mut found = Vec::new();
-    for f in &files {
-        let data = std::fs::read(f).unwrap_or_default();
-        bytes += data.len() as u64;
-        for (what, needle) in needles {
-            let n = count(&data, needle.as_bytes());
-            if n > 0 {
-                let rel = f.strip_prefix(dir).unwrap_or(f).display().to_string();
-                found.push((rel, (*what).to_owned(), n));
-            }
-        }
-    }
-    (files.len(), bytes, found)
 }
 
 /// Waits until `done(sent, pending)` holds for the case's messages.
@@ -135,6 +98,14 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
             "locale": "en",
             "channels": ["email", "sms"]
         },
+        "cc": [{
+            "name": CC_NAME,
+            "email": CC_EMAIL,
+            "phone": CC_PHONE,
+            "timezone": "Asia/Jakarta",
+            "locale": "id",
+            "channels": ["sms"]
+        }],
         "assignee": "Jordan",
         "fields": {"contract": "canary"}
     });
@@ -148,7 +119,8 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
         .header("Idempotency-Key", "erase-put-0")
         .json(&first);
     d.call(put, 201, "PUT ERASE-1").await;
-    wait_for(&d, |sent, _| sent >= 2).await;
+    // The acknowledgement: the customer's email and SMS, the CC's SMS.
+    wait_for(&d, |sent, _| sent >= 3).await;
     let put = d
         .http
         .put(d.url("/v1/cases/ERASE-1"))
@@ -158,7 +130,7 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
     // The acknowledgement went out by email and SMS; now two notes: the
     // first reaches the new address, the second's email is held back by the
     // one-hour minimum gap and waits, rendered, in the outbox (a deferred
-    // message must keep its case).
+    // message must keep its case). The CC gets each by SMS.
     for (n, body) in [NOTE, "A second note"].into_iter().enumerate() {
         let note = d
             .http
@@ -166,9 +138,9 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
             .header("Idempotency-Key", format!("erase-note-{n}"))
             .json(&json!({"type": "note", "body": body, "author": "Jordan"}));
         d.call(note, 200, "note on ERASE-1").await;
-        wait_for(&d, |sent, _| sent >= 4 + n).await;
+        wait_for(&d, |sent, _| sent >= 6 + 2 * n).await;
     }
-    let (sent, pending) = wait_for(&d, |sent, pending| sent >= 5 && pending >= 1).await;
+    let (sent, pending) = wait_for(&d, |sent, pending| sent >= 8 && pending >= 1).await;
     println!("before DELETE: {sent} sent, {pending} pending");
     // Deliberate: let sled's periodic flush (every 500 ms) write the sent
     // state out too, so the erasure has old log segments to deal with.
@@ -190,6 +162,10 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
         ("name", NAME),
         ("subject", SUBJECT),
         ("note", NOTE),
+        ("cc email", CC_EMAIL),
+        ("cc phone", CC_PHONE),
+        ("cc phone digits", CC_PHONE_DIGITS),
+        ("cc name", CC_NAME),
     ];
     let root = d.dir.path().to_owned();
     let (files, bytes, in_store) = scan(&root.join("data/db"), &needles);
@@ -229,6 +205,10 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
     assert!(
         in_outbox.iter().any(|(_, w, _)| w == "email"),
         "the messages were delivered to the outbox before erasure"
+    );
+    assert!(
+        in_outbox.iter().any(|(_, w, _)| w == "cc phone"),
+        "the CC's messages were delivered to the outbox before erasure"
     );
     assert!(in_log.is_empty(), "the daemon log holds {in_log:?}");
     assert!(

@@ -50,6 +50,7 @@ fn case(id: &str, email: Option<&str>, phone: Option<&str>) -> Case {
             locale: Some("en".into()),
             channels: None,
         },
+        cc: Vec::new(),
         assignee: Some("Jordan".into()),
         eta: Some(at(3 * 24 * 60)),
         tags: vec!["hardware".into()],
@@ -93,6 +94,7 @@ fn record(case: Case, due: Option<DateTime<Utc>>) -> CaseRecord {
             template: "acknowledgement".into(),
             rule: None,
             channel: Channel::Email,
+            recipient: Default::default(),
             status: DeliveryStatus::Sent,
             attempts: 1,
             due_at: at(-60),
@@ -128,6 +130,7 @@ fn entry(case: &CaseKey, n: u128, due: DateTime<Utc>) -> OutboxEntry {
         id: Uuid::from_u128(n),
         case: case.clone(),
         channel: Channel::Email,
+        recipient: Default::default(),
         to_name: "Maria Hernandez".into(),
         to: MARIA_EMAIL.into(),
         content: Content::Email(EmailText {
@@ -215,6 +218,7 @@ macro_rules! conformance {
                 a_delivered_mark_lasts_as_long_as_its_outbox_entry,
                 contacts_are_keyed_by_channel_and_normalised_address,
                 cases_of_follows_the_customer_address,
+                a_case_is_found_by_its_short_link_until_erased,
                 opt_out_and_opt_in_round_trip,
                 claim_send_paces_one_recipient,
                 the_last_inbound_message_is_kept_per_contact,
@@ -781,6 +785,29 @@ mod suite {
             sorted(store.cases_of(jan_email).expect("cases of")),
             vec![key("C-1"), key("C-3")]
         );
+    }
+
+    pub async fn a_case_is_found_by_its_short_link_until_erased(store: &dyn Storage) {
+        use tidings::domain::link::{case_stamp, link_contact, short_code};
+        let salt = store.contact_salt();
+        let one = maria("C-1", Some(at(60)));
+        let code = short_code(&salt, &one.key(), case_stamp(one.case.created_at));
+        let entry = link_contact(&salt, &code);
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![]);
+        commit_record(store, &one);
+        commit_record(store, &maria("C-2", None));
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![key("C-1")]);
+        // Not one of the customer's contacts: digests never see it.
+        assert!(!store.contacts_of(&one.case).contains(&entry));
+        // Another record of the case keeps the entry, once.
+        commit_record(store, &one);
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![key("C-1")]);
+        let erase = Commit {
+            erase: true,
+            ..Commit::default()
+        };
+        store.commit(&one.key(), &erase).expect("erase");
+        assert_eq!(store.cases_of(entry).expect("cases of"), vec![]);
     }
 
     pub async fn opt_out_and_opt_in_round_trip(store: &dyn Storage) {

@@ -186,6 +186,7 @@ fn case(input: &Input, variant: Variant, locale: &str) -> Option<Case> {
             locale: Some(locale.into()),
             channels: None,
         },
+        cc: Vec::new(),
         assignee: input.assignee.as_ref().map(|a| f(a, 200)),
         eta: input.eta_hours.map(|h| now + Duration::hours(i64::from(h))),
         tags: input

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::channels::email::Mailer;
 use crate::config::Config;
 use crate::domain::{Case, CaseInput, Channel, EventInput};
-use crate::domain::{CaseRecord, DeliveryStatus};
+use crate::domain::{CaseRecord, DeliveryStatus, OutboxEntry};
 use crate::engine::plan::Engine;
 
 /// Reads a case JSON file (the body of `PUT /v1/cases/{id}`) into a case.
@@ -81,13 +81,47 @@ pub fn preview(
     channel: Option<Channel>,
     now: DateTime<Utc>,
 ) -> Result<String, String> {
-    let (template, rule, entry) = engine.preview(case, rule, channel, now)?;
+    let (template, rule, mut each) = engine.preview_each(case, rule, channel, now)?;
+    let (_, customer) = each.remove(0);
+    let mut out = show(engine, config, &template, rule.as_deref(), &customer?, "")?;
+    // Then what each person in CC gets, in their language and zone.
+    for (who, entry) in each {
+        out.push('\n');
+        match entry {
+            Ok(entry) => {
+                let to = format!("   to: {who}");
+                out.push_str(&show(
+                    engine,
+                    config,
+                    &template,
+                    rule.as_deref(),
+                    &entry,
+                    &to,
+                )?);
+            }
+            Err(why) => {
+                let _ = writeln!(out, "# to: {who}: nothing ({why})");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One previewed message: its headers (email) or segments (SMS) and text.
+fn show(
+    engine: &Engine,
+    config: &Config,
+    template: &str,
+    rule: Option<&str>,
+    entry: &OutboxEntry,
+    to: &str,
+) -> Result<String, String> {
     if let crate::domain::Content::WhatsApp(w) = &entry.content {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# channel: whatsapp   template: {template}   rule: {}",
-            rule.as_deref().unwrap_or("-")
+            "# channel: whatsapp   template: {template}   rule: {}{to}",
+            rule.unwrap_or("-")
         );
         let _ = writeln!(out, "To: whatsapp:{}\n", entry.to);
         let _ = writeln!(
@@ -118,8 +152,8 @@ pub fn preview(
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# channel: sms   template: {template}   rule: {}",
-            rule.as_deref().unwrap_or("-")
+            "# channel: sms   template: {template}   rule: {}{to}",
+            rule.unwrap_or("-")
         );
         let _ = writeln!(
             out,
@@ -140,9 +174,9 @@ pub fn preview(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# channel: {}   template: {template}   rule: {}",
+        "# channel: {}   template: {template}   rule: {}{to}",
         entry.channel.as_str(),
-        rule.as_deref().unwrap_or("-")
+        rule.unwrap_or("-")
     );
     let _ = writeln!(out, "{headers}\n");
     let _ = writeln!(out, "--- text ---\n{}", entry.content.text().trim_end());
@@ -175,10 +209,13 @@ pub fn simulate(
         case.customer.locale,
         start.format("%Y-%m-%d %H:%M UTC")
     );
+    for (who, c) in case.recipients().skip(1) {
+        let _ = writeln!(out, "# {who}: {}, {}", c.timezone.name(), c.locale);
+    }
     let _ = writeln!(
         out,
-        "{:<17}  {:<22}  {:<10}  {:<20}  {:<6}  {:<16}  promised next",
-        "time (UTC)", "customer's time", "kind", "rule", "chan", "template"
+        "{:<17}  {:<22}  {:<10}  {:<20}  {:<6}  {:<16}  {:<8}  promised next",
+        "time (UTC)", "recipient's time", "kind", "rule", "chan", "template", "to"
     );
     let mut record = engine
         .upsert(None, case, start)
@@ -188,7 +225,7 @@ pub fn simulate(
     let mut events = events.into_iter().filter(|(t, _)| *t >= start).peekable();
     let mut steps = 0usize;
     loop {
-        shown = print_new(&mut out, &record, shown, tz);
+        shown = print_new(&mut out, &record, shown);
         steps += 1;
         if steps > 1_000_000 {
             return Err("the simulation did not settle; is a rule firing every second?".into());
@@ -229,8 +266,13 @@ fn apply_event(
     advance(engine.event(record, event, at).record)
 }
 
-fn print_new(out: &mut String, record: &CaseRecord, from: usize, tz: chrono_tz::Tz) -> usize {
+/// The messages after the first `from`, each at its recipient's time.
+fn print_new(out: &mut String, record: &CaseRecord, from: usize) -> usize {
     for m in record.messages.iter().skip(from) {
+        let tz = record
+            .case
+            .person(m.recipient)
+            .map_or(record.case.customer.timezone, |p| p.timezone);
         let local = m.due_at.with_timezone(&tz);
         let promised = m.promised_next_update_at.map_or_else(
             || "-".to_owned(),
@@ -242,13 +284,14 @@ fn print_new(out: &mut String, record: &CaseRecord, from: usize, tz: chrono_tz::
         );
         let _ = writeln!(
             out,
-            "{:<17}  {:<22}  {:<10}  {:<20}  {:<6}  {:<16}  {promised}",
+            "{:<17}  {:<22}  {:<10}  {:<20}  {:<6}  {:<16}  {:<8}  {promised}",
             m.due_at.format("%Y-%m-%d %H:%M"),
             local.format("%a %Y-%m-%d %H:%M %Z").to_string(),
             m.kind,
             m.rule.as_deref().unwrap_or("-"),
             m.channel.as_str(),
             m.template,
+            m.recipient.to_string(),
         );
     }
     record.messages.len()

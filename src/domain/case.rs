@@ -322,6 +322,58 @@ impl Customer {
     }
 }
 
+/// Who on a case a message is for: the customer, or one of the people
+/// copied (`cc`, by position). Stored and shown as `customer` or `cc:N`,
+/// never as an address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Recipient {
+    #[default]
+    Customer,
+    Cc(u16),
+}
+
+impl Recipient {
+    pub fn is_customer(&self) -> bool {
+        *self == Self::Customer
+    }
+}
+
+impl fmt::Display for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Customer => f.write_str("customer"),
+            Self::Cc(n) => write!(f, "cc:{n}"),
+        }
+    }
+}
+
+impl FromStr for Recipient {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "customer" => Ok(Self::Customer),
+            _ => s
+                .strip_prefix("cc:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cc)
+                .ok_or_else(|| "must be `customer` or `cc:N`".to_owned()),
+        }
+    }
+}
+
+impl Serialize for Recipient {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Recipient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The latest public note an agent wrote on the case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Note {
@@ -339,6 +391,10 @@ pub struct Case {
     pub status: Status,
     pub priority: Priority,
     pub customer: Customer,
+    /// People copied on the case, each with their own addresses, channels,
+    /// zone and language.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<Customer>,
     pub assignee: Option<String>,
     pub eta: Option<DateTime<Utc>>,
     pub tags: Vec<String>,
@@ -349,6 +405,26 @@ pub struct Case {
     /// system replaces the case.
     #[serde(default, skip_serializing_if = "CasePrefs::is_default")]
     pub prefs: CasePrefs,
+}
+
+impl Case {
+    /// The person `who` names, if the case has them.
+    pub fn person(&self, who: Recipient) -> Option<&Customer> {
+        match who {
+            Recipient::Customer => Some(&self.customer),
+            Recipient::Cc(n) => self.cc.get(usize::from(n)),
+        }
+    }
+
+    /// Everyone the case's messages go to: the customer, then each CC.
+    pub fn recipients(&self) -> impl Iterator<Item = (Recipient, &Customer)> {
+        std::iter::once((Recipient::Customer, &self.customer)).chain(
+            self.cc
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (Recipient::Cc(i as u16), c)),
+        )
+    }
 }
 
 /// The customer's own choices for one case (from their case page).

@@ -22,6 +22,11 @@ pub struct CaseInput {
     #[serde(default)]
     pub priority: Priority,
     pub customer: CustomerInput,
+    /// People copied on the case (at most 10): each gets the customer's
+    /// messages in their own language and zone, on their own channels.
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    pub cc: Vec<CustomerInput>,
     #[serde(default)]
     #[schema(max_length = 200)]
     pub assignee: Option<String>,
@@ -33,6 +38,9 @@ pub struct CaseInput {
     #[schema(value_type = Object)]
     pub fields: BTreeMap<String, serde_json::Value>,
 }
+
+/// The most people one case may copy.
+pub const MAX_CC: usize = 10;
 
 fn default_status() -> Status {
     Status::Open
@@ -61,6 +69,20 @@ pub struct CustomerInput {
     /// address when absent.
     #[serde(default)]
     pub channels: Option<Vec<Channel>>,
+}
+
+impl From<&Customer> for CustomerInput {
+    /// A validated person as input again (a case replaced keeps them).
+    fn from(c: &Customer) -> Self {
+        Self {
+            name: c.name.clone(),
+            email: c.email.as_ref().map(ToString::to_string),
+            phone: c.phone.as_ref().map(ToString::to_string),
+            timezone: Some(c.timezone.name().to_owned()),
+            locale: Some(c.locale.to_string()),
+            channels: Some(c.channels.clone()),
+        }
+    }
 }
 
 /// Defaults applied where the customer's record is silent.
@@ -108,6 +130,18 @@ impl CaseInput {
     ) -> Result<Case, FieldError> {
         let subject = check_text("subject", &self.subject, 500, true)?;
         let customer = self.customer.validate(defaults)?;
+        if self.cc.len() > MAX_CC {
+            return Err(FieldError::new(
+                "cc",
+                format!("must hold at most {MAX_CC} people"),
+            ));
+        }
+        let cc = self
+            .cc
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| c.validate_as(&format!("cc[{i}]"), defaults))
+            .collect::<Result<Vec<_>, _>>()?;
         let assignee = match self.assignee {
             Some(a) => Some(check_text("assignee", &a, 200, false)?).filter(|a| !a.is_empty()),
             None => None,
@@ -128,6 +162,7 @@ impl CaseInput {
             status: self.status,
             priority: self.priority,
             customer,
+            cc,
             assignee,
             eta: self.eta,
             tags: self.tags,
@@ -141,33 +176,40 @@ impl CaseInput {
 
 impl CustomerInput {
     pub(crate) fn validate(self, defaults: &Defaults) -> Result<Customer, FieldError> {
-        let name = check_text("customer.name", &self.name, 200, true)?;
+        self.validate_as("customer", defaults)
+    }
+
+    /// Validates a person given at `at` (`customer`, `cc[1]`): errors name
+    /// their field under it.
+    pub(crate) fn validate_as(self, at: &str, defaults: &Defaults) -> Result<Customer, FieldError> {
+        let f = |name: &str| format!("{at}.{name}");
+        let name = check_text(&f("name"), &self.name, 200, true)?;
         let email = self
             .email
             .filter(|e| !e.trim().is_empty())
             .map(|e| e.parse::<EmailAddress>())
             .transpose()
-            .map_err(|m| FieldError::new("customer.email", m))?;
+            .map_err(|m| FieldError::new(f("email"), m))?;
         let phone = self
             .phone
             .filter(|p| !p.trim().is_empty())
             .map(|p| p.trim().parse::<E164>())
             .transpose()
-            .map_err(|m| FieldError::new("customer.phone", m))?;
+            .map_err(|m| FieldError::new(f("phone"), m))?;
         let timezone = match self.timezone {
-            Some(tz) => parse_timezone(&tz).map_err(|m| FieldError::new("customer.timezone", m))?,
+            Some(tz) => parse_timezone(&tz).map_err(|m| FieldError::new(f("timezone"), m))?,
             None => defaults.timezone,
         };
         let locale = match self.locale {
             Some(l) => l
                 .parse::<Locale>()
-                .map_err(|m| FieldError::new("customer.locale", m))?,
+                .map_err(|m| FieldError::new(f("locale"), m))?,
             None => defaults.locale.clone(),
         };
         if email.is_none() && phone.is_none() {
             return Err(FieldError::new(
-                "customer.email",
-                "the customer needs an email address or a phone number",
+                f("email"),
+                "needs an email address or a phone number",
             ));
         }
         let channels = match self.channels {
@@ -190,8 +232,8 @@ impl CustomerInput {
         };
         for c in &channels {
             let missing = match c {
-                Channel::Email => email.is_none().then_some("customer.email"),
-                Channel::Sms | Channel::WhatsApp => phone.is_none().then_some("customer.phone"),
+                Channel::Email => email.is_none().then(|| f("email")),
+                Channel::Sms | Channel::WhatsApp => phone.is_none().then(|| f("phone")),
             };
             if let Some(field) = missing {
                 return Err(FieldError::new(

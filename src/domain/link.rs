@@ -10,6 +10,13 @@
 //! any of the keys given (the current one, and the previous one during a
 //! rotation) opens them. Checks compare in constant time and fail closed.
 //! No keys are held here and no I/O is done.
+//!
+//! An SMS has no room for a full token, so it carries a short code
+//! (`/s/{code}`, eleven characters): a MAC of the case under the store's
+//! contact salt. The code names nothing by itself; the store indexes each
+//! case under the code's `link_contact`, so the code finds its case, and
+//! the case, recomputing its code, confirms it. Erasing the case removes
+//! the index entry with its other contacts.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,7 +25,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{CaseId, CaseKey};
+use super::{CaseId, CaseKey, Contact};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -27,6 +34,10 @@ const VERSION: u8 = 1;
 /// Separates page tags from any other MAC made with the same key.
 const PAGE_LABEL: &[u8] = b"case-page:";
 const FORM_LABEL: &[u8] = b"case-page-form:";
+const SHORT_LABEL: &[u8] = b"case-page-short:";
+const SHORT_INDEX_LABEL: &[u8] = b"case-page-short-index:";
+/// Bytes of MAC in a short code (64 bits: eleven base64url characters).
+const SHORT_LEN: usize = 8;
 /// A token longer than this is refused before it is decoded (a source
 /// and a 128-character id fit well within it).
 pub const MAX_TOKEN_LEN: usize = 512;
@@ -142,6 +153,40 @@ pub fn verify_form_token(keys: &[&[u8]], page_token: &str, given: &str) -> bool 
     ok.into()
 }
 
+/// The short code of the case `case` created with `stamp`: eleven
+/// URL-safe characters, unguessable without the store's contact salt.
+pub fn short_code(salt: &[u8; 32], case: &CaseKey, stamp: u32) -> String {
+    let mut p = stamp.to_be_bytes().to_vec();
+    p.extend_from_slice(&case.bytes());
+    URL_SAFE_NO_PAD.encode(&tag(salt, SHORT_LABEL, &p)[..SHORT_LEN])
+}
+
+/// Whether `code` has the shape of a short code (checked before any
+/// lookup, so junk costs nothing).
+pub fn is_short_code(code: &str) -> bool {
+    code.len() == URL_SAFE_NO_PAD.encode([0u8; SHORT_LEN]).len()
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The key the store indexes a case under for its short code.
+pub fn link_contact(salt: &[u8; 32], code: &str) -> Contact {
+    let mut mac = HmacSha256::new_from_slice(salt).expect("HMAC accepts keys of any length");
+    mac.update(SHORT_INDEX_LABEL);
+    mac.update(code.as_bytes());
+    Contact(mac.finalize().into_bytes().into())
+}
+
+/// Whether `code` is the short code of `case` created with `stamp`,
+/// compared in constant time.
+pub fn short_code_matches(salt: &[u8; 32], case: &CaseKey, stamp: u32, code: &str) -> bool {
+    short_code(salt, case, stamp)
+        .as_bytes()
+        .ct_eq(code.as_bytes())
+        .into()
+}
+
 /// A case key as a page link names it (for tests and tools).
 pub fn case_key(source: &str, id: &str) -> Option<CaseKey> {
     Some(CaseKey::new(source, id.parse::<CaseId>().ok()?))
@@ -229,6 +274,31 @@ mod tests {
         assert!(!verify_form_token(&[KEY], "another", &f));
         assert!(!verify_form_token(&[KEY], &a, ""));
         assert!(!verify_form_token(&[OLD], &a, &f));
+    }
+
+    #[test]
+    fn short_codes_are_short_stable_and_tied_to_the_case_and_salt() {
+        let salt = [7u8; 32];
+        let key = case_key("helpdesk", "CASE-1").expect("key");
+        let code = short_code(&salt, &key, 42);
+        assert_eq!(code.len(), 11, "{code}");
+        assert!(is_short_code(&code));
+        assert_eq!(code, short_code(&salt, &key, 42));
+        assert!(short_code_matches(&salt, &key, 42, &code));
+        // Another life of the case, another case, another salt: another code.
+        assert!(!short_code_matches(&salt, &key, 43, &code));
+        let other = case_key("billing", "CASE-1").expect("key");
+        assert!(!short_code_matches(&salt, &other, 42, &code));
+        assert_ne!(code, short_code(&[8u8; 32], &key, 42));
+        // The index key names the code, not the case.
+        assert_eq!(link_contact(&salt, &code), link_contact(&salt, &code));
+        assert_ne!(
+            link_contact(&salt, &code),
+            link_contact(&salt, &short_code(&salt, &other, 42))
+        );
+        for junk in ["", "short", "AAAAAAAAAAAA", "AAAAAAAAAA/", "AAAAAAAAAA="] {
+            assert!(!is_short_code(junk), "{junk}");
+        }
     }
 
     proptest! {

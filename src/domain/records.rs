@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::{Case, CaseId, Channel};
+use super::{Case, CaseId, Channel, Recipient};
 
 /// The version of the stored records this binary writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -111,6 +111,9 @@ pub struct MessageRecord {
     pub kind: MessageKind,
     pub template: String,
     pub rule: Option<String>,
+    /// Who on the case it was for (`customer`, `cc:0`, …).
+    #[serde(default, skip_serializing_if = "Recipient::is_customer")]
+    pub recipient: Recipient,
     pub channel: Channel,
     pub status: DeliveryStatus,
     pub attempts: u32,
@@ -219,6 +222,9 @@ pub struct OutboxEntry {
     pub id: Uuid,
     pub case: CaseKey,
     pub channel: Channel,
+    /// Who on the case it is for; `to` is their address on `channel`.
+    #[serde(default, skip_serializing_if = "Recipient::is_customer")]
+    pub recipient: Recipient,
     pub to_name: String,
     pub to: String,
     pub content: Content,

@@ -69,6 +69,7 @@ mod tests {
             id: Uuid::from_u128(n),
             case: CaseKey::new("helpdesk", format!("C-{n}").parse().expect("id")),
             channel,
+            recipient: Default::default(),
             to_name: String::new(),
             to: to.into(),
             content: Content::Sms(SmsText { text: "x".into() }),

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use crate::domain::Company;
 use crate::domain::clock::SharedIds;
-use crate::domain::{Case, Channel, Content, Event, MessageKind, Note, SmsText, Status};
+use crate::domain::{
+    Case, Channel, Content, Customer, Event, MessageKind, Note, Recipient, SmsText, Status,
+};
 use crate::domain::{
     CaseKey, CaseRecord, DeliveryStatus, MessageRecord, OutboxEntry, RECORD_VERSION, ScheduleState,
     scoped_contact_of,
@@ -194,6 +196,29 @@ impl Engine {
         channel: Option<Channel>,
         now: DateTime<Utc>,
     ) -> Result<(String, Option<String>, OutboxEntry), String> {
+        let (template, rule, mut each) = self.preview_each(case, rule, channel, now)?;
+        let (_, customer) = each.remove(0);
+        Ok((template, rule, customer?))
+    }
+
+    /// `preview` for everyone on the case: the customer first, then each
+    /// CC, each on the channel asked for (or their first the rule sends),
+    /// in their own language and zone; or why they get nothing.
+    #[allow(clippy::type_complexity)]
+    pub fn preview_each(
+        &self,
+        case: Case,
+        rule: Option<&str>,
+        channel: Option<Channel>,
+        now: DateTime<Utc>,
+    ) -> Result<
+        (
+            String,
+            Option<String>,
+            Vec<(Recipient, Result<OutboxEntry, String>)>,
+        ),
+        String,
+    > {
         let Planned { record, .. } = self.upsert(None, case, now);
         let mut record = record.ok_or("no record")?;
         let rule = match rule {
@@ -217,39 +242,55 @@ impl Engine {
         if let Some(name) = &rule_name {
             record.schedule.rule = Some(name.clone());
         }
-        let allowed = self.allowed(&record.case, &channels);
-        let channel = match channel {
-            Some(c) if allowed.contains(&c) => c,
-            Some(c) => {
-                return Err(format!(
-                    "the rule does not send {} to this customer (allowed: {})",
+        let promised = record.schedule.next_update_at;
+        let update = self.ids.next_id();
+        let whos: Vec<Recipient> = record.case.recipients().map(|(w, _)| w).collect();
+        let mut each = Vec::new();
+        for who in whos {
+            let allowed = self.allowed_to(&record.case, who, &channels);
+            let whom = if who.is_customer() {
+                "this customer".to_owned()
+            } else {
+                who.to_string()
+            };
+            let chosen = match channel {
+                Some(c) if allowed.contains(&c) => Ok(c),
+                Some(c) => Err(format!(
+                    "the rule does not send {} to {whom} (allowed: {})",
                     c.as_str(),
                     allowed
                         .iter()
                         .map(|c| c.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                ));
-            }
-            None => allowed
-                .into_iter()
-                .next()
-                .ok_or("the customer allows none of the rule's channels that this daemon sends")?,
-        };
-        let promised = record.schedule.next_update_at;
-        let (msg, entry) = self.message(
-            &[&record],
-            MessageKind::Progress,
-            &template,
-            rule_name,
-            channel,
-            now,
-            promised,
-            None,
-            self.ids.next_id(),
-        );
-        let entry = entry.ok_or_else(|| msg.error.unwrap_or_default())?;
-        Ok((template, msg.rule, entry))
+                )),
+                None => allowed.first().copied().ok_or_else(|| {
+                    if who.is_customer() {
+                        "the customer allows none of the rule's channels that this daemon sends"
+                            .to_owned()
+                    } else {
+                        format!("{who} allows none of the rule's channels that this daemon sends")
+                    }
+                }),
+            };
+            let entry = chosen.and_then(|c| {
+                let (msg, entry) = self.message(
+                    &[&record],
+                    who,
+                    MessageKind::Progress,
+                    &template,
+                    rule_name.clone(),
+                    c,
+                    now,
+                    promised,
+                    None,
+                    update,
+                );
+                entry.ok_or_else(|| msg.error.unwrap_or_default())
+            });
+            each.push((who, entry));
+        }
+        Ok((template, rule_name, each))
     }
 
     /// A ticket-system event on an existing case.
@@ -328,7 +369,7 @@ impl Engine {
         for (i, (record, _, intent)) in planned.iter().enumerate() {
             let Some(intent) = intent else { continue };
             for channel in self.allowed(&record.case, &intent.channels) {
-                let addr = address(&record.case, channel);
+                let addr = address(&record.case.customer, channel);
                 match buckets
                     .iter_mut()
                     .find(|(k, _)| *k == (channel, addr.clone()))
@@ -343,6 +384,7 @@ impl Engine {
         // Each case's own update, when it does not go in a digest.
         let single = |planned: &mut Vec<(CaseRecord, Vec<OutboxEntry>, Option<Intent>)>,
                       i: usize,
+                      who: Recipient,
                       channel: Channel| {
             let (record, outbox, intent) = &mut planned[i];
             let Some(intent) = intent.as_ref() else {
@@ -350,6 +392,7 @@ impl Engine {
             };
             let msg = self.message(
                 &[&*record],
+                who,
                 MessageKind::Progress,
                 &intent.template,
                 Some(intent.rule.clone()),
@@ -364,13 +407,13 @@ impl Engine {
         for ((channel, _), members) in buckets {
             if members.len() == 1 || !self.templates.has(DIGEST_TEMPLATE, channel) {
                 for i in members {
-                    single(&mut planned, i, channel);
+                    single(&mut planned, i, Recipient::Customer, channel);
                 }
                 continue;
             }
             for chunk in members.chunks(MAX_DIGEST_CASES) {
                 if chunk.len() == 1 {
-                    single(&mut planned, chunk[0], channel);
+                    single(&mut planned, chunk[0], Recipient::Customer, channel);
                     continue;
                 }
                 // A digest: the earliest promise among the cases is the one it makes.
@@ -383,6 +426,7 @@ impl Engine {
                     let group: Vec<&CaseRecord> = chunk.iter().map(|i| &planned[*i].0).collect();
                     self.message(
                         &group,
+                        Recipient::Customer,
                         MessageKind::Progress,
                         DIGEST_TEMPLATE,
                         rule,
@@ -409,7 +453,7 @@ impl Engine {
                         reason,
                     });
                     for i in chunk {
-                        single(&mut planned, *i, channel);
+                        single(&mut planned, *i, Recipient::Customer, channel);
                     }
                     continue;
                 }
@@ -420,6 +464,17 @@ impl Engine {
                         outbox.extend(entry.clone());
                     }
                 }
+            }
+        }
+        // The people copied on a case get its update on their own, never
+        // in a digest: a digest is the customer's view of their cases.
+        for i in 0..planned.len() {
+            let (record, _, intent) = &planned[i];
+            let Some(intent) = intent else { continue };
+            let mut sends = self.sends(&record.case, &intent.channels);
+            sends.retain(|(who, _)| !who.is_customer());
+            for (who, channel) in sends {
+                single(&mut planned, i, who, channel);
             }
         }
         let planned = planned.into_iter().map(|(r, o, _)| (Some(r), o)).collect();
@@ -455,6 +510,7 @@ impl Engine {
                 let promised = record.schedule.next_update_at;
                 let msg = self.message(
                     &[&record],
+                    Recipient::Customer,
                     MessageKind::Escalation,
                     &esc.template,
                     Some(rule.name.clone()),
@@ -500,6 +556,7 @@ impl Engine {
         let kind = failed.kind;
         let (mut msg, entry) = self.message(
             records,
+            failed.recipient,
             kind,
             &failed.template,
             failed.rule.clone(),
@@ -517,12 +574,32 @@ impl Engine {
     /// in `tried`: the customer's own order of preference, among channels
     /// we send on and they can be reached by.
     pub fn next_channel(&self, case: &Case, tried: &[Channel]) -> Option<Channel> {
-        case.customer.channels.iter().copied().find(|c| {
-            !tried.contains(c)
-                && self.channels.contains(c)
-                && case.customer.reachable_by(*c)
-                && case.prefs.allows(*c)
-        })
+        self.next_channel_for(case, Recipient::Customer, tried)
+    }
+
+    /// Whether a message to `who` at `to` on `channel` is still theirs to
+    /// fall back for: a replaced case may list someone else at a CC's
+    /// position (the customer is always the customer).
+    pub fn still_reaches(case: &Case, who: Recipient, channel: Channel, to: &str) -> bool {
+        who.is_customer() || case.person(who).is_some_and(|p| address(p, channel) == to)
+    }
+
+    /// `next_channel` for `who`, one of the case's recipients, in their
+    /// own order of preference.
+    pub fn next_channel_for(
+        &self,
+        case: &Case,
+        who: Recipient,
+        tried: &[Channel],
+    ) -> Option<Channel> {
+        let person = case.person(who)?;
+        let left: Vec<Channel> = person
+            .channels
+            .iter()
+            .copied()
+            .filter(|c| !tried.contains(c))
+            .collect();
+        self.allowed_to(case, who, &left).into_iter().next()
     }
 
     fn status_changed(
@@ -592,9 +669,10 @@ impl Engine {
         }
         let promised = record.schedule.next_update_at;
         let update = self.ids.next_id();
-        for channel in self.allowed(&record.case, &on.channels) {
+        for (who, channel) in self.sends(&record.case, &on.channels) {
             let msg = self.message(
                 &[&*record],
+                who,
                 MessageKind::from(trigger),
                 &on.template,
                 None,
@@ -611,13 +689,50 @@ impl Engine {
     /// The channels of a rule that the customer allows and we can send on,
     /// in the rule's order.
     fn allowed(&self, case: &Case, channels: &[Channel]) -> Vec<Channel> {
+        self.allowed_to(case, Recipient::Customer, channels)
+    }
+
+    /// The channels of a rule that `who` (the customer or a CC) allows and
+    /// we can send on, in the rule's order. The choices made on the case
+    /// page are the customer's: they narrow the customer's channels only.
+    pub fn allowed_to(&self, case: &Case, who: Recipient, channels: &[Channel]) -> Vec<Channel> {
+        let Some(person) = case.person(who) else {
+            return Vec::new();
+        };
         channels
             .iter()
             .copied()
             .filter(|c| {
-                self.channels.contains(c) && case.customer.reachable_by(*c) && case.prefs.allows(*c)
+                self.channels.contains(c)
+                    && person.reachable_by(*c)
+                    && (!who.is_customer() || case.prefs.allows(*c))
             })
             .collect()
+    }
+
+    /// Where a message on `channels` goes: each recipient of `case` (the
+    /// customer first), on each of those channels they allow.
+    fn sends(&self, case: &Case, channels: &[Channel]) -> Vec<(Recipient, Channel)> {
+        case.recipients()
+            .flat_map(|(who, _)| {
+                self.allowed_to(case, who, channels)
+                    .into_iter()
+                    .map(move |c| (who, c))
+            })
+            .collect()
+    }
+
+    /// The channels of a rule that anyone on the case can be reached by.
+    fn allowed_any(&self, case: &Case, channels: &[Channel]) -> Vec<Channel> {
+        let mut out = Vec::new();
+        for (who, _) in case.recipients() {
+            for c in self.allowed_to(case, who, channels) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        out
     }
 
     /// Quiet hours of a channel, recipient-local.
@@ -647,8 +762,8 @@ impl Engine {
             if r.max_updates.is_some_and(|max| s.rule_updates >= max) {
                 return None;
             }
-            let channels = self.allowed(case, &r.channels);
-            // A rule with no channel the customer can use plans nothing.
+            let channels = self.allowed_any(case, &r.channels);
+            // A rule with no channel anyone on the case can use plans nothing.
             if channels.is_empty() {
                 return None;
             }
@@ -708,7 +823,7 @@ impl Engine {
             .quiet_hours
             .iter()
             .chain(
-                self.allowed(case, &rule.channels)
+                self.allowed_any(case, &rule.channels)
                     .iter()
                     .filter_map(|c| self.channel_quiet(*c)),
             )
@@ -717,13 +832,17 @@ impl Engine {
         first_allowed_all(&quiet, until, case.customer.timezone)
     }
 
-    /// The signed link to the customer's own page for `case`, issued at `now`.
-    pub fn status_url(&self, case: &Case, now: DateTime<Utc>) -> String {
-        let link = crate::domain::link::PageLink::new(
-            CaseKey::new(&case.source, case.id.clone()),
-            case.created_at,
-            now,
-        );
+    /// The link to the customer's own page for `case`, issued at `now`:
+    /// the signed token, or in an SMS the short code (`/s/{code}`), which
+    /// leaves room for the case's own text.
+    pub fn status_url(&self, case: &Case, channel: Channel, now: DateTime<Utc>) -> String {
+        let key = CaseKey::new(&case.source, case.id.clone());
+        if channel == Channel::Sms {
+            let stamp = crate::domain::link::case_stamp(case.created_at);
+            let code = crate::domain::link::short_code(&self.consent.salt, &key, stamp);
+            return format!("{}/s/{code}", self.public_url);
+        }
+        let link = crate::domain::link::PageLink::new(key, case.created_at, now);
         let token = crate::domain::link::page_token(&self.consent.unsubscribe_key, &link);
         format!("{}/c/{token}", self.public_url)
     }
@@ -738,12 +857,15 @@ impl Engine {
     }
 
     /// Renders one message for `records` (one case, or a digest's cases,
-    /// the first being the one it is filed under) on `channel`, and the
-    /// history entry each of those cases keeps for it.
+    /// the first being the one it is filed under) to `who`, one of the
+    /// case's recipients, on `channel` (their address, their name in the
+    /// greeting, their language and zone, their own unsubscribe link), and
+    /// the history entry each of those cases keeps for it.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn message(
         &self,
         records: &[&CaseRecord],
+        who: Recipient,
         kind: MessageKind,
         template: &str,
         rule: Option<String>,
@@ -762,6 +884,7 @@ impl Engine {
             kind,
             template: template.to_owned(),
             rule: rule.clone(),
+            recipient: who,
             channel,
             status: DeliveryStatus::Pending,
             attempts: 0,
@@ -781,19 +904,27 @@ impl Engine {
             provider_status: None,
             promise: None,
         };
+        let Some(person) = case.person(who) else {
+            // The case was replaced with fewer people copied.
+            msg.status = DeliveryStatus::Failed;
+            msg.error = Some(format!("{who} is no longer on the case"));
+            return (msg, None);
+        };
         let (to_name, to) =
-            internal_to.unwrap_or_else(|| (one_line(&case.customer.name), address(case, channel)));
+            internal_to.unwrap_or_else(|| (one_line(&person.name), address(person, channel)));
         let unsubscribe_url = (channel == Channel::Email && !internal)
             .then(|| self.unsubscribe_url(&case.source, &to));
-        let mut ctx = MessageContext::new(
+        let mut ctx = MessageContext::for_person(
             case,
+            person,
             promised,
             now,
             &self.company,
             unsubscribe_url.clone().unwrap_or_default(),
         );
-        if !internal {
-            ctx.status_url = self.status_url(case, now);
+        // The case page and its choices are the customer's.
+        if !internal && who.is_customer() {
+            ctx.status_url = self.status_url(case, channel, now);
         }
         if records.len() > 1 {
             ctx.cases = records
@@ -802,13 +933,13 @@ impl Engine {
                     status_url: if internal {
                         String::new()
                     } else {
-                        self.status_url(&r.case, now)
+                        self.status_url(&r.case, channel, now)
                     },
                     ..crate::engine::render::CaseView::new(&r.case, now)
                 })
                 .collect();
         }
-        let locale = &case.customer.locale;
+        let locale = &person.locale;
         let rendered = match channel {
             Channel::Email => self
                 .templates
@@ -837,7 +968,7 @@ impl Engine {
                 return (msg, None);
             }
         };
-        let tz = case.customer.timezone;
+        let tz = person.timezone;
         // Quiet hours hold a message back to the first allowed instant;
         // internal escalations go at once.
         let send_at = match self.channel_quiet(channel) {
@@ -850,6 +981,7 @@ impl Engine {
             id,
             case: record.key(),
             channel,
+            recipient: who,
             to_name,
             to,
             content,
@@ -866,7 +998,7 @@ impl Engine {
             internal,
             unsubscribe_url,
             thread: (channel == Channel::Email && !internal && records.len() == 1)
-                .then(|| self.thread_of(record))
+                .then(|| self.thread_of(record, who))
                 .flatten(),
             reply_to: (channel == Channel::Email && !internal)
                 .then(|| self.reply_to_for(case))
@@ -880,13 +1012,18 @@ impl Engine {
         format!("<{id}@{}>", self.message_id_domain)
     }
 
-    /// The `Message-ID` of the case's first email to the customer (not a
-    /// digest's), which every later one answers.
-    fn thread_of(&self, record: &CaseRecord) -> Option<String> {
+    /// The `Message-ID` of the case's first email to `who` (not a
+    /// digest's), which every later one to them answers.
+    fn thread_of(&self, record: &CaseRecord, who: Recipient) -> Option<String> {
         record
             .messages
             .iter()
-            .find(|m| m.channel == Channel::Email && !m.internal && m.covers.is_empty())
+            .find(|m| {
+                m.channel == Channel::Email
+                    && !m.internal
+                    && m.covers.is_empty()
+                    && m.recipient == who
+            })
             .map(|m| self.message_id(m.id))
     }
 
@@ -904,9 +1041,8 @@ impl Engine {
     }
 }
 
-/// The customer's address on `channel`.
-fn address(case: &Case, channel: Channel) -> String {
-    let c = &case.customer;
+/// A recipient's address on `channel`.
+fn address(c: &Customer, channel: Channel) -> String {
     match channel {
         Channel::Email => c.email.as_ref().map(ToString::to_string),
         Channel::Sms | Channel::WhatsApp => c.phone.as_ref().map(ToString::to_string),

@@ -19,6 +19,7 @@ pub const GRACE: chrono::Duration = chrono::Duration::seconds(60);
 /// update time, not settled yet.
 fn open(m: &MessageRecord) -> bool {
     !m.internal
+        && m.recipient.is_customer()
         && m.status == DeliveryStatus::Sent
         && m.promise.is_none()
         && m.promised_next_update_at.is_some()
@@ -30,7 +31,9 @@ pub fn settle_on_delivery(record: &mut CaseRecord, sent: Uuid, at: DateTime<Utc>
     let Some(delivered) = record.messages.iter().find(|m| m.id == sent) else {
         return;
     };
-    if delivered.internal {
+    // The promise is the case's, made to its customer: the copies to the
+    // people in CC neither make nor settle one.
+    if delivered.internal || !delivered.recipient.is_customer() {
         return;
     }
     let update = delivered.update.unwrap_or(delivered.id);
@@ -270,6 +273,7 @@ mod tests {
             template: "progress".into(),
             rule: Some("standard".into()),
             channel: Channel::Email,
+            recipient: Default::default(),
             status: DeliveryStatus::Sent,
             attempts: 1,
             due_at: t(at),

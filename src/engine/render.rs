@@ -15,7 +15,7 @@ use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
-use crate::domain::{Case, Channel, EmailText, Locale};
+use crate::domain::{Case, Channel, Customer, EmailText, Locale};
 use crate::domain::{Company, Diagnostic, Diagnostics};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,9 +91,28 @@ impl MessageContext {
         company: &Company,
         unsubscribe_url: String,
     ) -> Self {
-        let c = &case.customer;
+        Self::for_person(
+            case,
+            &case.customer,
+            next_update_at,
+            now,
+            company,
+            unsubscribe_url,
+        )
+    }
+
+    /// The context of a message to `c`, one of the case's recipients: the
+    /// greeting with their name, times in their zone and language.
+    pub fn for_person(
+        case: &Case,
+        c: &Customer,
+        next_update_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        company: &Company,
+        unsubscribe_url: String,
+    ) -> Self {
         let tz = c.timezone;
-        let view = CaseView::new(case, now);
+        let view = CaseView::for_person(case, c, now);
         Self {
             customer: CustomerView {
                 first_name: c
@@ -131,7 +150,12 @@ impl MessageContext {
 
 impl CaseView {
     pub fn new(case: &Case, now: DateTime<Utc>) -> Self {
-        let c = &case.customer;
+        Self::for_person(case, &case.customer, now)
+    }
+
+    /// The case as `c` (one of its recipients) reads it: the estimate in
+    /// their zone and language.
+    pub fn for_person(case: &Case, c: &Customer, now: DateTime<Utc>) -> Self {
         Self {
             id: case.id.to_string(),
             subject: case.subject.clone(),

@@ -87,6 +87,9 @@ pub enum Report {
     OptedOut(String),
     /// A progress update whose promise passed before it could go out.
     Stale,
+    /// A message to someone in CC who is no longer on the case (removed,
+    /// or their address on this channel changed since it was planned).
+    Departed,
 }
 
 impl Report {
@@ -95,6 +98,9 @@ impl Report {
         matches!(self, Self::Attempt(_))
     }
 }
+
+/// Why a message to someone no longer on the case was not sent.
+pub const DEPARTED: &str = "no longer on the case";
 
 /// Settles a report: `attempts` as it was before this one.
 pub fn settle_report(
@@ -117,6 +123,9 @@ pub fn settle_report(
         ),
         Report::Stale => Settlement::Superseded {
             reason: crate::engine::supersede::SUPERSEDED.to_owned(),
+        },
+        Report::Departed => Settlement::Superseded {
+            reason: DEPARTED.to_owned(),
         },
     }
 }
@@ -361,6 +370,12 @@ mod tests {
             Settlement::Superseded { .. }
         ));
         assert!(!Report::Stale.counts() && !Report::OptedOut(String::new()).counts());
+        // Someone taken off the case: not sent, not failed, no fallback.
+        assert!(!Report::Departed.counts());
+        assert!(matches!(
+            settle_report(&Report::Departed, 0, &p, t0(), 1.0),
+            Settlement::Superseded { reason } if reason == DEPARTED
+        ));
     }
 
     #[test]

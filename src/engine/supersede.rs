@@ -1,4 +1,4 @@
-//! At most one progress update per case and channel waits to be sent: a
+//! At most one progress update per case, recipient and channel waits to be sent: a
 //! newer one supersedes the unsent older one, so a relay slower than the
 //! rules (or down for a while) leaves one message per case and channel in
 //! the outbox, not a growing backlog that arrives in a burst of stale
@@ -20,10 +20,11 @@ pub const SUPERSEDED: &str = "superseded by a newer update before it could be se
 /// still pending is left alone (other cases' histories hold it too).
 pub fn supersede(record: &mut CaseRecord, fresh: &[OutboxEntry]) -> Vec<Uuid> {
     let new_ids: HashSet<Uuid> = fresh.iter().map(|e| e.id).collect();
+    // Per recipient (the customer, each CC) and channel.
     let channels: Vec<_> = fresh
         .iter()
         .filter(|e| e.kind == MessageKind::Progress && !e.internal)
-        .map(|e| e.channel)
+        .map(|e| (e.recipient, e.channel))
         .collect();
     let mut gone = Vec::new();
     for m in &mut record.messages {
@@ -31,7 +32,7 @@ pub fn supersede(record: &mut CaseRecord, fresh: &[OutboxEntry]) -> Vec<Uuid> {
             && m.kind == MessageKind::Progress
             && !m.internal
             && m.covers.is_empty()
-            && channels.contains(&m.channel)
+            && channels.contains(&(m.recipient, m.channel))
             && !new_ids.contains(&m.id)
         {
             m.status = DeliveryStatus::Cancelled;
@@ -70,6 +71,7 @@ mod tests {
             template: kind.to_string(),
             rule: Some("default".into()),
             channel,
+            recipient: Default::default(),
             status,
             attempts: 0,
             due_at: t(0),
@@ -92,6 +94,7 @@ mod tests {
             id: m.id,
             case: CaseKey::new("helpdesk", "C-1".parse().expect("id")),
             channel: m.channel,
+            recipient: Default::default(),
             to_name: String::new(),
             to: "+48601234567".into(),
             content: Content::Sms(SmsText { text: "x".into() }),

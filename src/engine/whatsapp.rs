@@ -224,8 +224,12 @@ mod tests {
         let (_dir, t) = templates();
         let en = "en".parse().expect("locale");
         let progress = render(&t, "progress", &en, &context()).expect("renders");
+        let sms = t
+            .render_sms("progress", &en, &context(), BODY_SEGMENTS)
+            .expect("the SMS text");
+        assert_eq!(progress.body, sms);
         assert!(
-            progress.body.starts_with("Acme: Hi Ana, case CASE-9"),
+            progress.body.starts_with("Acme: Hi Ana,") && progress.body.contains("CASE-9"),
             "{}",
             progress.body
         );

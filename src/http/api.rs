@@ -341,6 +341,8 @@ pub struct CaseView {
     status: Status,
     priority: Priority,
     customer: CustomerView,
+    /// The people copied on the case.
+    cc: Vec<CustomerView>,
     assignee: Option<String>,
     eta: Option<DateTime<Utc>>,
     tags: Vec<String>,
@@ -366,6 +368,19 @@ pub struct CustomerView {
     channels: Vec<Channel>,
 }
 
+impl From<&crate::domain::Customer> for CustomerView {
+    fn from(c: &crate::domain::Customer) -> Self {
+        Self {
+            name: c.name.clone(),
+            email: c.email.as_ref().map(ToString::to_string),
+            phone: c.phone.as_ref().map(ToString::to_string),
+            timezone: c.timezone.name().to_owned(),
+            locale: c.locale.to_string(),
+            channels: c.channels.clone(),
+        }
+    }
+}
+
 /// One message in a case's history.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageView {
@@ -374,6 +389,9 @@ pub struct MessageView {
     kind: String,
     template: String,
     rule: Option<String>,
+    /// Who it was for: `customer`, or `cc:N` (the N-th of `cc`, from 0).
+    #[schema(example = "customer")]
+    recipient: String,
     channel: Channel,
     status: DeliveryStatus,
     attempts: u32,
@@ -406,14 +424,8 @@ impl From<&CaseRecord> for CaseView {
             subject: c.subject.clone(),
             status: c.status,
             priority: c.priority,
-            customer: CustomerView {
-                name: c.customer.name.clone(),
-                email: c.customer.email.as_ref().map(ToString::to_string),
-                phone: c.customer.phone.as_ref().map(ToString::to_string),
-                timezone: c.customer.timezone.name().to_owned(),
-                locale: c.customer.locale.to_string(),
-                channels: c.customer.channels.clone(),
-            },
+            customer: CustomerView::from(&c.customer),
+            cc: c.cc.iter().map(CustomerView::from).collect(),
             assignee: c.assignee.clone(),
             eta: c.eta,
             tags: c.tags.clone(),
@@ -432,6 +444,7 @@ impl From<&CaseRecord> for CaseView {
                     kind: m.kind.as_str().to_owned(),
                     template: m.template.clone(),
                     rule: m.rule.clone(),
+                    recipient: m.recipient.to_string(),
                     channel: m.channel,
                     status: m.status,
                     attempts: m.attempts,

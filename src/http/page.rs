@@ -7,6 +7,9 @@
 //!   uses, a pause until a date, resume, stop this case, stop (or resume)
 //!   everything from this source. Each form carries a token tied to the
 //!   page (`csrf`), and a cross-site request is refused.
+//! - `GET /s/{code}`: the short form an SMS carries; it redirects (303) to
+//!   the case's page under a token issued as of the case's creation, so
+//!   it lives exactly as long as the case's links do.
 //! - A forged or unknown token and an expired link answer 404, after the
 //!   same work and no sooner than `REFUSAL_FLOOR`, so timing tells nothing;
 //!   a link to an erased case answers 410.
@@ -55,6 +58,7 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/c/page.css", get(css))
         .route("/c/{token}", get(show).post(act))
+        .route("/s/{code}", get(short))
         .layer(axum::middleware::map_response(hygiene))
 }
 
@@ -144,6 +148,51 @@ fn open(state: &ApiState, token: &str) -> Result<Opened, Response> {
         LinkState::Expired(r) => Opened::Expired(link, r),
         LinkState::Gone => Opened::Gone,
     })
+}
+
+/// `GET /s/{code}`: finds the case the short code names through the
+/// store's index, confirms the code against the case, and redirects to
+/// its page; anything else is refused like an unknown token.
+async fn short(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Response {
+    let started = tokio::time::Instant::now();
+    match find_short(&state, &code) {
+        Ok(Some(token)) => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/c/{token}"))],
+        )
+            .into_response(),
+        Ok(None) => refuse(&state, &headers, "", Opened::Invalid, started).await,
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// The page token (issued as of the case's creation) for the case whose
+/// short code is `code`, if there is one.
+fn find_short(state: &ApiState, code: &str) -> Result<Option<String>, crate::store::StoreError> {
+    use crate::domain::link::{
+        case_stamp, is_short_code, link_contact, page_token, short_code_matches,
+    };
+    if !is_short_code(code) {
+        return Ok(None);
+    }
+    let store = &state.svc.store;
+    let salt = store.contact_salt();
+    for key in store.cases_of(link_contact(&salt, code))? {
+        let Some(record) = store.get(&key)? else {
+            continue;
+        };
+        let created = record.case.created_at;
+        if short_code_matches(&salt, &key, case_stamp(created), code) {
+            let engine = state.svc.engine.load();
+            let link = PageLink::new(key, created, created);
+            return Ok(Some(page_token(&engine.consent.unsubscribe_key, &link)));
+        }
+    }
+    Ok(None)
 }
 
 fn unreachable_id() -> crate::domain::CaseId {

@@ -119,6 +119,7 @@ fn sample_case(config: &Config, now: DateTime<Utc>) -> Case {
             locale: Some("en".into()),
             channels: None,
         },
+        cc: Vec::new(),
         assignee: Some("Jordan".into()),
         eta: Some(now + chrono::Duration::days(3)),
         tags: vec!["hardware".into()],

@@ -24,6 +24,7 @@ use crate::domain::{
     OutboxEntry,
 };
 use crate::engine::pace::{Recipient, choose, recipient};
+use crate::engine::plan::Engine;
 use crate::engine::settle::{DeliveryPolicy, Report, Settlement, settle_report};
 use crate::engine::supersede::stale;
 use crate::engine::whatsapp::{Decision, NO_TEMPLATE, decide};
@@ -253,6 +254,15 @@ impl Dispatcher {
         if let Some(o) = store.opted_out(scoped)? {
             return Ok(Gate::Closed(Report::OptedOut(o.via.to_string())));
         }
+        // Someone in CC taken off the case (or given another address)
+        // since the message was planned gets nothing more.
+        if !entry.recipient.is_customer()
+            && !store.get(&entry.case)?.is_some_and(|r| {
+                Engine::still_reaches(&r.case, entry.recipient, entry.channel, &entry.to)
+            })
+        {
+            return Ok(Gate::Closed(Report::Departed));
+        }
         let now = self.svc.now();
         if stale(entry.kind, entry.promised, now) {
             return Ok(Gate::Closed(Report::Stale));
@@ -414,7 +424,7 @@ impl Dispatcher {
         Ok(())
     }
     /// For an update that could not be delivered on `entry`'s channel: the
-    /// next channel the customer allows, unless the same update already
+    /// next channel its recipient (the customer or a CC) allows, unless the same update already
     /// went (or is going) out on another channel.
     fn fallback(
         &self,
@@ -424,10 +434,13 @@ impl Dispatcher {
     ) -> Option<(Channel, MessageRecord, Option<OutboxEntry>)> {
         let primary = *records.iter().find(|r| r.key() == entry.case)?;
         let update = entry.update?;
-        let siblings = primary
-            .messages
-            .iter()
-            .filter(|m| m.update == Some(update) && m.id != entry.id);
+        if !Engine::still_reaches(&primary.case, entry.recipient, entry.channel, &entry.to) {
+            return None;
+        }
+        // The same update to the same person (the customer or one CC).
+        let siblings = primary.messages.iter().filter(|m| {
+            m.update == Some(update) && m.id != entry.id && m.recipient == entry.recipient
+        });
         let mut tried = vec![entry.channel];
         for m in siblings {
             if matches!(m.status, DeliveryStatus::Sent | DeliveryStatus::Pending) {
@@ -435,7 +448,11 @@ impl Dispatcher {
             }
             tried.push(m.channel);
         }
-        let channel = self.svc.engine.load().next_channel(&primary.case, &tried)?;
+        let channel =
+            self.svc
+                .engine
+                .load()
+                .next_channel_for(&primary.case, entry.recipient, &tried)?;
         let mut refs: Vec<&CaseRecord> = vec![primary];
         refs.extend(records.iter().copied().filter(|r| r.key() != entry.case));
         let (msg, out) = self.svc.engine.load().fallback(&refs, entry, channel, now);

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{CaseKey, CaseRecord};
+use crate::domain::{CaseKey, CaseRecord, Channel};
 use crate::engine::supersede::supersede;
 use crate::runtime::supervise::{Heartbeat, injected_panic};
 use crate::service::{Scope, Service, ServiceError, report_render_failures};
@@ -167,7 +167,19 @@ fn siblings_due(
     let Some(record) = svc.store.get(key)? else {
         return Ok(Vec::new());
     };
-    let contacts = svc.store.contacts_of(&record.case);
+    // Digests are the customer's: only their addresses bring other cases
+    // in (the people in CC get each case's update on its own).
+    let c = &record.case.customer;
+    let contacts: Vec<_> = c
+        .email
+        .iter()
+        .map(|e| svc.store.contact(Channel::Email, e.as_ref()))
+        .chain(
+            c.phone
+                .iter()
+                .map(|p| svc.store.contact(Channel::Sms, p.as_ref())),
+        )
+        .collect();
     let mut out: Vec<CaseKey> = Vec::new();
     for contact in contacts {
         for k in svc.store.cases_of(contact)? {

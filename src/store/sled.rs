@@ -13,6 +13,7 @@
 //! - `outbox_due`: `next_attempt_ms (BE) ++ message id` → `()`
 //! - `idempotency`: `sha256(source, key)` → `IdempotentResponse`
 //! - `recipients`: `contact ++ case key` → `()`, the cases of one recipient
+//!   (and, under `link::link_contact`, the case of one short page link)
 //! - `optouts`: `contact` → `OptOut`; kept when cases are erased
 //! - `contacts`: `contact` → when we last sent to it (ms, BE)
 //! - `delivered`: message id → `DeliveredMark`, written and flushed the
@@ -397,18 +398,46 @@ impl SledStore {
         Ok(out)
     }
 
-    /// The recipients a case record is indexed under.
+    /// The recipients a case record is indexed under: the customer and
+    /// everyone in CC.
     pub fn contacts_of(&self, case: &Case) -> Vec<Contact> {
-        let c = &case.customer;
-        c.email
-            .iter()
-            .map(|e| self.contact(Channel::Email, e.as_ref()))
-            .chain(
+        let mut out = Vec::new();
+        for (_, c) in case.recipients() {
+            out.extend(
+                c.email
+                    .iter()
+                    .map(|e| self.contact(Channel::Email, e.as_ref())),
+            );
+            out.extend(
                 c.phone
                     .iter()
                     .map(|p| self.contact(Channel::Sms, p.as_ref())),
-            )
-            .collect()
+            );
+        }
+        out.sort_by_key(|c| c.0);
+        out.dedup();
+        out
+    }
+
+    /// Everything a case record is indexed under: its recipients and the
+    /// entry its short page link (`/s/{code}`) is found by.
+    fn indexed_under(&self, case: &Case) -> Vec<Contact> {
+        let mut all = self.contacts_of(case);
+        all.push(self.link_entry(
+            &CaseKey::new(&case.source, case.id.clone()),
+            case.created_at,
+        ));
+        all
+    }
+
+    fn link_entry(&self, key: &CaseKey, created_at: DateTime<Utc>) -> Contact {
+        let salt = self.contact_salt();
+        let code = crate::domain::link::short_code(
+            &salt,
+            key,
+            crate::domain::link::case_stamp(created_at),
+        );
+        crate::domain::link::link_contact(&salt, &code)
     }
 
     /// Waits until everything written so far is on disk.
@@ -506,7 +535,7 @@ impl SledStore {
                 contacts: commit
                     .record
                     .as_ref()
-                    .map(|r| self.contacts_of(&r.case))
+                    .map(|r| self.indexed_under(&r.case))
                     .unwrap_or_default(),
                 outbox: commit
                     .outbox_put
@@ -591,7 +620,7 @@ impl SledStore {
                         if (p.record.is_some() || p.erase)
                             && let Some(old) = cases.get(case_key.as_slice())?
                         {
-                            let (contacts, due) = self.stored_index(&old);
+                            let (contacts, due) = self.stored_index(case_key, &old);
                             if let Some(due) = due {
                                 schedule.remove(ms_key(due, case_key))?;
                             }
@@ -656,7 +685,7 @@ impl SledStore {
 
     /// The index entries of a stored record (its customer's contacts and
     /// its schedule instant), read without decoding its history.
-    fn stored_index(&self, bytes: &[u8]) -> (Vec<Contact>, Option<DateTime<Utc>>) {
+    fn stored_index(&self, case_key: &[u8], bytes: &[u8]) -> (Vec<Contact>, Option<DateTime<Utc>>) {
         #[derive(Deserialize)]
         struct Slim {
             case: SlimCase,
@@ -665,6 +694,9 @@ impl SledStore {
         #[derive(Deserialize)]
         struct SlimCase {
             customer: SlimCustomer,
+            created_at: DateTime<Utc>,
+            #[serde(default)]
+            cc: Vec<SlimCustomer>,
         }
         #[derive(Deserialize)]
         struct SlimCustomer {
@@ -681,13 +713,16 @@ impl SledStore {
         let Ok(slim) = serde_json::from_slice::<Slim>(&plain) else {
             return (Vec::new(), None);
         };
-        let c = slim.case.customer;
-        let contacts = c
-            .email
-            .iter()
-            .map(|e| self.contact(Channel::Email, e))
-            .chain(c.phone.iter().map(|p| self.contact(Channel::Sms, p)))
-            .collect();
+        let mut contacts = Vec::new();
+        for c in std::iter::once(slim.case.customer).chain(slim.case.cc) {
+            contacts.extend(c.email.iter().map(|e| self.contact(Channel::Email, e)));
+            contacts.extend(c.phone.iter().map(|p| self.contact(Channel::Sms, p)));
+        }
+        contacts.extend(
+            CaseKey::from_bytes(case_key).map(|k| self.link_entry(&k, slim.case.created_at)),
+        );
+        contacts.sort_by_key(|c: &Contact| c.0);
+        contacts.dedup();
         (contacts, slim.schedule.due_at)
     }
 

@@ -14,12 +14,13 @@
 mod daemon;
 mod fixtures;
 mod prism;
+mod scan;
 mod sink;
 mod twilio;
 
 // Each test file uses a part of the harness.
 #[allow(unused_imports)]
-pub use {daemon::*, fixtures::*, prism::*, sink::*, twilio::*};
+pub use {daemon::*, fixtures::*, prism::*, scan::*, sink::*, twilio::*};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

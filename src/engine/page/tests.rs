@@ -65,6 +65,7 @@ fn message(channel: Channel, status: DeliveryStatus, internal: bool) -> MessageR
         template: "progress".into(),
         rule: None,
         channel,
+        recipient: Default::default(),
         status,
         attempts: 0,
         due_at: t("2026-12-01T08:00:00Z"),

@@ -60,7 +60,8 @@ impl Engine {
         let update = m.update.unwrap_or(m.id);
         let mut tried = vec![m.channel];
         for other in &record.messages {
-            if other.id == m.id || other.internal {
+            // Each recipient's messages stand alone.
+            if other.id == m.id || other.internal || other.recipient != m.recipient {
                 continue;
             }
             if other.update.unwrap_or(other.id) == update {
@@ -76,10 +77,11 @@ impl Engine {
         let channel = if same_channel {
             m.channel
         } else {
-            self.next_channel(&record.case, &tried)?
+            self.next_channel_for(&record.case, m.recipient, &tried)?
         };
         let (mut msg, entry) = self.message(
             &[record],
+            m.recipient,
             m.kind,
             &m.template,
             m.rule.clone(),

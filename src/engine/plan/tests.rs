@@ -557,6 +557,7 @@ fn a_rule_with_an_interval_past_the_last_date_plans_nothing() {
     assert_eq!(r.schedule.due_at, r.schedule.next_update_at);
 }
 
+mod cc;
 mod delivery;
 mod prefs;
 mod whatsapp;

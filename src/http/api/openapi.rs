@@ -80,6 +80,12 @@ fn request_schemas(doc: &mut Value) {
             "status": {"$ref": "#/components/schemas/Status"},
             "priority": {"$ref": "#/components/schemas/Priority"},
             "customer": {"$ref": "#/components/schemas/CustomerInput"},
+            "cc": {
+                "description": "People copied on the case: each gets the customer's messages in their own language and zone, on their own channels.",
+                "type": "array",
+                "maxItems": crate::domain::MAX_CC,
+                "items": {"$ref": "#/components/schemas/CustomerInput"}
+            },
             "assignee": {"type": ["string", "null"], "maxLength": 200},
             "eta": {"type": ["string", "null"], "format": "date-time"},
             "tags": {"type": "array", "maxItems": 50, "items": text(100)},

@@ -166,6 +166,11 @@ pub async fn receive(
         Err(e) => return Err(e.into()),
     };
     let mut case = mapped.case;
+    // Ticket systems' webhooks carry no CC list: the people copied through
+    // the API stay on the case.
+    if let Some(r) = &existing {
+        case.cc = r.case.cc.iter().map(CustomerInput::from).collect();
+    }
     if case.customer.email.is_none() && case.customer.phone.is_none() {
         // Jira may hide the reporter's address: the case keeps what it
         // had; a new one with no way to reach the customer is not stored.
@@ -405,6 +410,7 @@ fn case_input(
         status: status.unwrap_or(Status::Open),
         priority,
         customer,
+        cc: Vec::new(),
         assignee,
         eta: None,
         tags: Vec::new(),
