@@ -4,7 +4,7 @@
 
 use super::{case, engine_edited, t0};
 use crate::domain::Channel::{Email, WhatsApp};
-use crate::domain::{Content, MessageKind};
+use crate::domain::{Content, MessageKind, Recipient};
 use crate::engine::schedule::QuietHours;
 
 #[test]
@@ -63,4 +63,46 @@ fn a_customer_on_whatsapp_is_reached_only_while_the_daemon_sends_it() {
     let planned = e.upsert(None, c, t0());
     let channels: Vec<_> = planned.outbox.iter().map(|o| o.channel).collect();
     assert_eq!(channels, [Email]);
+}
+
+#[test]
+fn a_person_in_cc_on_whatsapp_gets_it_on_their_own_number_in_their_language() {
+    let mut e = engine_edited(
+        "created: { template: acknowledgement, channels: [email, sms] }",
+        "created: { template: acknowledgement, channels: [email, whatsapp] }",
+    );
+    e.channels.push(WhatsApp);
+    let mut c = case("CASE-3");
+    c.customer.channels = vec![Email];
+    let input: crate::domain::CustomerInput = serde_json::from_value(serde_json::json!({
+        "name": "Zofia Nowak", "phone": "+48601234567", "timezone": "Europe/Warsaw",
+        "locale": "pl", "channels": ["whatsapp"]}))
+    .expect("input");
+    let defaults = crate::domain::Defaults {
+        timezone: chrono_tz::Tz::UTC,
+        locale: "en".parse().expect("locale"),
+    };
+    c.cc = vec![input.validate_as("cc[0]", &defaults).expect("valid")];
+    let planned = e.upsert(None, c, t0());
+    let sent: Vec<_> = planned
+        .outbox
+        .iter()
+        .map(|o| (o.recipient, o.channel, o.to.as_str()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (Recipient::Customer, Email, "maria@example.com"),
+            (Recipient::Cc(0), WhatsApp, "+48601234567"),
+        ]
+    );
+    let Content::WhatsApp(w) = &planned.outbox[1].content else {
+        panic!("a WhatsApp message");
+    };
+    // The Polish SMS text serves as the body.
+    assert!(
+        w.body.contains("otworzylismy zgloszenie CASE-3"),
+        "{}",
+        w.body
+    );
 }
