@@ -316,7 +316,14 @@ fn masked(body: &[u8], id: &str) -> Value {
 fn stable(case: &Value) -> Value {
     let mut c = case.clone();
     for m in c["messages"].as_array_mut().into_iter().flatten() {
-        for k in ["status", "attempts", "sent_at", "error", "provider_status"] {
+        for k in [
+            "status",
+            "attempts",
+            "sent_at",
+            "error",
+            "provider_status",
+            "promise",
+        ] {
             m[k] = Value::Null;
         }
     }
