@@ -59,6 +59,12 @@ pub async fn run_with_clock(
         &config.public_url,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    let whatsapp = config
+        .whatsapp
+        .as_ref()
+        .map(|w| Texter::whatsapp(&w.transport, config.sms.twilio.as_ref(), &config.public_url))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let pruned = storage.prune_idempotency(clock.now() - chrono::Duration::days(1))?;
     let mut mailer =
         Mailer::new(&config.email.transport, &config.email.from).map_err(|e| anyhow::anyhow!(e))?;
@@ -106,9 +112,14 @@ pub async fn run_with_clock(
             svc: svc.clone(),
             mailer,
             texter,
+            whatsapp,
             delivery: config.delivery.clone(),
             email_gap: config.email.min_gap,
             sms_gap: config.sms.min_gap,
+            whatsapp_gap: config
+                .whatsapp
+                .as_ref()
+                .map_or(config.sms.min_gap, |w| w.min_gap),
         }
         .run(cancel.clone(), config.shutdown_grace, beats[1].clone()),
     );

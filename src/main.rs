@@ -40,7 +40,7 @@ enum Command {
         #[arg(long)]
         rule: Option<String>,
         /// The channel to render for (default: the rule's first the customer allows).
-        #[arg(long, value_parser = ["email", "sms"])]
+        #[arg(long, value_parser = ["email", "sms", "whatsapp"])]
         channel: Option<String>,
     },
     /// Print the timeline of messages the rules would send over N days.
@@ -195,12 +195,10 @@ fn main() -> ExitCode {
             rule,
             channel,
         } => {
-            let channel = channel.map(|c| {
-                if c == "sms" {
-                    tidings::domain::Channel::Sms
-                } else {
-                    tidings::domain::Channel::Email
-                }
+            let channel = channel.map(|c| match c.as_str() {
+                "sms" => tidings::domain::Channel::Sms,
+                "whatsapp" => tidings::domain::Channel::WhatsApp,
+                _ => tidings::domain::Channel::Email,
             });
             let (config, engine) = match offline(&config) {
                 Ok(x) => x,

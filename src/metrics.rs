@@ -97,7 +97,7 @@ fn describe() {
         DIGEST_FALLBACKS,
         "Digests not made (a template failed, or too large); their cases got their own messages"
     );
-    for channel in ["email", "sms"] {
+    for channel in ["email", "sms", "whatsapp"] {
         counter!(DIGEST_FALLBACKS, "channel" => channel).absolute(0);
     }
     metrics::describe_counter!(

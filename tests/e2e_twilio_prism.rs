@@ -14,34 +14,13 @@ mod peers;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use chrono::{DateTime, Timelike, Utc};
-use hmac::{Hmac, Mac};
 use peers::*;
 use serde_json::{Value, json};
 
-const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
-const AUTH_TOKEN: &str = "twilio-test-auth-token-0001";
-
-/// The SMS part of the config: Twilio at Prism, the auth token in a file.
+/// The SMS part of the config: Twilio at Prism.
 fn sms_config(prism: &Prism, dir: &std::path::Path, extra: &str) -> String {
-    let token = dir.join("twilio_token");
-    std::fs::write(&token, AUTH_TOKEN).expect("write the token file");
-    format!(
-        "sms:
-  transport: twilio
-  base_url: {base}
-  account_sid: {ACCOUNT}
-  auth_token_file: {token:?}
-  from: \"+15005550006\"
-{gap}{extra}",
-        base = prism.base_url(),
-        gap = if extra.contains("min_gap") {
-            ""
-        } else {
-            "  min_gap: 0s\n"
-        },
-    )
+    peers::sms_config(&prism.base_url(), dir, extra)
 }
 
 /// Progress updates `every` on the `progress` channels, the acknowledgement
@@ -97,55 +76,6 @@ fn is(m: &Value, channel: &str, status: &str) -> bool {
 
 fn sent_at(m: &Value) -> Option<DateTime<Utc>> {
     m["sent_at"].as_str().and_then(|s| s.parse().ok())
-}
-
-/// X-Twilio-Signature as Twilio documents it: base64(HMAC-SHA1(token,
-/// url + each param name and value, sorted by name)).
-fn twilio_signature(url: &str, params: &[(&str, &str)]) -> String {
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let mut data = url.to_owned();
-    for (k, v) in sorted {
-        data.push_str(k);
-        data.push_str(v);
-    }
-    let mut mac =
-        <Hmac<sha1::Sha1> as Mac>::new_from_slice(AUTH_TOKEN.as_bytes()).expect("hmac key");
-    mac.update(data.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// Plays Twilio posting a webhook; `signature` overrides the right one.
-async fn webhook(
-    d: &Daemon,
-    path_and_query: &str,
-    params: &[(&str, &str)],
-    signature: Option<Option<&str>>,
-) -> (u16, String) {
-    let url = d.url(path_and_query);
-    let good = twilio_signature(&url, params);
-    let mut req = d.http.post(&url).form(params);
-    match signature {
-        None => req = req.header("X-Twilio-Signature", good),
-        Some(Some(s)) => req = req.header("X-Twilio-Signature", s),
-        Some(None) => {}
-    }
-    let r = req.send().await.expect("webhook answered");
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap_or_default())
-}
-
-fn assert_prism_happy(prism: &Prism, at_least: usize) {
-    let (requests, complaints) = prism.messages_seen(ACCOUNT);
-    assert!(
-        complaints.is_empty(),
-        "Prism flagged requests against Twilio's spec:\n{}",
-        complaints.join("\n")
-    );
-    assert!(
-        requests >= at_least,
-        "Prism saw {requests} Messages requests, expected at least {at_least}"
-    );
 }
 
 fn assert_log_clean(d: &Daemon, extra: &[&str]) {
@@ -657,34 +587,21 @@ async fn an_sms_undelivered_later_goes_again_by_email_once() {
     let sms = h[0]["id"].as_str().expect("id").to_owned();
     assert!(sink.mails().is_empty(), "nothing by email yet");
 
-    let query = format!("/v1/sms/status?source=helpdesk&case=LATE-1&msg={sms}");
     let params = [
         ("MessageSid", "SMbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
         ("MessageStatus", "undelivered"),
         ("ErrorCode", "30003"),
     ];
-    let reported = Instant::now();
-    assert_eq!(webhook(d, &query, &params, None).await.0, 204);
-    let (mails, arrived) = sink
-        .wait_for(reported + Duration::from_secs(5), |m| !m.is_empty())
-        .await;
-    assert!(arrived, "no email within 5 s of the report");
-    let h = d.messages("LATE-1").await;
-    let fallback: Vec<&Value> = h
-        .iter()
-        .filter(|m| m["fallback_for"] == sms.as_str())
-        .collect();
-    assert_eq!(fallback.len(), 1, "{h:?}");
-    assert_eq!(fallback[0]["channel"], "email");
-    assert_eq!(fallback[0]["kind"], "created");
-    assert_eq!(mails[0].id(), fallback[0]["id"].as_str().expect("id"));
-    mails[0].assert_personal();
+    let (mail, fallback, took) = late_failure_by_email(d, sink, "LATE-1", &sms, &params).await;
+    assert_eq!(fallback["kind"], "created");
+    mail.assert_personal();
     println!(
         "late failure: email arrived {:.2}s after the undelivered report",
-        reported.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
 
     // Twilio reports again (or `failed` after `undelivered`): once is once.
+    let query = format!("/v1/sms/status?source=helpdesk&case=LATE-1&msg={sms}");
     assert_eq!(webhook(d, &query, &params, None).await.0, 204);
     let h = d.messages("LATE-1").await;
     assert_eq!(

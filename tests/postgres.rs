@@ -227,8 +227,12 @@ async fn migrate_applies_the_schema_once_and_bad_store_settings_are_named() {
     let (code, out, err) = tidings(&["migrate", "--config", &config], &env);
     assert_eq!(code, 0, "migrate: {out}{err}");
     assert!(out.contains("applied 0001_initial"), "{out}");
-    let recorded = cluster.psql(&db.name, "SELECT version, name FROM schema_migrations");
-    assert_eq!(recorded.trim(), "1|initial");
+    assert!(out.contains("0002_inbound"), "{out}");
+    let recorded = cluster.psql(
+        &db.name,
+        "SELECT version, name FROM schema_migrations ORDER BY version",
+    );
+    assert_eq!(recorded.trim(), "1|initial\n2|inbound");
     let (code, out, _) = tidings(&["migrate", "--config", &config], &env);
     assert_eq!(code, 0);
     assert!(out.contains("up to date"), "{out}");

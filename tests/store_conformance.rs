@@ -223,6 +223,7 @@ macro_rules! conformance {
                 a_case_is_found_by_its_short_link_until_erased,
                 opt_out_and_opt_in_round_trip,
                 claim_send_paces_one_recipient,
+                the_last_inbound_message_is_kept_per_contact,
                 idempotent_answers_are_kept_until_pruned,
                 scans_yield_every_case,
                 flush_completes_and_a_store_with_space_has_room,
@@ -895,6 +896,21 @@ mod suite {
             Err(at(360))
         );
         assert_eq!(store.claim_send(jan, gap, at(360)).expect("claim"), Ok(()));
+    }
+
+    pub async fn the_last_inbound_message_is_kept_per_contact(store: &dyn Storage) {
+        let whatsapp = store.contact(Channel::WhatsApp, MARIA_PHONE);
+        let sms = store.contact(Channel::Sms, MARIA_PHONE);
+        assert_eq!(store.last_inbound(whatsapp).expect("read"), None);
+        store.note_inbound(whatsapp, at(10)).expect("note");
+        assert_eq!(store.last_inbound(whatsapp).expect("read"), Some(at(10)));
+        // The same number on another channel is another contact.
+        assert_eq!(store.last_inbound(sms).expect("read"), None);
+        store.note_inbound(whatsapp, at(70)).expect("note");
+        assert_eq!(store.last_inbound(whatsapp).expect("read"), Some(at(70)));
+        // A report that arrives late never moves the instant back.
+        store.note_inbound(whatsapp, at(20)).expect("note");
+        assert_eq!(store.last_inbound(whatsapp).expect("read"), Some(at(70)));
     }
 
     /// The sled store drops every answer older than `before` (and any whose

@@ -394,7 +394,7 @@ fn check_mime(input: &Input, case: Case) {
         parsed.subject(),
         match &entry.content {
             Content::Email(e) => Some(e.subject.as_str()),
-            Content::Sms(_) => None,
+            Content::Sms(_) | Content::WhatsApp(_) => None,
         },
         "the subject does not read back:\n{head}"
     );

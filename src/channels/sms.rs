@@ -7,6 +7,11 @@
 //! the operator can fix) retried, honouring `Retry-After`; any other 4xx is
 //! permanent with Twilio's error code, and 21610 means the recipient
 //! unsubscribed at the carrier.
+//!
+//! WhatsApp goes the same way (`Texter::whatsapp`): `To` is
+//! `whatsapp:+…`, `From` the WhatsApp sender, and a message outside the
+//! 24-hour window carries `ContentSid` and `ContentVariables` (a JSON
+//! object of the numbered variables) instead of `Body`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +20,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::Outcome;
-use crate::domain::Message;
+use crate::domain::{Content, Message, WhatsAppText};
 
 /// Twilio's error code for a recipient who replied STOP at the carrier.
 pub const TWILIO_UNSUBSCRIBED: u64 = 21610;
@@ -64,12 +69,14 @@ enum Transport {
     },
 }
 
-/// Sends outbox entries as SMS.
+/// Sends outbox entries as SMS, or as WhatsApp messages.
 #[derive(Clone)]
 pub struct Texter {
     transport: Transport,
     /// Where Twilio reports delivery (`{public_url}/v1/sms/status`).
     status_url: String,
+    /// Put before the recipient's number: `whatsapp:` for WhatsApp.
+    to_prefix: &'static str,
 }
 
 impl std::fmt::Debug for Texter {
@@ -132,6 +139,21 @@ impl Texter {
         Ok(Self {
             transport,
             status_url: format!("{public_url}/v1/sms/status"),
+            to_prefix: "",
+        })
+    }
+
+    /// A sender of WhatsApp messages: `transport` names the WhatsApp
+    /// sender (`whatsapp:+…` or a messaging service); delivery reports
+    /// come to the same status callback as SMS.
+    pub fn whatsapp(
+        transport: &SmsTransport,
+        twilio: Option<&TwilioAuth>,
+        public_url: &str,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            to_prefix: "whatsapp:",
+            ..Self::new(transport, twilio, public_url)?
         })
     }
 
@@ -150,12 +172,21 @@ impl Texter {
     pub async fn send(&self, msg: &Message) -> Outcome {
         match &self.transport {
             Transport::File { dir } => {
-                let doc = serde_json::json!({
-                    "message_id": msg.message_id,
-                    "to": msg.to,
-                    "body": msg.content.text(),
-                    "segments": crate::domain::segments::count(msg.content.text()).count,
-                });
+                let doc = match &msg.content {
+                    Content::WhatsApp(w) => serde_json::json!({
+                        "message_id": msg.message_id,
+                        "to": format!("{}{}", self.to_prefix, msg.to),
+                        "body": (w.template.is_none()).then_some(&w.body),
+                        "content_sid": w.template.as_ref().map(|t| &t.content_sid),
+                        "content_variables": w.template.as_ref().map(|t| &t.variables),
+                    }),
+                    _ => serde_json::json!({
+                        "message_id": msg.message_id,
+                        "to": msg.to,
+                        "body": msg.content.text(),
+                        "segments": crate::domain::segments::count(msg.content.text()).count,
+                    }),
+                };
                 let path = dir.join(format!("{}.json", msg.id));
                 let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
                 match tokio::fs::write(&path, bytes).await {
@@ -170,11 +201,22 @@ impl Texter {
                 auth,
             } => {
                 let callback = self.status_callback(msg);
-                let mut form: Vec<(&str, &str)> = vec![
-                    ("To", msg.to.as_str()),
-                    ("Body", msg.content.text()),
-                    ("StatusCallback", callback.as_str()),
-                ];
+                let to = format!("{}{}", self.to_prefix, msg.to);
+                let mut form: Vec<(&str, &str)> =
+                    vec![("To", to.as_str()), ("StatusCallback", callback.as_str())];
+                // An approved WhatsApp template goes alone: Twilio refuses
+                // a `Body` beside it outside the window.
+                let variables;
+                if let Content::WhatsApp(WhatsAppText {
+                    template: Some(t), ..
+                }) = &msg.content
+                {
+                    variables = serde_json::to_string(&t.variables).unwrap_or_default();
+                    form.push(("ContentSid", t.content_sid.as_str()));
+                    form.push(("ContentVariables", variables.as_str()));
+                } else {
+                    form.push(("Body", msg.content.text()));
+                }
                 match sender {
                     SmsSender::From(from) => form.push(("From", from.as_str())),
                     SmsSender::MessagingService(sid) => {

@@ -116,6 +116,37 @@ fn show(
     entry: &OutboxEntry,
     to: &str,
 ) -> Result<String, String> {
+    if let crate::domain::Content::WhatsApp(w) = &entry.content {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# channel: whatsapp   template: {template}   rule: {}{to}",
+            rule.unwrap_or("-")
+        );
+        let _ = writeln!(out, "To: whatsapp:{}\n", entry.to);
+        let _ = writeln!(
+            out,
+            "--- free-form body (inside the 24-hour window) ---\n{}",
+            w.body.trim_end()
+        );
+        match &w.template {
+            Some(t) => {
+                let _ = writeln!(
+                    out,
+                    "--- approved template (outside it) ---\nContentSid: {}\nContentVariables: {}",
+                    t.content_sid,
+                    serde_json::to_string(&t.variables).unwrap_or_default()
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "--- no approved template: outside the window the update takes the next channel ---"
+                );
+            }
+        }
+        return Ok(out);
+    }
     if entry.channel == Channel::Sms {
         let seg = crate::domain::segments::count(entry.content.text());
         let mut out = String::new();

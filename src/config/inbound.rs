@@ -305,7 +305,7 @@ pub(super) fn read_mapping(
             errors.push(Diagnostic::at(
                 file,
                 list,
-                "channels: name at least one of email, sms",
+                "channels: name at least one of email, sms, whatsapp",
             ));
         }
         list.value
@@ -315,7 +315,7 @@ pub(super) fn read_mapping(
                     errors.push(Diagnostic::at(
                         file,
                         c,
-                        format!("channels: `{}` is none of email, sms", c.value),
+                        format!("channels: `{}` is none of email, sms, whatsapp", c.value),
                     ));
                     None
                 })
@@ -574,7 +574,7 @@ mod tests {
         let f = file.display();
         for want in [
             format!("{f}:1:17: default_region: `Atlantis`"),
-            format!("{f}:2:19: channels: `pigeon` is none of email, sms"),
+            format!("{f}:2:19: channels: `pigeon` is none of email, sms, whatsapp"),
             format!("{f}:4:8: statuses.new: `fresh` is none of open"),
             format!("{f}:5:23: priorities.3 high: `very` is none of low, normal, high, urgent"),
             format!("{f}:7:12: fields.product: `ticket.product` is not a JSON pointer"),

@@ -25,6 +25,9 @@ use crate::engine::settle::DeliveryPolicy;
 
 mod inbound;
 mod store;
+mod whatsapp;
+
+pub use whatsapp::WhatsAppConfig;
 
 pub use inbound::{InboundEntry, InboundSystem, Mapping, PublicComments};
 pub use store::StoreChoice;
@@ -43,6 +46,7 @@ struct RawConfig {
     api: Option<RawApi>,
     email: Option<RawEmail>,
     sms: Option<RawSms>,
+    whatsapp: Option<whatsapp::RawWhatsApp>,
     consent: Option<RawConsent>,
     digest: Option<RawDigest>,
     storage: Option<RawStorage>,
@@ -291,6 +295,8 @@ pub struct Config {
     pub tokens: Vec<ApiToken>,
     pub email: EmailConfig,
     pub sms: SmsConfig,
+    /// WhatsApp, when the `whatsapp:` section is there.
+    pub whatsapp: Option<WhatsAppConfig>,
     pub consent: ConsentConfig,
     /// Updates of one customer's cases due within this window go out as one
     /// digest; zero turns digests off.
@@ -390,6 +396,9 @@ impl Config {
             raw.sms.unwrap_or_default(),
             &mut errors,
         );
+        let whatsapp = raw
+            .whatsapp
+            .map(|w| whatsapp::resolve(path, base, &data_dir, w, &sms, &mut errors));
         let consent = resolve_consent(path, base, raw.consent.unwrap_or_default(), &mut errors);
         let digest_window = spanned_duration(
             path,
@@ -447,6 +456,7 @@ impl Config {
             tokens,
             email,
             sms,
+            whatsapp,
             consent,
             digest_window,
             storage_reserve: raw
@@ -953,10 +963,7 @@ fn resolve_sms(
         }
     };
     let sid = raw.account_sid.as_ref().map(|s| {
-        let ok = s.value.len() == 34
-            && s.value.starts_with("AC")
-            && s.value[2..].bytes().all(|b| b.is_ascii_hexdigit());
-        if !ok {
+        if !crate::domain::is_twilio_sid(&s.value, "AC") {
             errors.push(Diagnostic::at(
                 file,
                 s,

@@ -146,6 +146,15 @@ impl FromStr for E164 {
     }
 }
 
+/// Whether `value` is a Twilio SID of the kind `prefix` names (`AC` an
+/// account, `MG` a messaging service, `HX` a content template): the prefix
+/// and 32 hexadecimal digits.
+pub fn is_twilio_sid(value: &str, prefix: &str) -> bool {
+    value.len() == 34
+        && value.starts_with(prefix)
+        && value[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A BCP 47-style language tag: `en`, `id`, `pl`, `tl`, `pt-BR`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Locale(String);
@@ -270,6 +279,9 @@ impl Priority {
 pub enum Channel {
     Email,
     Sms,
+    /// WhatsApp through Twilio, to the customer's phone number.
+    #[serde(rename = "whatsapp")]
+    WhatsApp,
 }
 
 impl Channel {
@@ -277,7 +289,13 @@ impl Channel {
         match self {
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::WhatsApp => "whatsapp",
         }
+    }
+
+    /// Whether the channel reaches the customer's phone number.
+    pub fn uses_phone(self) -> bool {
+        matches!(self, Self::Sms | Self::WhatsApp)
     }
 }
 
@@ -299,7 +317,7 @@ impl Customer {
         self.channels.contains(&channel)
             && match channel {
                 Channel::Email => self.email.is_some(),
-                Channel::Sms => self.phone.is_some(),
+                Channel::Sms | Channel::WhatsApp => self.phone.is_some(),
             }
     }
 }

@@ -226,14 +226,14 @@ impl CustomerInput {
                 .into_iter()
                 .filter(|c| match c {
                     Channel::Email => email.is_some(),
-                    Channel::Sms => phone.is_some(),
+                    Channel::Sms | Channel::WhatsApp => phone.is_some(),
                 })
                 .collect(),
         };
         for c in &channels {
             let missing = match c {
                 Channel::Email => email.is_none().then(|| f("email")),
-                Channel::Sms => phone.is_none().then(|| f("phone")),
+                Channel::Sms | Channel::WhatsApp => phone.is_none().then(|| f("phone")),
             };
             if let Some(field) = missing {
                 return Err(FieldError::new(

@@ -298,6 +298,8 @@ pub enum OptOutVia {
     Provider,
     /// "Stop all updates from this help desk" on a case page.
     CasePage,
+    /// A STOP (or kin) sent to us on WhatsApp.
+    WhatsAppStop,
 }
 
 impl std::fmt::Display for OptOutVia {
@@ -307,6 +309,7 @@ impl std::fmt::Display for OptOutVia {
             Self::UnsubscribeLink => "unsubscribe_link",
             Self::Provider => "provider",
             Self::CasePage => "case_page",
+            Self::WhatsAppStop => "whatsapp_stop",
         })
     }
 }
@@ -368,24 +371,48 @@ pub struct SmsText {
     pub text: String,
 }
 
+/// A WhatsApp message, rendered both ways: the free-form `body` for inside
+/// the 24-hour customer-service window (the customer wrote to us in the
+/// last 24 hours), and the approved template for outside it, when there is
+/// one. Which one goes is decided at send time (`engine::whatsapp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatsAppText {
+    pub body: String,
+    #[serde(default)]
+    pub template: Option<ApprovedTemplate>,
+}
+
+/// A WhatsApp template approved by Meta, as Twilio's Content API names it:
+/// its `ContentSid` (`HX` and 32 hex digits) and the values of its numbered
+/// variables (`ContentVariables`), rendered from the case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovedTemplate {
+    pub content_sid: String,
+    pub variables: std::collections::BTreeMap<String, String>,
+}
+
 /// What a message says, rendered for its channel.
 ///
-/// Stored without a tag: an email has a subject, an SMS only text. (Entries
-/// written before SMS had a shape of their own carry an empty subject and
-/// read back as `Email`; `text` serves both.)
+/// Stored without a tag: an email has a subject, a WhatsApp message a
+/// `body`, an SMS only text. (Entries written before SMS had a shape of
+/// their own carry an empty subject and read back as `Email`; `text`
+/// serves both.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Content {
     Email(EmailText),
+    WhatsApp(WhatsAppText),
     Sms(SmsText),
 }
 
 impl Content {
-    /// The plain text, whatever the channel.
+    /// The plain text, whatever the channel (a WhatsApp message's
+    /// free-form body).
     pub fn text(&self) -> &str {
         match self {
             Self::Email(e) => &e.text,
             Self::Sms(s) => &s.text,
+            Self::WhatsApp(w) => &w.body,
         }
     }
 }

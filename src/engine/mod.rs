@@ -11,3 +11,4 @@ pub mod rules;
 pub mod schedule;
 pub mod settle;
 pub mod supersede;
+pub mod whatsapp;

@@ -50,6 +50,7 @@ fn content_len(c: &Content) -> usize {
             e.subject.len() + e.text.len() + e.html.as_ref().map_or(0, String::len)
         }
         Content::Sms(s) => s.text.len(),
+        Content::WhatsApp(w) => w.body.len(),
     }
 }
 
@@ -69,6 +70,7 @@ pub struct Engine {
     /// Recipient-local hours with no message, per channel.
     pub email_quiet: Option<QuietHours>,
     pub sms_quiet: Option<QuietHours>,
+    pub whatsapp_quiet: Option<QuietHours>,
     pub max_segments: usize,
     pub consent: ConsentKeys,
     /// Where message and update ids come from (fresh UUIDv7s in the
@@ -738,6 +740,7 @@ impl Engine {
         match channel {
             Channel::Email => self.email_quiet.as_ref(),
             Channel::Sms => self.sms_quiet.as_ref(),
+            Channel::WhatsApp => self.whatsapp_quiet.as_ref(),
         }
     }
 
@@ -950,6 +953,10 @@ impl Engine {
                 self.max_segments,
             )
             .map(|text| Content::Sms(SmsText { text })),
+            Channel::WhatsApp => {
+                crate::engine::whatsapp::render(&self.templates, template, locale, &ctx)
+                    .map(Content::WhatsApp)
+            }
         };
         let content = match rendered {
             Ok(c) => c,
@@ -1038,7 +1045,7 @@ impl Engine {
 fn address(c: &Customer, channel: Channel) -> String {
     match channel {
         Channel::Email => c.email.as_ref().map(ToString::to_string),
-        Channel::Sms => c.phone.as_ref().map(ToString::to_string),
+        Channel::Sms | Channel::WhatsApp => c.phone.as_ref().map(ToString::to_string),
     }
     .unwrap_or_default()
 }

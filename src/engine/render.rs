@@ -425,6 +425,25 @@ impl Templates {
             // here too: rendering a missing block is an error.
             let result = if name.ends_with(".email.j2") {
                 render_blocks(&tmpl, sample).map(|_| ())
+            } else if name.ends_with(".whatsapp.j2") {
+                match whatsapp::whatsapp_blocks(&tmpl, sample) {
+                    Ok(parts) => {
+                        if let Some(t) = parts.template.filter(|t| !is_content_sid(&t.content_sid))
+                        {
+                            out.push(Diagnostic::new(
+                                &self.dir.join(name),
+                                1,
+                                1,
+                                format!(
+                                    "content_sid `{}`: expected HX followed by 32 hexadecimal digits",
+                                    one_line(&t.content_sid)
+                                ),
+                            ));
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
             } else {
                 tmpl.render(Serde(sample)).map(|_| ())
             };
@@ -758,3 +777,6 @@ mod tests {
 
 #[cfg(test)]
 mod more_tests;
+
+mod whatsapp;
+pub use whatsapp::{MAX_VARIABLE_CHARS, WhatsAppParts, is_content_sid};

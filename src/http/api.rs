@@ -406,8 +406,8 @@ pub struct MessageView {
     fallback_for: Option<String>,
     /// For a digest: every case it covered.
     covers: Vec<String>,
-    /// The SMS provider's latest delivery report (queued, sent, delivered,
-    /// undelivered, failed).
+    /// Twilio's latest delivery report for an SMS or WhatsApp message
+    /// (queued, sent, delivered, read, undelivered, failed).
     provider_status: Option<String>,
     /// How the promise this message made came out, once settled:
     /// `{"result": "kept"|"late"|"superseded", "at": …}`, `late_by_secs`
@@ -663,6 +663,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/sms/inbound",
             axum::routing::post(crate::http::consent::sms_inbound),
+        )
+        .route(
+            "/v1/whatsapp/inbound",
+            axum::routing::post(crate::http::consent::whatsapp_inbound),
         )
         .route(
             "/v1/inbound/{system}/{source}",

@@ -6,7 +6,11 @@
 //!   path + sorted form fields under the auth token); anything else is a 403.
 //!   STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT opt the number out;
 //!   START, YES, UNSTOP opt it back in; HELP is answered with the help text.
-//! - `POST /v1/sms/status`: Twilio's delivery reports, filed on the message
+//! - `POST /v1/whatsapp/inbound` (or the same URL as SMS): a WhatsApp
+//!   message from a customer (`From` is `whatsapp:+…`), signed the same
+//!   way. The keywords work as by SMS, on WhatsApp only; any message opens
+//!   WhatsApp's 24-hour window, kept by contact (`Storage::note_inbound`).
+//! - `POST /v1/sms/status`: Twilio's delivery reports (SMS and WhatsApp), filed on the message
 //!   named in the callback URL (which Twilio signs with the rest).
 //! - `GET /unsubscribe/{token}`: the signed link in every email asks for
 //!   confirmation; only `POST` (the page's button, or RFC 8058 one-click)
@@ -151,35 +155,80 @@ pub async fn sms_inbound(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let params = match verified(&state, "/v1/sms/inbound", query.as_deref(), &headers, &body) {
+    inbound(&state, "/v1/sms/inbound", query.as_deref(), &headers, &body).await
+}
+
+/// `POST /v1/whatsapp/inbound`: the same for WhatsApp (`From` is
+/// `whatsapp:+…`); either URL takes either channel.
+pub async fn whatsapp_inbound(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    inbound(
+        &state,
+        "/v1/whatsapp/inbound",
+        query.as_deref(),
+        &headers,
+        &body,
+    )
+    .await
+}
+
+/// A message from a customer's phone, by SMS or WhatsApp: a keyword opts
+/// the number in or out on that channel; any WhatsApp message opens the
+/// 24-hour window in which free-form messages may go.
+async fn inbound(
+    state: &ApiState,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let params = match verified(state, path, query, headers, body) {
         Ok(p) => p,
         Err(r) => return r,
     };
     let Some(from) = field(&params, "From").filter(|f| !f.is_empty()) else {
         return (StatusCode::UNPROCESSABLE_ENTITY, "From is required\n").into_response();
     };
+    let (channel, from) = match from.strip_prefix("whatsapp:") {
+        Some(number) => (Channel::WhatsApp, number),
+        None => (Channel::Sms, from),
+    };
     let store = &state.svc.store;
     if let Err(e) = store.room(crate::store::Writer::Internal) {
         return unavailable(e);
     }
-    let contact = store.contact(Channel::Sms, from);
+    let contact = store.contact(channel, from);
     let kw = keyword(field(&params, "Body").unwrap_or_default());
+    let now = state.svc.now();
+    let via = match channel {
+        Channel::WhatsApp => OptOutVia::WhatsAppStop,
+        _ => OptOutVia::SmsStop,
+    };
     let result = match kw {
-        Keyword::Stop => store
-            .opt_out(contact, OptOutVia::SmsStop, state.svc.now())
-            .map(|()| true),
+        Keyword::Stop => store.opt_out(contact, via, now).map(|()| true),
         Keyword::Start => store.opt_in(contact),
         Keyword::Help | Keyword::Other => Ok(false),
+    };
+    let result = match (result, channel) {
+        (Ok(changed), Channel::WhatsApp) => store.note_inbound(contact, now).map(|()| changed),
+        (result, _) => result,
     };
     if let Err(e) = result {
         return unavailable(e);
     }
-    if matches!(kw, Keyword::Stop | Keyword::Start)
+    if (matches!(kw, Keyword::Stop | Keyword::Start) || channel == Channel::WhatsApp)
         && let Err(e) = store.flush().await
     {
         return unavailable(e);
     }
-    tracing::info!(keyword = ?kw, "inbound SMS");
+    match channel {
+        Channel::WhatsApp => tracing::info!(keyword = ?kw, "inbound WhatsApp message"),
+        _ => tracing::info!(keyword = ?kw, "inbound SMS"),
+    }
     match kw {
         Keyword::Help => twiml(state.webhooks.as_ref().map(|h| h.help_text.as_str())),
         _ => twiml(None),

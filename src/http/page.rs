@@ -262,7 +262,7 @@ fn source_contacts(state: &ApiState, record: &CaseRecord) -> Vec<Contact> {
         .filter_map(|ch| {
             let address = match ch {
                 Channel::Email => c.email.as_ref()?.to_string(),
-                Channel::Sms => c.phone.as_ref()?.to_string(),
+                Channel::Sms | Channel::WhatsApp => c.phone.as_ref()?.to_string(),
             };
             Some(scoped_contact_of(
                 &state.svc.store.contact_salt(),
@@ -403,7 +403,8 @@ fn parse_change(
                 chosen.push(match v.as_str() {
                     "email" => Channel::Email,
                     "sms" => Channel::Sms,
-                    _ => return Err(("channel", "must be email or sms")),
+                    "whatsapp" => Channel::WhatsApp,
+                    _ => return Err(("channel", "must be email, sms or whatsapp")),
                 });
             }
             PrefChange::Channels(chosen)

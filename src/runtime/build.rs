@@ -39,10 +39,16 @@ pub fn build_engine(
         }
     };
     let mut errors = Vec::new();
-    let channels = vec![Channel::Email, Channel::Sms];
+    let mut channels = vec![Channel::Email, Channel::Sms];
+    if config.whatsapp.is_some() {
+        channels.push(Channel::WhatsApp);
+    }
     let mut need = |template: &str, origin: &crate::engine::rules::Origin, chans: &[Channel]| {
         for c in chans {
-            if channels.contains(c) && !templates.has(template, *c) {
+            // A WhatsApp message's body may come from the SMS template.
+            let has = templates.has(template, *c)
+                || (*c == Channel::WhatsApp && templates.has(template, Channel::Sms));
+            if channels.contains(c) && !has {
                 errors.push(origin.diagnostic(format!(
                     "template `{template}` has no {}.{}.j2 in {}",
                     template,
@@ -78,6 +84,7 @@ pub fn build_engine(
         channels,
         email_quiet: config.email.quiet_hours,
         sms_quiet: config.sms.quiet_hours,
+        whatsapp_quiet: config.whatsapp.as_ref().and_then(|w| w.quiet_hours),
         max_segments: config.sms.max_segments,
         consent: ConsentKeys {
             salt: [0; 32],
@@ -169,10 +176,53 @@ pub fn check(
     ) {
         return Err(Diagnostic::new(&config.path, 1, 1, e).into());
     }
-    let warnings = engine
+    let mut warnings = engine
         .templates
         .sms_over_budget(&long_context(config, now), config.sms.max_segments);
+    if let Some(w) = &config.whatsapp {
+        if let Err(e) =
+            Texter::whatsapp(&w.transport, config.sms.twilio.as_ref(), &config.public_url)
+        {
+            return Err(Diagnostic::new(&config.path, 1, 1, e).into());
+        }
+        warnings.extend(without_approved_template(&engine, config, now));
+    }
     Ok((engine, warnings))
+}
+
+/// A warning for each rule and event message that sends on WhatsApp with
+/// a template naming no approved one (in the default locale): outside the
+/// 24-hour window those messages go on the customer's next channel.
+fn without_approved_template(
+    engine: &Engine,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Vec<Diagnostic> {
+    let ctx = sample_context(config, now);
+    let on = engine
+        .rules
+        .on
+        .values()
+        .map(|o| (&o.template, &o.channels, &o.origin));
+    engine
+        .rules
+        .rules
+        .iter()
+        .map(|r| (&r.template, &r.channels, &r.origin))
+        .chain(on)
+        .filter(|(_, channels, _)| channels.contains(&Channel::WhatsApp))
+        .filter(|(template, _, _)| {
+            engine
+                .templates
+                .render_whatsapp(template, &config.default_locale, &ctx)
+                .is_ok_and(|parts| parts.template.is_none())
+        })
+        .map(|(template, _, origin)| {
+            origin.diagnostic(format!(
+                "warning: `{template}` names no approved WhatsApp template (a content_sid block in {template}.whatsapp.j2): outside the 24-hour window its messages go on the customer's next channel"
+            ))
+        })
+        .collect()
 }
 
 /// The sample case with the longest inputs a ticket system realistically

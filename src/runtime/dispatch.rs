@@ -20,12 +20,14 @@ use crate::channels::Outcome;
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
 use crate::domain::{
-    CaseKey, CaseRecord, Channel, DeliveryStatus, MessageRecord, OptOutVia, OutboxEntry,
+    CaseKey, CaseRecord, Channel, Content, DeliveryStatus, Message, MessageRecord, OptOutVia,
+    OutboxEntry,
 };
 use crate::engine::pace::{Recipient, choose, recipient};
 use crate::engine::plan::Engine;
 use crate::engine::settle::{DeliveryPolicy, Report, Settlement, settle_report};
 use crate::engine::supersede::stale;
+use crate::engine::whatsapp::{Decision, NO_TEMPLATE, decide};
 use crate::runtime::supervise::Heartbeat;
 use crate::service::{Scope, Service, ServiceError};
 use crate::store::{Commit, StoreError};
@@ -36,10 +38,13 @@ pub struct Dispatcher {
     pub svc: Service,
     pub mailer: Mailer,
     pub texter: Texter,
+    /// WhatsApp's sender, when the `whatsapp:` section is configured.
+    pub whatsapp: Option<Texter>,
     pub delivery: DeliveryPolicy,
     /// The least time between two messages to one recipient, per channel.
     pub email_gap: Duration,
     pub sms_gap: Duration,
+    pub whatsapp_gap: Duration,
 }
 
 /// What the delivery loop is doing per recipient: the entries in flight or
@@ -67,8 +72,9 @@ impl Pacing {
 
 /// Why a message was not handed to its provider this time.
 enum Gate {
-    /// Send now.
-    Open,
+    /// Send this now (for WhatsApp: the free-form body or the approved
+    /// template, whichever the window allows).
+    Open(Box<Message>),
     /// Not before this instant (quiet hours, minimum gap).
     Later(DateTime<Utc>, &'static str),
     /// Never: the recipient opted out, or the update went stale.
@@ -172,6 +178,7 @@ impl Dispatcher {
         match channel {
             Channel::Email => self.email_gap,
             Channel::Sms => self.sms_gap,
+            Channel::WhatsApp => self.whatsapp_gap,
         }
     }
 
@@ -195,10 +202,14 @@ impl Dispatcher {
             }
         }
         let result = match self.gate(&entry) {
-            Ok(Gate::Open) => {
+            Ok(Gate::Open(message)) => {
                 let outcome = match entry.channel {
-                    Channel::Email => self.mailer.send(&entry.message()).await,
-                    Channel::Sms => self.texter.send(&entry.message()).await,
+                    Channel::Email => self.mailer.send(&message).await,
+                    Channel::Sms => self.texter.send(&message).await,
+                    Channel::WhatsApp => match &self.whatsapp {
+                        Some(w) => w.send(&message).await,
+                        None => Outcome::permanent("whatsapp is not configured"),
+                    },
                 };
                 // The provider has it: say so on disk first (one small
                 // write), then update the histories.
@@ -226,7 +237,7 @@ impl Dispatcher {
     /// (an opt-out may have arrived after the message was planned).
     fn gate(&self, entry: &OutboxEntry) -> Result<Gate, StoreError> {
         if entry.internal {
-            return Ok(Gate::Open);
+            return Ok(Gate::Open(Box::new(entry.message())));
         }
         let store = &self.svc.store;
         let contact = store.contact(entry.channel, &entry.to);
@@ -263,6 +274,21 @@ impl Dispatcher {
         {
             return Ok(Gate::Later(q.first_allowed(now, tz), "quiet hours"));
         }
+        let mut message = entry.message();
+        // WhatsApp's 24-hour window: the free-form body inside it, the
+        // approved template outside, and without one the next channel.
+        if let Content::WhatsApp(text) = &entry.content {
+            match decide(text, store.last_inbound(contact)?, now) {
+                Decision::FreeForm(t) | Decision::Template(t) => {
+                    message.content = Content::WhatsApp(t);
+                }
+                Decision::NoTemplate => {
+                    return Ok(Gate::Closed(Report::Attempt(Outcome::permanent(
+                        NO_TEMPLATE,
+                    ))));
+                }
+            }
+        }
         let gap = self.gap(entry.channel);
         if !gap.is_zero() {
             let gap = chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX);
@@ -270,7 +296,7 @@ impl Dispatcher {
                 return Ok(Gate::Later(next, "minimum gap"));
             }
         }
-        Ok(Gate::Open)
+        Ok(Gate::Open(Box::new(message)))
     }
 
     /// Puts an entry back for later without counting an attempt.

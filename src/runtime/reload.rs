@@ -205,6 +205,15 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         changed.push("sms");
     }
+    // WhatsApp's sender and gap live in the delivery loop, built at start.
+    let sender = |c: &Config| {
+        c.whatsapp
+            .as_ref()
+            .map(|w| (w.transport.clone(), w.min_gap))
+    };
+    if !same(&sender(old), &sender(new)) {
+        changed.push("whatsapp");
+    }
     if old.consent.secret != new.consent.secret {
         changed.push("consent");
     }

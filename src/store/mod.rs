@@ -217,6 +217,11 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<std::result::Result<(), DateTime<Utc>>>;
     fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()>;
+    /// Records that `contact` wrote to us at `at` (a WhatsApp message opens
+    /// the 24-hour window); an earlier instant never replaces a later one.
+    fn note_inbound(&self, contact: Contact, at: DateTime<Utc>) -> Result<()>;
+    /// When `contact` last wrote to us, if ever.
+    fn last_inbound(&self, contact: Contact) -> Result<Option<DateTime<Utc>>>;
 
     // Idempotency.
 

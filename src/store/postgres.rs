@@ -424,6 +424,12 @@ impl super::Storage for PgStore {
     fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
         PgStore::set_last_sent(self, contact, at)
     }
+    fn note_inbound(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
+        PgStore::note_inbound(self, contact, at)
+    }
+    fn last_inbound(&self, contact: Contact) -> Result<Option<DateTime<Utc>>> {
+        PgStore::last_inbound(self, contact)
+    }
     fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
         PgStore::idempotent_response(self, key)
     }

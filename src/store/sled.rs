@@ -80,6 +80,8 @@ pub struct SledStore {
     delivered: sled::Tree,
     optouts: sled::Tree,
     contacts: sled::Tree,
+    /// When each contact last wrote to us (WhatsApp's window), by contact.
+    inbound: sled::Tree,
     salt: [u8; 32],
     unsubscribe_key: [u8; 32],
     dir: std::path::PathBuf,
@@ -186,6 +188,7 @@ impl SledStore {
             delivered: db.open_tree("delivered")?,
             optouts: db.open_tree("optouts")?,
             contacts: db.open_tree("contacts")?,
+            inbound: db.open_tree("inbound")?,
             salt,
             unsubscribe_key,
             cases: db.open_tree("cases")?,
@@ -345,6 +348,22 @@ impl SledStore {
     pub fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
         self.contacts.insert(contact.0, ms_key(at, &[]))?;
         Ok(())
+    }
+
+    pub fn note_inbound(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
+        self.inbound.fetch_and_update(contact.0, |old| {
+            let later = old.and_then(ms_of).is_some_and(|was| was > at);
+            Some(if later {
+                old.map(<[u8]>::to_vec).unwrap_or_default()
+            } else {
+                ms_key(at, &[])
+            })
+        })?;
+        Ok(())
+    }
+
+    pub fn last_inbound(&self, contact: Contact) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.inbound.get(contact.0)?.as_deref().and_then(ms_of))
     }
 
     /// The cases (other than erased ones) that have `contact` as a recipient.
@@ -850,6 +869,14 @@ impl super::Storage for SledStore {
     }
     fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
         SledStore::set_last_sent(self, contact, at)
+    }
+
+    fn note_inbound(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
+        SledStore::note_inbound(self, contact, at)
+    }
+
+    fn last_inbound(&self, contact: Contact) -> Result<Option<DateTime<Utc>>> {
+        SledStore::last_inbound(self, contact)
     }
     fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
         SledStore::idempotent_response(self, key)

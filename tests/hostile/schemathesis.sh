@@ -2,10 +2,10 @@
 # Hostile HTTP input: schemathesis against the real release binary.
 #
 # Starts `tidings serve` on a free loopback port with a temp data dir, the
-# repo's rules and templates, file transports for email and SMS (no peer
-# needed) and a random API token (also the admin token, so one header opens
+# repo's rules and templates, file transports for email, SMS and WhatsApp
+# (no peer needed) and a random API token (also the admin token, so one header opens
 # every operation) and Twilio auth token (tests/hostile/st_hooks.py signs
-# the webhook requests with it), then runs `st run` on /openapi.json with every check.
+# the webhook requests, SMS and WhatsApp, with it), then runs `st run` on /openapi.json with every check.
 # Exits non-zero on any failure: a server error, a response the document
 # does not describe, data the schema allows being refused, or data it
 # forbids being accepted, ... — or when fewer than MIN_REQUESTS requests
@@ -82,6 +82,8 @@ sms:
   account_sid: AC00000000000000000000000000000000
   auth_token_env: TIDINGS_ST_TWILIO_TOKEN
   help_text: "Example Support: reply STOP to opt out."
+whatsapp:
+  file_dir: $work/outbox/whatsapp
 delivery:
   max_attempts: 3
   backoff: { initial: 1s, max: 5s }

@@ -34,7 +34,7 @@ _PUBLIC_URL = os.environ.get("TIDINGS_ST_PUBLIC_URL", "")
 
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
-    if not _TOKEN or not case.path.startswith("/v1/sms/"):
+    if not _TOKEN or not case.path.startswith(("/v1/sms/", "/v1/whatsapp/")):
         return
     headers = case.headers or {}
     if any(k.lower() == "x-twilio-signature" for k in headers):

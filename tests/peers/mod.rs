@@ -17,10 +17,11 @@ mod postgres;
 mod prism;
 mod scan;
 mod sink;
+mod twilio;
 
 // Each test file uses a part of the harness.
 #[allow(unused_imports)]
-pub use {daemon::*, fixtures::*, postgres::*, prism::*, scan::*, sink::*};
+pub use {daemon::*, fixtures::*, postgres::*, prism::*, scan::*, sink::*, twilio::*};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

@@ -83,6 +83,7 @@ fn engine_with(rules: &str, templates: Templates) -> Engine {
         channels: vec![Email, Sms],
         email_quiet: None,
         sms_quiet: None,
+        whatsapp_quiet: None,
         max_segments: 2,
         consent: ConsentKeys {
             salt: [7; 32],
@@ -559,3 +560,4 @@ fn a_rule_with_an_interval_past_the_last_date_plans_nothing() {
 mod cc;
 mod delivery;
 mod prefs;
+mod whatsapp;

@@ -322,3 +322,77 @@ fn the_shipped_templates_pass_their_own_check() {
         assert_eq!(t.check(&context(tag, tz)), [], "{tag}");
     }
 }
+
+const SID_EN: &str = "HXb5b62575e6e4ff6129ad7c8efe1f983e";
+const SID_PL: &str = "HX0123456789abcdef0123456789abcdef";
+
+fn approved(sid: &str) -> String {
+    format!(
+        "{{% block content_sid %}}\n{sid}\n{{% endblock %}}\
+         {{% block var_1 %}}{{{{ case.id }}}}{{% endblock %}}\
+         {{% block var_2 %}}{{{{ case.subject }}}}\n{{{{ next_update_at_short }}}}{{% endblock %}}"
+    )
+}
+
+#[test]
+fn a_whatsapp_template_names_its_approved_template_per_locale() {
+    let pl = format!(
+        "{}{{% block text %}}Sprawa {{{{ case.id }}}} w toku.{{% endblock %}}",
+        approved(SID_PL)
+    );
+    let (_dir, tpl) = loaded(&[
+        ("progress.sms.j2", "Case {{ case.id }} is open."),
+        ("progress.whatsapp.j2", &approved(SID_EN)),
+        ("pl/progress.whatsapp.j2", &pl),
+        (
+            "reminder.whatsapp.j2",
+            "{% block text %}Waiting for your reply on {{ case.id }}.{% endblock %}",
+        ),
+    ]);
+    let render = |template: &str, tag: &str| {
+        tpl.render_whatsapp(template, &locale(tag), &context(tag, "UTC"))
+            .expect("renders")
+    };
+    // English: no `text` block (the SMS text serves), an approved template.
+    let en = render("progress", "en");
+    assert_eq!(en.body, None);
+    let t = en.template.expect("an approved template");
+    assert_eq!(t.content_sid, SID_EN);
+    assert_eq!(t.variables["1"], "CASE-7");
+    // One line: WhatsApp refuses line breaks in a variable.
+    assert_eq!(t.variables["2"], "Router Fri Nov 27, 2:00 PM UTC");
+    assert_eq!(t.variables.len(), 2);
+    let pl = render("progress", "pl");
+    assert_eq!(pl.body.as_deref(), Some("Sprawa CASE-7 w toku."));
+    assert_eq!(pl.template.expect("approved").content_sid, SID_PL);
+    // A `text` block and no `content_sid`: no approved template.
+    let reminder = render("reminder", "en");
+    assert_eq!(
+        (reminder.body.as_deref(), reminder.template),
+        (Some("Waiting for your reply on CASE-7."), None)
+    );
+    // No `.whatsapp.j2` at all: nothing of its own.
+    let note = render("note", "en");
+    assert_eq!((note.body, note.template), (None, None));
+}
+
+#[test]
+fn a_malformed_content_sid_is_reported_at_check_and_never_sent() {
+    let (_dir, tpl) = loaded(&[
+        ("progress.sms.j2", "Case {{ case.id }}."),
+        ("progress.whatsapp.j2", &approved("HX-not-a-sid")),
+    ]);
+    let ctx = context("en", "UTC");
+    let problems = tpl.check(&ctx);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0]
+            .to_string()
+            .contains("progress.whatsapp.j2:1:1: content_sid")
+    );
+    let sent = tpl.render_whatsapp("progress", &locale("en"), &ctx);
+    assert!(
+        matches!(&sent, Err(RenderError::Template { message, .. }) if message.contains("content_sid")),
+        "{sent:?}"
+    );
+}

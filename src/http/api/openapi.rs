@@ -125,7 +125,7 @@ fn request_schemas(doc: &mut Value) {
                 "example": "en"
             },
             "channels": {
-                "description": "Allowed channels in order of preference; every channel with an address when absent.",
+                "description": "Allowed channels in order of preference; when absent, email and sms where there is an address (whatsapp only when named).",
                 "type": ["array", "null"],
                 "items": {"$ref": "#/components/schemas/Channel"}
             }
@@ -134,6 +134,7 @@ fn request_schemas(doc: &mut Value) {
             {"anyOf": [has("email", email()), has("phone", phone())]},
             channel_needs("email", "email", email()),
             channel_needs("sms", "phone", phone()),
+            channel_needs("whatsapp", "phone", phone()),
         ]
     });
     let variant = |kind: &str, description: &str, required: &[&str], props: Value| {
@@ -341,20 +342,38 @@ fn other_operations(doc: &mut Value) {
             "503": json_error("The store could not be copied"),
         }
     }}));
-    paths.insert("/v1/sms/inbound".into(), json!({"post": {
-        "tags": ["sms"], "operationId": "sms_inbound",
-        "summary": "Twilio's inbound-message webhook: STOP, START and HELP keywords.",
-        "parameters": [signature.clone()],
-        "requestBody": form(&["From"], json!({"From": {"type": "string", "minLength": 1}, "Body": {"type": "string"}})),
-        "responses": {
-            "200": {"description": "TwiML: empty, or the HELP reply",
-                "content": {"text/xml": {"schema": {"type": "string"}}}},
-            "403": refused.clone(),
-            "413": too_large.clone(),
-            "422": plain("`From` is missing"),
-            "503": unavailable.clone(),
-        }
-    }}));
+    let inbound = |operation: &str, tag: &str, summary: &str| {
+        json!({"post": {
+            "tags": [tag], "operationId": operation,
+            "summary": summary,
+            "parameters": [signature.clone()],
+            "requestBody": form(&["From"], json!({"From": {"type": "string", "minLength": 1}, "Body": {"type": "string"}})),
+            "responses": {
+                "200": {"description": "TwiML: empty, or the HELP reply",
+                    "content": {"text/xml": {"schema": {"type": "string"}}}},
+                "403": refused.clone(),
+                "413": too_large.clone(),
+                "422": plain("`From` is missing"),
+                "503": unavailable.clone(),
+            }
+        }})
+    };
+    paths.insert(
+        "/v1/sms/inbound".into(),
+        inbound(
+            "sms_inbound",
+            "sms",
+            "Twilio's inbound-message webhook: STOP, START and HELP keywords (a `From` of `whatsapp:+…` is a WhatsApp message).",
+        ),
+    );
+    paths.insert(
+        "/v1/whatsapp/inbound".into(),
+        inbound(
+            "whatsapp_inbound",
+            "whatsapp",
+            "Twilio's inbound WhatsApp webhook: opens the 24-hour window; STOP, START and HELP keywords for WhatsApp.",
+        ),
+    );
     paths.insert(
         "/v1/sms/status".into(),
         json!({"post": {
@@ -450,7 +469,7 @@ fn other_operations(doc: &mut Value) {
                     "properties": {
                         "message": {"type": "string", "format": "uuid"},
                         "result": {"enum": ["failed", "delayed", "ignored"]},
-                        "fallback": {"enum": ["email", "sms", null]}
+                        "fallback": {"enum": ["email", "sms", "whatsapp", null]}
                     }
                 }}}},
             "400": json_error("The body is not a delivery status notification"),

@@ -276,7 +276,9 @@ fn apply_mapping(mapping: &crate::config::Mapping, body: &[u8], case: &mut CaseI
             .copied()
             .filter(|c| match c {
                 crate::domain::Channel::Email => case.customer.email.is_some(),
-                crate::domain::Channel::Sms => case.customer.phone.is_some(),
+                crate::domain::Channel::Sms | crate::domain::Channel::WhatsApp => {
+                    case.customer.phone.is_some()
+                }
             })
             .collect();
         if !reachable.is_empty() {

@@ -93,6 +93,11 @@ async fn snapshot(tx: &tokio_postgres::Transaction<'_>) -> Result<(Trees, u64)> 
         .iter()
         .filter_map(|r| at(r.get(1), &[]).map(|v| (r.get(0), v)))
         .collect();
+    let inbound = rows("SELECT contact, last_ms FROM inbound ORDER BY contact")
+        .await?
+        .iter()
+        .filter_map(|r| at(r.get(1), &[]).map(|v| (r.get(0), v)))
+        .collect();
     let delivered = rows("SELECT id, value FROM delivered ORDER BY id")
         .await?
         .iter()
@@ -104,6 +109,7 @@ async fn snapshot(tx: &tokio_postgres::Transaction<'_>) -> Result<(Trees, u64)> 
         ("contacts", contacts),
         ("delivered", delivered),
         ("idempotency", idempotency),
+        ("inbound", inbound),
         ("meta", meta),
         ("optouts", optouts),
         ("outbox", outbox),

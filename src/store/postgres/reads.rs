@@ -429,6 +429,31 @@ impl PgStore {
         Ok(())
     }
 
+    /// Records that `contact` wrote to us at `at`; a later instant stays.
+    pub fn note_inbound(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
+        self.execute(
+            "INSERT INTO inbound (contact, last_ms) VALUES ($1, $2)
+             ON CONFLICT (contact) DO UPDATE
+             SET last_ms = GREATEST(inbound.last_ms, EXCLUDED.last_ms)",
+            vec![Box::new(contact.0.to_vec()), Box::new(ms(at))],
+        )?;
+        Ok(())
+    }
+
+    /// When `contact` last wrote to us, if ever.
+    pub fn last_inbound(&self, contact: Contact) -> Result<Option<DateTime<Utc>>> {
+        let c = contact.0.to_vec();
+        let last = self.run(move |mut conn| async move {
+            let row = conn
+                .client()
+                .query_opt("SELECT last_ms FROM inbound WHERE contact = $1", &[&c])
+                .await
+                .map_err(pg)?;
+            Ok(row.map(|r| r.get::<_, i64>(0)))
+        })?;
+        Ok(last.and_then(from_ms))
+    }
+
     pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
         let k = codec::idempotency_key_bytes(key);
         let row = self.sealed_of(

@@ -7,8 +7,10 @@ use tokio_postgres::Client;
 use super::{PgStoreConfig, Result, StoreError, connect, parse_config, pg, run_on, runtime};
 
 /// Every migration, in order: its version, its name, its SQL.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (2, "inbound", include_str!("migrations/0002_inbound.sql")),
+];
 
 /// The advisory lock migrations take (one migrator at a time).
 const MIGRATION_LOCK: i64 = 0x7469_6469_6e67_0001;
