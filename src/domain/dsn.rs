@@ -194,6 +194,20 @@ mod tests {
     }
 
     #[test]
+    fn a_report_postfix_wrote_itself() {
+        let r = read(&fixture("postfix-live-5.3.0.eml")).expect("a DSN");
+        assert_eq!(r.tokens, ["TOKEN"]);
+        assert_eq!(r.recipients.len(), 1);
+        let rcpt = &r.recipients[0];
+        assert_eq!(rcpt.address.as_deref(), Some("maria@example.com"));
+        assert_eq!(
+            (rcpt.action.as_str(), rcpt.status.as_str()),
+            ("failed", "5.3.0")
+        );
+        assert_eq!(rcpt.verdict(), Verdict::Hard);
+    }
+
+    #[test]
     fn postfix_delay_is_soft() {
         let r = read(&fixture("postfix-delayed.eml")).expect("a DSN");
         assert_eq!(r.recipients[0].verdict(), Verdict::Soft);
