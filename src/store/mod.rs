@@ -10,6 +10,8 @@
 //!   stored record's due instant to the new one), the outbox entries it
 //!   creates or removes, and the idempotency records it holds.
 //! - `flush` returns once everything committed before it is durable.
+//!   `GroupCommit` makes the durable changes of concurrent writers one
+//!   transaction and one flush.
 //! - Erasure destroys what the store keeps of a case, and the keys that
 //!   sealed its values once the erasure is durable.
 //!
@@ -27,8 +29,10 @@ use crate::domain::{
     OptOutVia, OutboxEntry, Status,
 };
 
+mod group;
 mod sled;
 
+pub use self::group::GroupCommit;
 pub use self::sled::{BackupError, BackupSummary, SealError, SledStore, verify_backup};
 
 #[derive(Debug, thiserror::Error)]
