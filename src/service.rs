@@ -99,7 +99,7 @@ pub type Decision<T> = Result<(Vec<Commit>, T), ServiceError>;
 #[derive(Debug)]
 struct Locks(Box<[Mutex<()>]>);
 
-const LOCK_STRIPES: usize = 64;
+const LOCK_STRIPES: usize = 1024;
 
 impl Locks {
     fn new() -> Self {
@@ -238,6 +238,12 @@ impl Service {
             self.wake_scheduler.notify_one();
         }
         Ok(value)
+    }
+
+    /// Applies changes that need no case's lock (a delivered mark) and
+    /// returns once they are durable, grouped with other writers' changes.
+    pub async fn commit_durable(&self, changes: Vec<(CaseKey, Commit)>) -> Result<(), StoreError> {
+        self.group.commit(changes).await
     }
 
     /// Waits until every change so far is durable.

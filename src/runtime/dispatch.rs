@@ -200,13 +200,10 @@ impl Dispatcher {
                     Channel::Sms => self.texter.send(&entry.message()).await,
                 };
                 // The provider has it: say so on disk first (one small
-                // write), then update the histories.
+                // write, in the next group commit), then update the
+                // histories.
                 if let Outcome::Sent { provider_id } = &outcome
-                    && let Err(e) = self
-                        .svc
-                        .store
-                        .mark_delivered(entry.id, provider_id.clone(), self.svc.now())
-                        .await
+                    && let Err(e) = self.mark_delivered(&entry, provider_id.clone()).await
                 {
                     tracing::error!(error = %e, msg_id = %entry.id, "marking a message delivered failed");
                 }
@@ -219,6 +216,24 @@ impl Dispatcher {
         if let Err(e) = result {
             tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
         }
+    }
+
+    /// Records, durably, that the provider accepted `entry` (the mark a
+    /// restart finds if it stops before the history is updated).
+    async fn mark_delivered(
+        &self,
+        entry: &OutboxEntry,
+        provider_id: Option<String>,
+    ) -> Result<(), StoreError> {
+        let at = self.svc.now();
+        let mark = crate::domain::DeliveredMark { at, provider_id };
+        let commit = Commit {
+            delivered: Some((entry.id, mark)),
+            ..Commit::default()
+        };
+        self.svc
+            .commit_durable(vec![(entry.case.clone(), commit)])
+            .await
     }
 
     /// Consent, quiet hours and the minimum gap, checked just before a send
@@ -354,12 +369,12 @@ impl Dispatcher {
                         now,
                     )?;
                 }
+                let mut commits: Vec<Commit> = keys.iter().map(|_| Commit::default()).collect();
                 if let Settlement::Sent { .. } = verdict
                     && !entry.internal
                 {
-                    store.set_last_sent(store.contact(entry.channel, &entry.to), now)?;
+                    commits[0].last_sent = Some((store.contact(entry.channel, &entry.to), now));
                 }
-                let mut commits: Vec<Commit> = keys.iter().map(|_| Commit::default()).collect();
                 for (i, r) in live {
                     commits[i] = Commit::record(r);
                 }

@@ -72,6 +72,10 @@ pub struct Commit {
     pub outbox_remove: Vec<(Uuid, DateTime<Utc>)>,
     pub idempotency: Option<(String, IdempotentResponse)>,
     pub idempotency_remove: Vec<String>,
+    /// A provider's acceptance of a message (see `Storage::mark_delivered`).
+    pub delivered: Option<(Uuid, DeliveredMark)>,
+    /// When the daemon last sent to a recipient (see `Storage::set_last_sent`).
+    pub last_sent: Option<(Contact, DateTime<Utc>)>,
 }
 
 impl Commit {
@@ -109,6 +113,8 @@ impl Commit {
             && self.outbox_remove.is_empty()
             && self.idempotency.is_none()
             && self.idempotency_remove.is_empty()
+            && self.delivered.is_none()
+            && self.last_sent.is_none()
     }
 }
 
