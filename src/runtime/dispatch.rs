@@ -64,6 +64,28 @@ impl Pacing {
     }
 }
 
+/// Outcomes filed after their send, per send in flight.
+const FILING_PER_SEND: usize = 4;
+
+/// A send's place among the sends in flight, handed on once the provider
+/// has answered (for a place among the outcomes being filed).
+struct Slot {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    filing: Arc<Semaphore>,
+}
+
+impl Slot {
+    /// The provider answered: trade the send's place for a filing one
+    /// (waiting while too many outcomes are being filed), and let the
+    /// delivery loop start another send.
+    async fn sent(&mut self, wake: &tokio::sync::Notify) {
+        if let Ok(filing) = self.filing.clone().acquire_owned().await {
+            self.permit = filing;
+            wake.notify_one();
+        }
+    }
+}
+
 /// Why a message was not handed to its provider this time.
 enum Gate {
     /// Send now.
@@ -80,6 +102,10 @@ impl Dispatcher {
     pub async fn run(self, cancel: CancellationToken, grace: Duration, heartbeat: Heartbeat) {
         let pacing: Arc<Mutex<Pacing>> = Arc::default();
         let permits = Arc::new(Semaphore::new(self.delivery.concurrency));
+        // Outcomes being filed after their send, at most this many: a send
+        // hands its slot on as soon as the provider has answered, so the
+        // connections keep busy while the records wait for a group commit.
+        let filing = Arc::new(Semaphore::new(self.delivery.concurrency * FILING_PER_SEND));
         let tracker = TaskTracker::new();
         let paced = |c: Channel| !self.gap(c).is_zero();
         loop {
@@ -128,14 +154,17 @@ impl Dispatcher {
                         };
                         let this = self.clone();
                         let pacing = pacing.clone();
+                        let slot = Slot {
+                            permit,
+                            filing: filing.clone(),
+                        };
                         tracker.spawn(async move {
                             let done = entry.clone();
-                            this.attempt(entry).await;
+                            this.attempt(entry, slot).await;
                             pacing
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .finished(&done);
-                            drop(permit);
                             this.svc.wake_dispatcher.notify_one();
                         });
                     }
@@ -174,7 +203,7 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, entry: OutboxEntry) {
+    async fn attempt(&self, entry: OutboxEntry, mut slot: Slot) {
         // A run that stopped right after the provider accepted this message
         // left a mark: finish its record, never send it again.
         match self.svc.store.delivered_mark(entry.id) {
@@ -199,6 +228,7 @@ impl Dispatcher {
                     Channel::Email => self.mailer.send(&entry.message()).await,
                     Channel::Sms => self.texter.send(&entry.message()).await,
                 };
+                slot.sent(&self.svc.wake_dispatcher).await;
                 // The provider has it: say so on disk first (one small
                 // write, in the next group commit), then update the
                 // histories.
