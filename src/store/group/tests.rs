@@ -209,3 +209,63 @@ async fn a_writer_that_leaves_does_not_take_the_batch_with_it() {
     assert!(store.get(&key("C-1")).expect("get").is_some());
     assert!(store.get(&key("C-2")).expect("get").is_some());
 }
+
+#[test]
+fn a_delivered_mark_in_a_batch_goes_with_its_outbox_entry() {
+    let (_tmp, store) = open();
+    let id = uuid::Uuid::from_u128(7);
+    let mark = crate::domain::DeliveredMark {
+        at: at(1),
+        provider_id: Some("SM1".into()),
+    };
+    let contact = store.contact(crate::domain::Channel::Email, "c-1@example.com");
+    let batch = vec![
+        pending(vec![(
+            key("C-1"),
+            Commit {
+                delivered: Some((id, mark)),
+                ..Commit::default()
+            },
+        )]),
+        pending(vec![(
+            key("C-2"),
+            Commit {
+                delivered: Some((
+                    uuid::Uuid::from_u128(8),
+                    crate::domain::DeliveredMark {
+                        at: at(1),
+                        provider_id: None,
+                    },
+                )),
+                last_sent: Some((contact, at(1))),
+                ..Commit::default()
+            },
+        )]),
+    ];
+    assert!(
+        apply(&batch, |c| store.commit_many(c))
+            .iter()
+            .all(Option::is_none)
+    );
+    let stored = store.delivered_mark(id).expect("read").expect("marked");
+    assert_eq!(stored.provider_id.as_deref(), Some("SM1"));
+    // A mark alone leaves the case alone.
+    assert!(store.get(&key("C-1")).expect("get").is_none());
+    // The last send is the one the commit names: no other before a minute.
+    let gap = chrono::Duration::minutes(1);
+    assert_eq!(
+        store.claim_send(contact, gap, at(1)).expect("claim"),
+        Err(at(2))
+    );
+    // The history's commit removes the mark with the outbox entry.
+    let done = Commit {
+        outbox_remove: vec![(id, at(0))],
+        ..Commit::default()
+    };
+    assert!(
+        apply(&[pending(vec![(key("C-1"), done)])], |c| store
+            .commit_many(c))[0]
+            .is_none()
+    );
+    assert!(store.delivered_mark(id).expect("read").is_none());
+}
