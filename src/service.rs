@@ -24,7 +24,7 @@ use crate::domain::{
 };
 use crate::engine::page::{PrefChange, PrefError, apply_pref};
 use crate::engine::plan::{Engine, Planned};
-use crate::store::{BackupError, BackupSummary, Commit, Storage, StoreError, Writer};
+use crate::store::{BackupError, BackupSummary, Commit, GroupCommit, Storage, StoreError, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -99,7 +99,7 @@ pub type Decision<T> = Result<(Vec<Commit>, T), ServiceError>;
 #[derive(Debug)]
 struct Locks(Box<[Mutex<()>]>);
 
-const LOCK_STRIPES: usize = 64;
+const LOCK_STRIPES: usize = 1024;
 
 impl Locks {
     fn new() -> Self {
@@ -137,6 +137,7 @@ pub struct Service {
     /// One customer's updates due within this window go out as a digest.
     pub digest_window: std::time::Duration,
     locks: Arc<Locks>,
+    group: Arc<GroupCommit>,
 }
 
 impl Service {
@@ -147,6 +148,7 @@ impl Service {
         defaults: Defaults,
     ) -> Self {
         Self {
+            group: Arc::new(GroupCommit::new(store.clone())),
             store,
             engine: Arc::new(ArcSwap::new(engine)),
             clock,
@@ -209,24 +211,39 @@ impl Service {
         if changes.is_empty() {
             return Ok(value);
         }
-        self.store.commit_many(&changes)?;
+        let queued = changes.iter().any(|(_, c)| !c.outbox_put.is_empty());
+        let promises: Vec<_> = (commits.iter().zip(&settled))
+            .filter_map(|(c, before)| c.record.as_ref().map(|r| (r, before)))
+            .flat_map(|(r, before)| {
+                crate::engine::promises::newly_settled(before, r)
+                    .into_iter()
+                    .map(|(rule, o)| (r.case.source.clone(), rule, o))
+            })
+            .collect();
         if scope.durable {
-            self.store.flush().await?;
+            // With every other writer's changes waiting meanwhile: one
+            // transaction, one flush.
+            let owned = scope.keys.iter().cloned().zip(commits).collect();
+            self.group.commit(owned).await?;
+        } else {
+            self.store.commit_many(&changes)?;
         }
-        for (commit, before) in commits.iter().zip(&settled) {
-            if let Some(r) = &commit.record {
-                for (rule, outcome) in crate::engine::promises::newly_settled(before, r) {
-                    crate::metrics::promise(&r.case.source, &rule, outcome);
-                }
-            }
+        for (source, rule, outcome) in promises {
+            crate::metrics::promise(&source, &rule, outcome);
         }
-        if changes.iter().any(|(_, c)| !c.outbox_put.is_empty()) {
+        if queued {
             self.wake_dispatcher.notify_one();
         }
         if rescheduled {
             self.wake_scheduler.notify_one();
         }
         Ok(value)
+    }
+
+    /// Applies changes that need no case's lock (a delivered mark) and
+    /// returns once they are durable, grouped with other writers' changes.
+    pub async fn commit_durable(&self, changes: Vec<(CaseKey, Commit)>) -> Result<(), StoreError> {
+        self.group.commit(changes).await
     }
 
     /// Waits until every change so far is durable.
@@ -537,7 +554,7 @@ impl Service {
                             cancelled_at = Some(m.due_at);
                         }
                         if let Some(digest_at) = cancelled_at {
-                            owe_update(&mut r, digest_at, now);
+                            crate::engine::supersede::owe_update(&mut r, digest_at, now);
                             Commit::record(r)
                         } else {
                             Commit::default()
@@ -551,26 +568,6 @@ impl Service {
         tracing::info!(case = %key, cancelled, "case erased");
         Ok(())
     }
-}
-
-/// A case whose pending digest was cancelled is still owed the update the
-/// digest carried: unless someone reached the customer since, its schedule
-/// goes back to the last message that did go out, and the scheduler looks
-/// at it at once (it gets its own update now).
-fn owe_update(r: &mut CaseRecord, digest_at: DateTime<Utc>, now: DateTime<Utc>) {
-    let s = &mut r.schedule;
-    if s.last_contact_at > digest_at {
-        return;
-    }
-    s.last_contact_at = r
-        .messages
-        .iter()
-        .filter(|m| !m.internal && m.status == DeliveryStatus::Sent)
-        .map(|m| m.sent_at.unwrap_or(m.due_at))
-        .max()
-        .unwrap_or(r.case.created_at);
-    s.rule_updates = s.rule_updates.saturating_sub(1);
-    s.due_at = Some(now);
 }
 
 /// Logs and counts the messages planning added to `record` (after the

@@ -126,7 +126,23 @@ async fn another_sources_case_is_indistinguishable_from_no_case() {
     assert_eq!(noted.status, 200);
     app.wait_mails(std::time::Duration::from_secs(10), |m| m.len() >= 2)
         .await;
-    let before = app.get_case(owned).await;
+    // The history is updated a moment after the server's acceptance (and
+    // the note's delivery settles the acknowledgement's promise): the
+    // snapshot is taken once both are filed.
+    let before = peers::eventually(
+        std::time::Duration::from_secs(10),
+        "both messages recorded as sent",
+        async || {
+            let case = app.get_case(owned).await;
+            let msgs = case["messages"].as_array().cloned().unwrap_or_default();
+            if msgs.len() >= 2 && msgs.iter().all(|m| m["status"] == "sent") {
+                Ok(case)
+            } else {
+                Err(case.to_string())
+            }
+        },
+    )
+    .await;
 
     // The intruder (source `billing`, OTHER_TOKEN) on the owner's id and on
     // an id nobody used: the same answer, byte for byte.

@@ -55,6 +55,26 @@ pub fn was_superseded(m: &MessageRecord) -> bool {
     m.status == DeliveryStatus::Cancelled && m.error.as_deref() == Some(SUPERSEDED)
 }
 
+/// A case whose pending digest was cancelled is still owed the update the
+/// digest carried: unless someone reached the customer since, its schedule
+/// goes back to the last message that did go out, and the scheduler looks
+/// at it at once (it gets its own update now).
+pub fn owe_update(r: &mut CaseRecord, digest_at: DateTime<Utc>, now: DateTime<Utc>) {
+    let s = &mut r.schedule;
+    if s.last_contact_at > digest_at {
+        return;
+    }
+    s.last_contact_at = r
+        .messages
+        .iter()
+        .filter(|m| !m.internal && m.status == DeliveryStatus::Sent)
+        .map(|m| m.sent_at.unwrap_or(m.due_at))
+        .max()
+        .unwrap_or(r.case.created_at);
+    s.rule_updates = s.rule_updates.saturating_sub(1);
+    s.due_at = Some(now);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

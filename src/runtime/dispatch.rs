@@ -70,6 +70,28 @@ impl Pacing {
     }
 }
 
+/// Outcomes filed after their send, per send in flight.
+const FILING_PER_SEND: usize = 4;
+
+/// A send's place among the sends in flight, handed on once the provider
+/// has answered (for a place among the outcomes being filed).
+struct Slot {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    filing: Arc<Semaphore>,
+}
+
+impl Slot {
+    /// The provider answered: trade the send's place for a filing one
+    /// (waiting while too many outcomes are being filed), and let the
+    /// delivery loop start another send.
+    async fn sent(&mut self, wake: &tokio::sync::Notify) {
+        if let Ok(filing) = self.filing.clone().acquire_owned().await {
+            self.permit = filing;
+            wake.notify_one();
+        }
+    }
+}
+
 /// Why a message was not handed to its provider this time.
 enum Gate {
     /// Send this now (for WhatsApp: the free-form body or the approved
@@ -87,6 +109,10 @@ impl Dispatcher {
     pub async fn run(self, cancel: CancellationToken, grace: Duration, heartbeat: Heartbeat) {
         let pacing: Arc<Mutex<Pacing>> = Arc::default();
         let permits = Arc::new(Semaphore::new(self.delivery.concurrency));
+        // Outcomes being filed after their send, at most this many: a send
+        // hands its slot on as soon as the provider has answered, so the
+        // connections keep busy while the records wait for a group commit.
+        let filing = Arc::new(Semaphore::new(self.delivery.concurrency * FILING_PER_SEND));
         let tracker = TaskTracker::new();
         let paced = |c: Channel| !self.gap(c).is_zero();
         loop {
@@ -135,14 +161,17 @@ impl Dispatcher {
                         };
                         let this = self.clone();
                         let pacing = pacing.clone();
+                        let slot = Slot {
+                            permit,
+                            filing: filing.clone(),
+                        };
                         tracker.spawn(async move {
                             let done = entry.clone();
-                            this.attempt(entry).await;
+                            this.attempt(entry, slot).await;
                             pacing
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .finished(&done);
-                            drop(permit);
                             this.svc.wake_dispatcher.notify_one();
                         });
                     }
@@ -182,7 +211,7 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, entry: OutboxEntry) {
+    async fn attempt(&self, entry: OutboxEntry, mut slot: Slot) {
         // A run that stopped right after the provider accepted this message
         // left a mark: finish its record, never send it again.
         match self.svc.store.delivered_mark(entry.id) {
@@ -211,14 +240,12 @@ impl Dispatcher {
                         None => Outcome::permanent("whatsapp is not configured"),
                     },
                 };
+                slot.sent(&self.svc.wake_dispatcher).await;
                 // The provider has it: say so on disk first (one small
-                // write), then update the histories.
+                // write, in the next group commit), then update the
+                // histories.
                 if let Outcome::Sent { provider_id } = &outcome
-                    && let Err(e) = self
-                        .svc
-                        .store
-                        .mark_delivered(entry.id, provider_id.clone(), self.svc.now())
-                        .await
+                    && let Err(e) = self.mark_delivered(&entry, provider_id.clone()).await
                 {
                     tracing::error!(error = %e, msg_id = %entry.id, "marking a message delivered failed");
                 }
@@ -231,6 +258,24 @@ impl Dispatcher {
         if let Err(e) = result {
             tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
         }
+    }
+
+    /// Records, durably, that the provider accepted `entry` (the mark a
+    /// restart finds if it stops before the history is updated).
+    async fn mark_delivered(
+        &self,
+        entry: &OutboxEntry,
+        provider_id: Option<String>,
+    ) -> Result<(), StoreError> {
+        let at = self.svc.now();
+        let mark = crate::domain::DeliveredMark { at, provider_id };
+        let commit = Commit {
+            delivered: Some((entry.id, mark)),
+            ..Commit::default()
+        };
+        self.svc
+            .commit_durable(vec![(entry.case.clone(), commit)])
+            .await
     }
 
     /// Consent, quiet hours and the minimum gap, checked just before a send
@@ -390,12 +435,12 @@ impl Dispatcher {
                         now,
                     )?;
                 }
+                let mut commits: Vec<Commit> = keys.iter().map(|_| Commit::default()).collect();
                 if let Settlement::Sent { .. } = verdict
                     && !entry.internal
                 {
-                    store.set_last_sent(store.contact(entry.channel, &entry.to), now)?;
+                    commits[0].last_sent = Some((store.contact(entry.channel, &entry.to), now));
                 }
-                let mut commits: Vec<Commit> = keys.iter().map(|_| Commit::default()).collect();
                 for (i, r) in live {
                     commits[i] = Commit::record(r);
                 }

@@ -10,6 +10,8 @@
 //!   stored record's due instant to the new one), the outbox entries it
 //!   creates or removes, and the idempotency records it holds.
 //! - `flush` returns once everything committed before it is durable.
+//!   `GroupCommit` makes the durable changes of concurrent writers one
+//!   transaction and one flush.
 //! - Erasure destroys what the store keeps of a case, and the keys that
 //!   sealed its values once the erasure is durable.
 //!
@@ -28,10 +30,12 @@ use crate::domain::{
 };
 
 mod codec;
+mod group;
 mod postgres;
 mod sealing;
 mod sled;
 
+pub use self::group::GroupCommit;
 pub use self::postgres::{PgStore, PgStoreConfig, migrate as migrate_postgres};
 pub use self::sealing::SealError;
 pub use self::sled::{BackupError, BackupSummary, SledStore, verify_backup};
@@ -75,6 +79,10 @@ pub struct Commit {
     pub outbox_remove: Vec<(Uuid, DateTime<Utc>)>,
     pub idempotency: Option<(String, IdempotentResponse)>,
     pub idempotency_remove: Vec<String>,
+    /// A provider's acceptance of a message (see `Storage::mark_delivered`).
+    pub delivered: Option<(Uuid, DeliveredMark)>,
+    /// When the daemon last sent to a recipient (see `Storage::set_last_sent`).
+    pub last_sent: Option<(Contact, DateTime<Utc>)>,
 }
 
 impl Commit {
@@ -112,6 +120,8 @@ impl Commit {
             && self.outbox_remove.is_empty()
             && self.idempotency.is_none()
             && self.idempotency_remove.is_empty()
+            && self.delivered.is_none()
+            && self.last_sent.is_none()
     }
 }
 

@@ -563,12 +563,28 @@ impl SledStore {
             &self.idempotency,
             &self.recipients,
             &self.delivered,
+            &self.contacts,
         )
             .transaction(
-                |(cases, schedule, outbox_t, outbox_due, idempotency, recipients, delivered)| {
+                |(
+                    cases,
+                    schedule,
+                    outbox_t,
+                    outbox_due,
+                    idempotency,
+                    recipients,
+                    delivered,
+                    contacts,
+                )| {
                     own_keys.borrow_mut().clear();
                     for ((p, (_, commit)), case_id) in prepared.iter().zip(changes).zip(&case_ids) {
                         let case_key = &p.case_key;
+                        if let Some((id, mark)) = &commit.delivered {
+                            delivered.insert(id.as_bytes().as_slice(), encode(mark))?;
+                        }
+                        if let Some((contact, at)) = &commit.last_sent {
+                            contacts.insert(contact.0.as_slice(), ms_key(*at, &[]))?;
+                        }
                         // The schedule index and the recipient index follow
                         // the record: the stored one's entries go first.
                         if (p.record.is_some() || p.erase)
