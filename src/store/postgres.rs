@@ -24,6 +24,8 @@
 //!   contacts, opt-outs, pacing, idempotency).
 //! - `postgres/backup.rs`: a backup in the sled store's format, from one
 //!   snapshot (so `tidings restore` makes a sled store of it).
+//! - `postgres/load.rs`: a backup loaded in one transaction, re-sealed
+//!   (`tidings migrate-store`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,9 +43,11 @@ use super::{BackupError, BackupSummary, Commit, Result, StoreError, Writer, code
 
 mod backup;
 mod commit;
+mod load;
 mod reads;
 mod schema;
 
+pub use load::LoadError;
 pub use schema::migrate;
 
 /// Where the store is and how many connections it keeps.
