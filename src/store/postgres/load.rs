@@ -241,51 +241,34 @@ async fn write(tx: &tokio_postgres::Transaction<'_>, rows: &Rows) -> Result<()> 
             .await
             .map_err(pg)?;
     }
-    let pairs: [(&str, &[Pair]); 2] = [
-        (
-            "INSERT INTO recipients (contact, case_key) VALUES ($1, $2)",
-            &rows.recipients,
-        ),
-        (
-            "INSERT INTO optouts (contact, value) VALUES ($1, $2)",
-            &rows.optouts,
-        ),
-    ];
-    for (sql, entries) in pairs {
-        let st = tx.prepare(sql).await.map_err(pg)?;
-        for (a, b) in entries {
-            tx.execute(&st, &[a, b]).await.map_err(pg)?;
-        }
-    }
-    let instants: [(&str, &[Stamp]); 2] = [
-        (
-            "INSERT INTO contacts (contact, last_ms) VALUES ($1, $2)",
-            &rows.contacts,
-        ),
-        (
-            "INSERT INTO inbound (contact, last_ms) VALUES ($1, $2)",
-            &rows.inbound,
-        ),
-    ];
-    for (sql, entries) in instants {
-        let st = tx.prepare(sql).await.map_err(pg)?;
-        for (a, b) in entries {
-            tx.execute(&st, &[a, b]).await.map_err(pg)?;
-        }
-    }
-    let st = tx
-        .prepare("INSERT INTO schedule (due_ms, case_key) VALUES ($1, $2)")
-        .await
-        .map_err(pg)?;
-    for (due, k) in &rows.schedule {
-        tx.execute(&st, &[due, k]).await.map_err(pg)?;
-    }
-    let st = tx
-        .prepare("INSERT INTO delivered (id, value) VALUES ($1, $2)")
-        .await
-        .map_err(pg)?;
-    for (id, v) in &rows.delivered {
-        tx.execute(&st, &[id, v]).await.map_err(pg)?;
+    let plain = "INSERT INTO recipients (contact, case_key) VALUES ($1, $2)";
+    insert_all(tx, plain, &rows.recipients).await?;
+    let plain = "INSERT INTO optouts (contact, value) VALUES ($1, $2)";
+    insert_all(tx, plain, &rows.optouts).await?;
+    let stamp = "INSERT INTO contacts (contact, last_ms) VALUES ($1, $2)";
+    insert_all(tx, stamp, &rows.contacts).await?;
+    let stamp = "INSERT INTO inbound (contact, last_ms) VALUES ($1, $2)";
+    insert_all(tx, stamp, &rows.inbound).await?;
+    let stamp = "INSERT INTO schedule (due_ms, case_key) VALUES ($1, $2)";
+    insert_all(tx, stamp, &rows.schedule).await?;
+    let plain = "INSERT INTO delivered (id, value) VALUES ($1, $2)";
+    insert_all(tx, plain, &rows.delivered).await?;
+    Ok(())
+}
+
+/// Inserts two-column rows, stored as they are (nothing in them is sealed).
+async fn insert_all<A, B>(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    rows: &[(A, B)],
+) -> Result<()>
+where
+    A: tokio_postgres::types::ToSql + Sync,
+    B: tokio_postgres::types::ToSql + Sync,
+{
+    let st = tx.prepare(sql).await.map_err(pg)?;
+    for (a, b) in rows {
+        tx.execute(&st, &[a, b]).await.map_err(pg)?;
     }
     Ok(())
 }
