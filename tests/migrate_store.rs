@@ -195,6 +195,20 @@ async fn a_sled_store_moves_to_postgres_and_the_daemon_goes_on_there() {
     ] {
         assert_eq!(counts.get(kind), Some(&(n, n)), "{kind} in {out}");
     }
+    // Each case has a key of its own, and no value is in clear.
+    let keys = cluster.psql(&db.name, "SELECT count(*) FROM case_keys");
+    assert_eq!(keys.trim(), "3", "one key per case");
+    for table in ["cases", "outbox", "idempotency"] {
+        for email in [A, B, C] {
+            let n = cluster.psql(
+                &db.name,
+                &format!(
+                    "SELECT count(*) FROM {table} WHERE position(convert_to('{email}', 'UTF8') IN value) > 0"
+                ),
+            );
+            assert_eq!(n.trim(), "0", "{email} in clear in {table}");
+        }
+    }
     // A second copy onto a database that holds cases is refused.
     let (code, out, err) = migrate(false);
     assert_eq!(code, 1, "a second migrate-store: {out}{err}");
