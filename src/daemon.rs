@@ -51,7 +51,7 @@ pub async fn run_with_clock(
             config.data_dir.display()
         )
     })?;
-    let storage = open_store(&config)?;
+    let (storage, pg) = open_store(&config)?;
     with_store_keys(&mut engine, &*storage);
     let texter = Texter::new(
         &config.sms.transport,
@@ -124,6 +124,16 @@ pub async fn run_with_clock(
         .run(cancel.clone(), config.shutdown_grace, beats[1].clone()),
     );
     let failed = Arc::new(AtomicBool::new(false));
+    let taken = Arc::new(std::sync::Mutex::new(None));
+    if let Some(pg) = pg {
+        tokio::spawn(watch_lock(
+            pg,
+            taken.clone(),
+            cancel.clone(),
+            ready.clone(),
+            failed.clone(),
+        ));
+    }
     let supervisor = tokio::spawn(supervise(
         [("scheduler", scheduler), ("dispatcher", dispatcher)],
         cancel.clone(),
@@ -172,6 +182,13 @@ pub async fn run_with_clock(
     cancel.cancel();
     let _ = supervisor.await;
     storage.flush().await?;
+    let taken = taken
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(why) = taken {
+        anyhow::bail!("the postgres store: {why}; this daemon stopped");
+    }
     if failed.load(Ordering::SeqCst) {
         anyhow::bail!("a worker stopped unexpectedly; see the log above");
     }
@@ -183,7 +200,7 @@ pub async fn run_with_clock(
 /// with the sweep of keys a crash left behind started in the background.
 /// PostgreSQL: migrations applied, and the database's daemon lock taken
 /// (one daemon per database until replicas share work).
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Storage>, Option<PgStore>)> {
     match &config.store {
         StoreChoice::Sled => {
             let db = config.data_dir.join("db");
@@ -200,7 +217,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
                     tracing::warn!(error = %e, "keyring: looking for keys left by a crash failed");
                 }
             });
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         StoreChoice::Postgres { url, pool_size } => {
             let pg = PgStoreConfig {
@@ -213,7 +230,36 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
                 .lock_daemon()
                 .map_err(|e| anyhow::anyhow!("the postgres store: {e}"))?;
             tracing::info!(pool_size, "store: PostgreSQL");
-            Ok(Arc::new(store))
+            Ok((Arc::new(store.clone()), Some(store)))
+        }
+    }
+}
+
+/// Stops the daemon when another one took the database's lock while this
+/// one's session was gone (a database restart): two daemons must not share
+/// a database. `/readyz` turns 503 at once, as for a failed worker.
+async fn watch_lock(
+    store: PgStore,
+    taken: Arc<std::sync::Mutex<Option<String>>>,
+    cancel: CancellationToken,
+    ready: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(why) = store.lock_taken() {
+            ready.store(false, Ordering::SeqCst);
+            failed.store(true, Ordering::SeqCst);
+            tracing::error!(error = %why, "another daemon took the database's lock; this one stops");
+            *taken
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+            cancel.cancel();
+            return;
         }
     }
 }

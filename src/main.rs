@@ -104,6 +104,21 @@ enum Command {
         #[arg(long, env = "TIDINGS_CONFIG")]
         config: PathBuf,
     },
+    /// Copy a stopped sled store into the PostgreSQL database the config
+    /// names, with counts per kind read and written.
+    MigrateStore {
+        #[arg(long, env = "TIDINGS_CONFIG")]
+        config: PathBuf,
+        /// sled:PATH, the store's directory (or the data_dir holding it).
+        #[arg(long)]
+        from: String,
+        /// postgres (the database of the config's `store`).
+        #[arg(long)]
+        to: String,
+        /// Replace what the database already holds.
+        #[arg(long)]
+        force: bool,
+    },
     /// Load cases from a JSON-lines file (one PUT /v1/cases body a line,
     /// with its "id"), the daemon stopped.
     Import {
@@ -321,6 +336,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::MigrateStore {
+            config,
+            from,
+            to,
+            force,
+        } => migrate_store(&config, &from, &to, force),
         Command::Serve { config } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -390,6 +411,36 @@ fn ops_command(
                 .downcast_ref::<tidings::cli::backup::RestoreError>()
                 .is_some_and(|r| matches!(r, tidings::cli::backup::RestoreError::NotEmpty(_)));
             ExitCode::from(if refused { 1 } else { 3 })
+        }
+    }
+}
+
+/// `tidings migrate-store`: 0 when every kind arrived whole, 1 when
+/// refused, 3 when it failed on the way or the counts differ.
+fn migrate_store(config: &std::path::Path, from: &str, to: &str, force: bool) -> ExitCode {
+    use tidings::cli::migrate_store::MigrateStoreError;
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match tidings::cli::migrate_store::migrate_store(&config, from, to, force) {
+        Ok(report) => {
+            println!("{}: copied into postgres", report.from.display());
+            print!("{report}");
+            if report.matches() {
+                println!("every count matches");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("tidings migrate-store: the counts read and written differ");
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("tidings migrate-store: {e}");
+            ExitCode::from(match e {
+                MigrateStoreError::Refused(_) => 1,
+                MigrateStoreError::Failed(_) => 3,
+            })
         }
     }
 }

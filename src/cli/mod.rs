@@ -1,10 +1,11 @@
 //! Commands besides `serve`: `preview`, `simulate`, `backup`, `restore`,
-//! `import`, `audit`, `bounce`, `migrate`.
+//! `import`, `audit`, `bounce`, `migrate`, `migrate-store`.
 
 pub mod audit;
 pub mod backup;
 pub mod bounce;
 pub mod import;
+pub mod migrate_store;
 pub mod tools;
 
 use crate::config::Config;

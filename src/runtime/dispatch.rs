@@ -73,6 +73,11 @@ impl Pacing {
 /// Outcomes filed after their send, per send in flight.
 const FILING_PER_SEND: usize = 4;
 
+/// How long a sent message's filing is retried while the store cannot
+/// write, before it is left to the outbox (and sent again, with the same
+/// `Message-ID`, once the store is back).
+const FILING_PATIENCE: Duration = Duration::from_secs(300);
+
 /// A send's place among the sends in flight, handed on once the provider
 /// has answered (for a place among the outcomes being filed).
 struct Slot {
@@ -241,15 +246,13 @@ impl Dispatcher {
                     },
                 };
                 slot.sent(&self.svc.wake_dispatcher).await;
-                // The provider has it: say so on disk first (one small
-                // write, in the next group commit), then update the
-                // histories.
-                if let Outcome::Sent { provider_id } = &outcome
-                    && let Err(e) = self.mark_delivered(&entry, provider_id.clone()).await
-                {
-                    tracing::error!(error = %e, msg_id = %entry.id, "marking a message delivered failed");
+                match &outcome {
+                    Outcome::Sent { provider_id } => {
+                        self.file_sent(&entry, provider_id.clone(), outcome.clone())
+                            .await
+                    }
+                    _ => self.record(&entry, Report::Attempt(outcome)).await,
                 }
-                self.record(&entry, Report::Attempt(outcome)).await
             }
             Ok(Gate::Later(at, why)) => self.defer(&entry, at, why).await,
             Ok(Gate::Closed(report)) => self.record(&entry, report).await,
@@ -257,6 +260,41 @@ impl Dispatcher {
         };
         if let Err(e) = result {
             tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
+        }
+    }
+
+    /// Files a message the provider accepted: the delivered mark on disk
+    /// first (one small write, in the next group commit), then the
+    /// histories. While the store cannot write (a database outage), both
+    /// are tried again with backoff, for up to `FILING_PATIENCE`, the entry
+    /// held meanwhile: letting it go back to the outbox would send it again.
+    async fn file_sent(
+        &self,
+        entry: &OutboxEntry,
+        provider_id: Option<String>,
+        outcome: Outcome,
+    ) -> Result<(), ServiceError> {
+        let give_up = tokio::time::Instant::now() + FILING_PATIENCE;
+        let mut wait = Duration::from_millis(250);
+        let mut marked = false;
+        loop {
+            let result = if marked {
+                self.record(entry, Report::Attempt(outcome.clone())).await
+            } else {
+                self.mark_delivered(entry, provider_id.clone())
+                    .await
+                    .map_err(ServiceError::from)
+            };
+            match result {
+                Ok(()) if marked => return Ok(()),
+                Ok(()) => marked = true,
+                Err(e) if tokio::time::Instant::now() + wait < give_up => {
+                    tracing::warn!(error = %e, msg_id = %entry.id, "filing a sent message failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

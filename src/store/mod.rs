@@ -36,7 +36,7 @@ mod sealing;
 mod sled;
 
 pub use self::group::GroupCommit;
-pub use self::postgres::{PgStore, PgStoreConfig, migrate as migrate_postgres};
+pub use self::postgres::{LoadError, PgStore, PgStoreConfig, migrate as migrate_postgres};
 pub use self::sealing::SealError;
 pub use self::sled::{BackupError, BackupSummary, SledStore, verify_backup};
 

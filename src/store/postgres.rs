@@ -24,6 +24,8 @@
 //!   contacts, opt-outs, pacing, idempotency).
 //! - `postgres/backup.rs`: a backup in the sled store's format, from one
 //!   snapshot (so `tidings restore` makes a sled store of it).
+//! - `postgres/load.rs`: a backup loaded in one transaction, re-sealed
+//!   (`tidings migrate-store`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,9 +43,11 @@ use super::{BackupError, BackupSummary, Commit, Result, StoreError, Writer, code
 
 mod backup;
 mod commit;
+mod load;
 mod reads;
 mod schema;
 
+pub use load::LoadError;
 pub use schema::migrate;
 
 /// Where the store is and how many connections it keeps.
@@ -173,12 +177,89 @@ impl Pool {
     }
 }
 
+/// How often the daemon lock's keeper looks at its session.
+const KEEP_LOCK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The daemon's advisory lock, shared with the task that keeps it.
+#[derive(Default)]
+struct DaemonLock {
+    /// Set once a daemon took it: from then on, nothing is read or written
+    /// while the session holding it is gone.
+    wanted: std::sync::atomic::AtomicBool,
+    /// The session holding the lock.
+    session: std::sync::Mutex<Option<Client>>,
+    /// Why the lock cannot be taken again: another daemon holds it.
+    taken: std::sync::Mutex<Option<String>>,
+}
+
+impl DaemonLock {
+    fn held(&self) -> bool {
+        self.session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|c| !c.is_closed())
+    }
+
+    /// Refuses every call while a daemon's lock is not held (the database
+    /// restarted, or its session was ended): another daemon may hold it.
+    fn check(&self) -> Result<()> {
+        if !self.wanted.load(std::sync::atomic::Ordering::SeqCst) || self.held() {
+            return Ok(());
+        }
+        Err(StoreError::Postgres(
+            "this daemon does not hold the database's lock right now (its session ended); \
+             nothing is read or written until it is taken again"
+                .into(),
+        ))
+    }
+
+    /// Takes the lock again whenever its session ends, as soon as the
+    /// database answers; gives up (and says why) if another session took it.
+    async fn keep(self: Arc<Self>, config: tokio_postgres::Config) {
+        let mut tick = tokio::time::interval(KEEP_LOCK_EVERY);
+        let mut lost = false;
+        loop {
+            tick.tick().await;
+            if self.held() {
+                continue;
+            }
+            if !lost {
+                lost = true;
+                tracing::warn!(
+                    "store: the session holding the database's daemon lock ended; \
+                     reads and writes wait until the lock is taken again"
+                );
+            }
+            match schema::take_daemon_lock(&config).await {
+                Ok(Ok(client)) => {
+                    *self
+                        .session
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+                    lost = false;
+                    tracing::info!("store: the database's daemon lock is taken again");
+                }
+                Ok(Err(why)) => {
+                    tracing::error!(error = %why, "store: the database's daemon lock was taken meanwhile");
+                    *self
+                        .taken
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+                    return;
+                }
+                // The database does not answer yet.
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 struct Inner {
     pool: Arc<Pool>,
     salt: [u8; 32],
     unsubscribe_key: [u8; 32],
-    /// The session holding the daemon's advisory lock, once taken.
-    lock: std::sync::Mutex<Option<Client>>,
+    lock: Arc<DaemonLock>,
     // Last: the runtime stops after the connections are dropped.
     rt: Rt,
 }
@@ -260,7 +341,7 @@ impl PgStore {
                 pool,
                 salt,
                 unsubscribe_key,
-                lock: std::sync::Mutex::new(None),
+                lock: Arc::default(),
                 rt: Rt(Some(rt)),
             }),
         })
@@ -283,6 +364,7 @@ impl PgStore {
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send,
     {
+        self.inner.lock.check()?;
         run_on(self.handle(), &self.inner.pool, job)
     }
 
@@ -293,6 +375,7 @@ impl PgStore {
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send,
     {
+        self.inner.lock.check()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pool = self.inner.pool.clone();
         self.handle().spawn(async move {
@@ -309,16 +392,35 @@ impl PgStore {
     /// Takes the database's daemon lock (a session advisory lock, held
     /// while the store lives): one daemon per database until replicas
     /// share work through leases. Refuses while another session holds it,
-    /// naming that session.
+    /// naming that session. When the lock's session ends (the database
+    /// restarted), every call is refused until a task of the store's takes
+    /// the lock again; if another session took it meanwhile,
+    /// [`PgStore::lock_taken`] says so and the store stays refused.
     pub fn lock_daemon(&self) -> Result<()> {
         let config = self.inner.pool.config.clone();
-        let client = self.run(|_conn| async move { schema::take_daemon_lock(&config).await })?;
-        *self
-            .inner
-            .lock
+        let client = self
+            .run(|_conn| async move { schema::take_daemon_lock(&config).await })?
+            .map_err(StoreError::Postgres)?;
+        let lock = &self.inner.lock;
+        *lock
+            .session
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+        lock.wanted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle()
+            .spawn(lock.clone().keep(self.inner.pool.config.clone()));
         Ok(())
+    }
+
+    /// Why this daemon cannot go on: another session took the daemon lock
+    /// while this one's session was gone.
+    pub fn lock_taken(&self) -> Option<String> {
+        self.inner
+            .lock
+            .taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The recipient `address` on `channel`, keyed under the shared salt.

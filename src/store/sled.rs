@@ -45,8 +45,8 @@ use crate::domain::{
 mod ops;
 mod seal;
 use super::sealing::SealError;
-pub(crate) use ops::BackupWriter;
 pub use ops::{BackupError, BackupSummary, verify_backup};
+pub(crate) use ops::{BackupWriter, parse_backup};
 
 use super::codec::{self, decode, encode, idempotency_key_bytes};
 use super::{Commit, Result, StoreError, Writer};
@@ -61,7 +61,7 @@ pub(crate) fn ms_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
     k
 }
 
-fn ms_of(key: &[u8]) -> Option<DateTime<Utc>> {
+pub(crate) fn ms_of(key: &[u8]) -> Option<DateTime<Utc>> {
     let raw = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let ms = (i128::from(raw) + i128::from(i64::MIN)) as i64;
     DateTime::from_timestamp_millis(ms)

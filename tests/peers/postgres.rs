@@ -96,9 +96,12 @@ impl PgCluster {
             dir.path().display()
         );
         // The server stops when the test process (our stdin's writer) ends,
-        // and its dir goes with it.
+        // and its dir goes with it. A line on stdin stops it (an outage,
+        // `stop_server`), the next one starts it again (`start_server`).
         let script = format!(
-            "{server} >{log} 2>&1 & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+            "while :; do {server} >>{log} 2>&1 & pid=$!; \
+             if ! read _; then kill -INT $pid; wait $pid; break; fi; \
+             kill -INT $pid; wait $pid; read _ || break; done; rm -rf {dir}",
             log = dir.path().join("log").display(),
             dir = dir.path().display()
         );
@@ -133,6 +136,42 @@ impl PgCluster {
             std::thread::sleep(super::POLL);
         }
         cluster
+    }
+
+    fn ready(&self) -> bool {
+        Command::new(bin("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Tells the server's shell to stop or start it; waits until it
+    /// answers as it should (`up`).
+    fn toggle(&self, up: bool) {
+        use std::io::Write;
+        let mut stdin = self._stdin.lock().unwrap_or_else(|e| e.into_inner());
+        stdin.write_all(b"\n").expect("tell the server's shell");
+        stdin.flush().expect("tell the server's shell");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ready() != up {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not {}",
+                if up { "start again" } else { "stop" }
+            );
+            std::thread::sleep(super::POLL);
+        }
+    }
+
+    /// Stops the server (fast shutdown: every session ends), keeping its
+    /// data: a database outage. Only for a test process of its own.
+    pub fn stop_server(&self) {
+        self.toggle(false);
+    }
+
+    /// Starts the server stopped by `stop_server` again.
+    pub fn start_server(&self) {
+        self.toggle(true);
     }
 
     /// The cluster's data directory (its table files and WAL).

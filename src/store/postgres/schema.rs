@@ -105,15 +105,18 @@ pub(super) async fn generated_key(client: &mut Client, name: &str) -> Result<[u8
 }
 
 /// Opens a session of its own and takes the daemon lock in it; the lock
-/// lasts as long as the session. Another holder is named in the refusal.
-pub(super) async fn take_daemon_lock(config: &tokio_postgres::Config) -> Result<Client> {
+/// lasts as long as the session. `Ok(Err(why))` when another session holds
+/// it (naming that session); `Err` when the database cannot be asked.
+pub(super) async fn take_daemon_lock(
+    config: &tokio_postgres::Config,
+) -> Result<std::result::Result<Client, String>> {
     let client = connect(config).await?;
     let row = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&DAEMON_LOCK])
         .await
         .map_err(pg)?;
     if row.get::<_, bool>(0) {
-        return Ok(client);
+        return Ok(Ok(client));
     }
     let holder = client
         .query_opt(
@@ -136,7 +139,7 @@ pub(super) async fn take_daemon_lock(config: &tokio_postgres::Config) -> Result<
             )
         })
         .unwrap_or_default();
-    Err(StoreError::Postgres(format!(
+    Ok(Err(format!(
         "another tidings daemon is using this database: its advisory lock {DAEMON_LOCK} is taken{holder}; \
          run one daemon per database (replicas sharing one are not supported yet)"
     )))

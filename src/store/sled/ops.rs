@@ -286,14 +286,15 @@ pub fn verify_backup(bytes: &[u8]) -> std::result::Result<BackupSummary, BackupE
     parse_backup(bytes).map(|p| p.summary)
 }
 
-type TreeDump<'a> = (&'a [u8], Vec<(&'a [u8], &'a [u8])>);
+pub(crate) type TreeDump<'a> = (&'a [u8], Vec<(&'a [u8], &'a [u8])>);
 
-struct ParsedBackup<'a> {
-    trees: Vec<TreeDump<'a>>,
-    summary: BackupSummary,
+/// A backup read whole and checked: each tree's entries (values in clear).
+pub(crate) struct ParsedBackup<'a> {
+    pub(crate) trees: Vec<TreeDump<'a>>,
+    pub(crate) summary: BackupSummary,
 }
 
-fn parse_backup(bytes: &[u8]) -> std::result::Result<ParsedBackup<'_>, BackupError> {
+pub(crate) fn parse_backup(bytes: &[u8]) -> std::result::Result<ParsedBackup<'_>, BackupError> {
     use sha2::Digest;
     let bad = |m: &str| BackupError::Format(m.to_owned());
     let body_len = bytes
