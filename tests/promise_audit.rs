@@ -116,7 +116,7 @@ async fn audit_and_metrics_agree_and_every_promise_is_settled() {
     // With the daemon stopped the command reads the store: the same.
     d.stop();
     assert_eq!(audit_json(&d), online);
-    let (code, text, err) = tidings(&["audit", "--config", &d.config_arg()], &[]);
+    let (code, text, err) = tidings(&["audit", "--config", &d.config_arg()], &d.env());
     assert_eq!(code, 0, "{err}");
     assert!(
         text.contains("helpdesk") && text.contains("kept %"),
