@@ -435,11 +435,10 @@ async fn a_data_dir_that_cannot_be_used_is_named_in_the_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("not-a-folder");
     std::fs::write(&file, "x").expect("a file");
-    let config = Setup::new(rules("updates", &[]))
-        .data_dir(&file)
-        .write(dir.path(), free_port());
+    let setup = Setup::new(rules("updates", &[])).data_dir(&file);
+    let config = setup.write(dir.path(), free_port());
     let config = config.display().to_string();
-    let (code, _, stderr) = tidings(&["serve", "--config", &config], &[]);
+    let (code, _, stderr) = tidings(&["serve", "--config", &config], &setup.env_pairs());
     assert_eq!(code, 3, "{stderr}");
     assert!(
         stderr.contains(&file.display().to_string()),
