@@ -301,7 +301,7 @@ async fn a_customer_and_two_ccs_each_in_their_language_and_zone_opt_out_and_eras
         ("cc:1 digits", ZOFIA_DIGITS),
         ("cc:1 name", "Zofia Nowak"),
     ];
-    let (files, bytes, found) = scan(&d.dir.path().join("data/db"), &needles);
+    let (files, bytes, found) = scan(&d.store_files(), &needles);
     println!("after DELETE: scanned {files} store files, {bytes} bytes: {found:?}");
     assert!(
         found.is_empty(),
@@ -320,16 +320,16 @@ fn preview_and_simulate_show_what_each_recipient_gets() {
             ("created", "email, sms"),
         ],
     );
-    let cfg = Setup::new(rules)
-        .extra("sms:\n  transport: file\n  file_dir: outbox/sms\n")
-        .write(dir.path(), 0)
-        .display()
-        .to_string();
+    let setup = Setup::new(rules).extra("sms:\n  transport: file\n  file_dir: outbox/sms\n");
+    let cfg = setup.write(dir.path(), 0).display().to_string();
     let file = dir.path().join("CC-2.json");
     std::fs::write(&file, case().to_string()).expect("case file");
     let file = file.display().to_string();
 
-    let (code, out, err) = tidings(&["preview", "--config", &cfg, "--case", &file], &[]);
+    let (code, out, err) = tidings(
+        &["preview", "--config", &cfg, "--case", &file],
+        &setup.env_pairs(),
+    );
     assert_eq!(code, 0, "{out}{err}");
     // The customer's email first, then each CC's own message.
     let (maria, rest) = out.split_once("to: cc:0").expect("cc:0's message");
@@ -361,7 +361,7 @@ fn preview_and_simulate_show_what_each_recipient_gets() {
             "--start",
             "2026-11-23T10:00:00Z",
         ],
-        &[],
+        &setup.env_pairs(),
     );
     assert_eq!(code, 0, "{out}{err}");
     let lines = |who: &str| -> Vec<&str> {

@@ -1,7 +1,8 @@
 //! Erasure is real: after `DELETE /v1/cases/{id}`, the customer's email
 //! address, phone number, name, those of the person in CC, and the case's
-//! note and subject are in no file of the sled store, byte for byte, old
-//! log segments included.
+//! note and subject are in no file of the store, byte for byte: sled's old
+//! log segments included, or on PostgreSQL (`TIDINGS_TEST_STORE=postgres`)
+//! every file of the cluster, table files and WAL, after a checkpoint.
 //!
 //! The daemon runs as a child process (the real binary) with file
 //! transports, so the messages it sends land in an outbox folder beside the
@@ -168,10 +169,16 @@ async fn delete_leaves_no_personal_data_in_the_store_files() {
         ("cc name", CC_NAME),
     ];
     let root = d.dir.path().to_owned();
-    let (files, bytes, in_store) = scan(&root.join("data/db"), &needles);
-    println!("store data/db: scanned {files} files, {bytes} bytes");
+    // sled's files, or on PostgreSQL every file of the cluster (table
+    // files and WAL) after a checkpoint.
+    let store = d.store_files();
+    let (files, bytes, in_store) = scan(&store, &needles);
+    println!(
+        "store {}: scanned {files} files, {bytes} bytes",
+        store.display()
+    );
     for (f, what, n) in &in_store {
-        println!("  FOUND {what} x{n} in data/db/{f}");
+        println!("  FOUND {what} x{n} in {}/{f}", store.display());
     }
     let (ofiles, obytes, in_outbox) = scan(&root.join("outbox"), &needles);
     println!(

@@ -30,7 +30,9 @@ fn case_body() -> Value {
 }
 
 fn setup(sink: &Sink, db: &PgDatabase) -> Setup {
+    // The store is set here, whatever `TIDINGS_TEST_STORE` says.
     Setup::new(rules("updates", &[("every", "2s")]))
+        .sled()
         .smtp(sink.port)
         .admin()
         .extra(&format!(
@@ -216,6 +218,7 @@ async fn migrate_applies_the_schema_once_and_bad_store_settings_are_named() {
     let dir = tempfile::tempdir().expect("a config dir");
     let write = |store: &str| {
         let path = Setup::new(rules("updates", &[("every", "1h")]))
+            .sled()
             .extra(store)
             .write(dir.path(), free_port());
         path.display().to_string()

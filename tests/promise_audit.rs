@@ -113,10 +113,31 @@ async fn audit_and_metrics_agree_and_every_promise_is_settled() {
     );
     assert!(metrics.contains("tidings_promise_lateness_seconds_count"));
 
+    if d.store.is_postgres() {
+        // On PostgreSQL the command always asks the daemon (the store is
+        // not in `data_dir`): the text report now, and a stopped daemon
+        // is named as the reason there is none.
+        let mut env = d.env();
+        env.push(("TIDINGS_ADMIN_TOKEN", ADMIN_TOKEN));
+        let (code, text, err) = tidings(&["audit", "--config", &d.config_arg()], &env);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            text.contains("helpdesk") && text.contains("kept %"),
+            "{text}"
+        );
+        drop(env);
+        d.stop();
+        let mut env = d.env();
+        env.push(("TIDINGS_ADMIN_TOKEN", ADMIN_TOKEN));
+        let (code, _, err) = tidings(&["audit", "--config", &d.config_arg()], &env);
+        assert_ne!(code, 0, "an audit with the daemon stopped: {err}");
+        assert!(err.contains("cannot be reached"), "{err}");
+        return;
+    }
     // With the daemon stopped the command reads the store: the same.
     d.stop();
     assert_eq!(audit_json(&d), online);
-    let (code, text, err) = tidings(&["audit", "--config", &d.config_arg()], &[]);
+    let (code, text, err) = tidings(&["audit", "--config", &d.config_arg()], &d.env());
     assert_eq!(code, 0, "{err}");
     assert!(
         text.contains("helpdesk") && text.contains("kept %"),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mailin_embedded::{Handler, Response, Server, response};
 use tokio::sync::oneshot;
 
-use crate::peers::{OTHER_TOKEN, Setup, TOKEN, eventually, listener};
+use crate::peers::{OTHER_TOKEN, Setup, TOKEN, TestStore, eventually, listener};
 
 /// How the test SMTP server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,8 @@ pub struct TestApp {
     pub rules: String,
     /// The daemon's clock, when the test drives it (`spawn_on_clock`).
     pub clock: Option<Arc<tidings::domain::clock::ManualClock>>,
+    /// sled in `dir`, or a database of its own (`TIDINGS_TEST_STORE`).
+    pub store: TestStore,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -142,7 +144,8 @@ impl TestApp {
     pub async fn spawn(rules: &str, mode: SmtpMode) -> Self {
         let (smtp, mails, attempts) = smtp_server(mode);
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        Self::start(dir, smtp, mails, attempts, rules.to_owned(), None).await
+        let store = TestStore::from_env();
+        Self::start(dir, smtp, mails, attempts, rules.to_owned(), None, store).await
     }
 
     /// As `spawn`, with the daemon on a clock the test moves (`advance`):
@@ -155,7 +158,17 @@ impl TestApp {
     ) -> Self {
         let (smtp, mails, attempts) = smtp_server(mode);
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        Self::start(dir, smtp, mails, attempts, rules.to_owned(), Some(clock)).await
+        let store = TestStore::from_env();
+        Self::start(
+            dir,
+            smtp,
+            mails,
+            attempts,
+            rules.to_owned(),
+            Some(clock),
+            store,
+        )
+        .await
     }
 
     /// Moves the daemon's clock forward.
@@ -173,17 +186,26 @@ impl TestApp {
         smtp_attempts: Arc<Mutex<usize>>,
         rules: String,
         clock: Option<Arc<tidings::domain::clock::ManualClock>>,
+        store: TestStore,
     ) -> Self {
         let listener = listener();
         let addr = listener.local_addr().expect("addr");
-        let cfg_path = Setup::new(rules.as_str())
+        // The config file says sled; the in-process daemon gets its
+        // database in its `Config`, so no test touches the environment.
+        let cfg_path = Setup::on_store(rules.as_str(), TestStore::Sled)
             .smtp_url(&format!("smtp://{smtp}"))
             .email("pool_size: 2")
             .email("timeout: 5s")
             .delivery(3, "100ms", "400ms")
             .token("billing", OTHER_TOKEN)
             .write(dir.path(), addr.port());
-        let config = tidings::config::Config::load(&cfg_path).expect("valid config");
+        let mut config = tidings::config::Config::load(&cfg_path).expect("valid config");
+        if let TestStore::Postgres { url, .. } = &store {
+            config.store = tidings::config::StoreChoice::Postgres {
+                url: url.clone(),
+                pool_size: 4,
+            };
+        }
         listener.set_nonblocking(true).expect("nonblocking");
         let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         let (tx, rx) = oneshot::channel();
@@ -209,6 +231,7 @@ impl TestApp {
             smtp,
             rules,
             clock,
+            store,
             stop: Some(tx),
             task: Some(task),
         }
@@ -224,6 +247,7 @@ impl TestApp {
             self.smtp_attempts.clone(),
             self.rules.clone(),
             self.clock.clone(),
+            self.store.clone(),
         )
         .await
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{POLL, Setup, TOKEN, eventually, free_port, stop};
+use super::{POLL, Setup, TOKEN, TestStore, eventually, free_port, stop};
 
 impl Setup {
     /// Writes the config into a fresh temp dir and starts the daemon on a
@@ -30,6 +30,7 @@ impl Setup {
         let port = free_port();
         self.write(dir.path(), port);
         let mut d = Daemon::at(dir, port);
+        d.store = self.test_store().clone();
         d.env = self.env;
         d.launch();
         d
@@ -57,6 +58,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub http: reqwest::Client,
+    /// The store its config names.
+    pub store: TestStore,
     env: Vec<(String, String)>,
 }
 
@@ -82,7 +85,31 @@ impl Daemon {
             dir,
             port,
             http,
+            store: TestStore::Sled,
             env: Vec::new(),
+        }
+    }
+
+    /// The environment the daemon gets beyond the test's, for a command
+    /// on its config (`tidings(&[…], &d.env())`).
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Where the store's bytes are on disk, for a scan: sled's `data/db`,
+    /// or the whole PostgreSQL cluster (table files and WAL, every
+    /// database) after a `CHECKPOINT` has written all of it out.
+    pub fn store_files(&self) -> PathBuf {
+        match &self.store {
+            TestStore::Sled => self.dir.path().join("data/db"),
+            TestStore::Postgres { .. } => {
+                let cluster = super::postgres().expect("the cluster the daemon runs on");
+                cluster.psql("postgres", "CHECKPOINT");
+                cluster.data_dir()
+            }
         }
     }
 

@@ -92,15 +92,77 @@ pub struct Setup {
     templates: PathBuf,
     data_dir: Option<PathBuf>,
     extra: String,
+    store: TestStore,
     /// Environment for the daemon process.
     pub env: Vec<(String, String)>,
+}
+
+/// The store a test's daemon runs on.
+#[derive(Debug, Clone)]
+pub enum TestStore {
+    /// sled in `data_dir` (the default).
+    Sled,
+    /// A database of its own on the shared cluster; the daemon reads its
+    /// URL from `url_env`, a variable named after the database so that
+    /// tests running side by side in one process never share one.
+    Postgres { url_env: String, url: String },
+}
+
+impl TestStore {
+    /// `TIDINGS_TEST_STORE`: `sled` (or unset) or `postgres`, which gives
+    /// the test a fresh database on the shared cluster. The same test
+    /// files run on either backend.
+    pub fn from_env() -> Self {
+        match std::env::var("TIDINGS_TEST_STORE").as_deref() {
+            Err(_) | Ok("" | "sled") => Self::Sled,
+            Ok("postgres") => {
+                let cluster = super::postgres()
+                    .expect("TIDINGS_TEST_STORE=postgres needs PostgreSQL 15 installed");
+                Self::on(&cluster.database())
+            }
+            Ok(other) => panic!("TIDINGS_TEST_STORE={other}: expected sled or postgres"),
+        }
+    }
+
+    /// The daemon on `db`.
+    pub fn on(db: &super::PgDatabase) -> Self {
+        Self::Postgres {
+            url_env: format!("TIDINGS_TEST_DATABASE_URL_{}", db.name.to_uppercase()),
+            url: db.url.clone(),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres { .. })
+    }
+
+    /// Whether this run's daemons use PostgreSQL (`TIDINGS_TEST_STORE`).
+    pub fn postgres_run() -> bool {
+        std::env::var("TIDINGS_TEST_STORE").as_deref() == Ok("postgres")
+    }
+
+    /// For a test about sled itself: `true` when the run is on PostgreSQL,
+    /// after printing why the test runs on sled only. Such a test returns.
+    pub fn sled_only(why: &str) -> bool {
+        let pg = Self::postgres_run();
+        if pg {
+            super::skip(&format!("sled only: {why}"));
+        }
+        pg
+    }
 }
 
 impl Setup {
     /// `rules` (the text of a rules file), the file email transport
     /// (`.eml` files in `data/mail`), `TOKEN` for `helpdesk`, the shipped
     /// templates, up to 10 attempts 200 ms to 2 s apart.
+    /// The store is the one `TIDINGS_TEST_STORE` chooses (`TestStore::from_env`).
     pub fn new(rules: impl Into<String>) -> Self {
+        Self::on_store(rules, TestStore::from_env())
+    }
+
+    /// As `new`, on `store`.
+    pub fn on_store(rules: impl Into<String>, store: TestStore) -> Self {
         Self {
             rules: rules.into(),
             email: vec!["transport: file".into()],
@@ -110,8 +172,41 @@ impl Setup {
             templates: repo("templates"),
             data_dir: None,
             extra: String::new(),
+            store: TestStore::Sled,
             env: Vec::new(),
         }
+        .store(store)
+    }
+
+    /// The daemon on `store` rather than the one `TIDINGS_TEST_STORE` chose.
+    pub fn store(mut self, store: TestStore) -> Self {
+        if let TestStore::Postgres { url_env, .. } = &self.store {
+            self.env.retain(|(k, _)| k != url_env);
+        }
+        if let TestStore::Postgres { url_env, url } = &store {
+            self.env.push((url_env.clone(), url.clone()));
+        }
+        self.store = store;
+        self
+    }
+
+    /// sled, whatever `TIDINGS_TEST_STORE` says: for a test about sled's
+    /// files.
+    pub fn sled(self) -> Self {
+        self.store(TestStore::Sled)
+    }
+
+    /// `env` as the command line helper `tidings` takes it.
+    pub fn env_pairs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// The store this daemon runs on.
+    pub fn test_store(&self) -> &TestStore {
+        &self.store
     }
 
     /// Email over SMTP to `127.0.0.1:port`.
@@ -210,6 +305,9 @@ api:
         yaml += &format!(
             "delivery:\n  max_attempts: {attempts}\n  backoff: {{ initial: {initial}, max: {max} }}\n"
         );
+        if let TestStore::Postgres { url_env, .. } = &self.store {
+            yaml += &format!("store:\n  postgres:\n    url_env: {url_env}\n    pool_size: 4\n");
+        }
         yaml += &self.extra;
         let path = dir.join("tidings.yaml");
         std::fs::write(&path, yaml).expect("write config");
