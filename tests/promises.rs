@@ -83,13 +83,6 @@ async fn sigterm_with_many_cases_due_every_second_exits_within_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_outage_leaves_one_current_update_per_case_not_a_burst_of_stale_ones() {
-    if TestStore::postgres_run() {
-        // An open bug, not a property of the backend: on PostgreSQL a
-        // superseded update's outbox entry sometimes outlives it for a
-        // moment (the outbox peaked at 41 and 44 of 40 in 2 of 5 runs).
-        skip("not on PostgreSQL yet: a superseded update sometimes stays in the outbox");
-        return;
-    }
     let Some(bin) = smtp_sink() else { return };
     let port = free_port();
     let n = 20;

@@ -425,6 +425,11 @@ impl Dispatcher {
             .svc
             .change(Scope::internal(&keys), |records, now| {
                 let verdict = settle_report(&report, entry.attempts, &self.delivery, now, jitter);
+                // A retry of an entry cancelled while it was being tried (a
+                // newer update superseded it) is not put back: the message
+                // stays cancelled.
+                let withdrawn = matches!(verdict, Settlement::Retry { .. })
+                    && store.outbox_entry(entry.id)?.is_none();
                 // A case erased while we were sending simply drops out.
                 let mut live: Vec<(usize, CaseRecord)> = records
                     .into_iter()
@@ -432,7 +437,9 @@ impl Dispatcher {
                     .filter_map(|(i, r)| r.map(|r| (i, r)))
                     .collect();
                 for (_, record) in &mut live {
-                    if let Some(msg) = record.message_mut(entry.id) {
+                    if let Some(msg) = record.message_mut(entry.id)
+                        && !withdrawn
+                    {
                         verdict.apply(msg, attempts, now);
                     }
                     if let Settlement::Sent { .. } = verdict {
@@ -443,8 +450,9 @@ impl Dispatcher {
                     crate::metrics::delivery(r, entry);
                 }
                 let mut outbox_put: Vec<OutboxEntry> = match &verdict {
-                    // Every case it was for has been erased: just drop it.
-                    _ if live.is_empty() => Vec::new(),
+                    // Every case it was for has been erased, or the entry
+                    // was cancelled meanwhile: just drop it.
+                    _ if live.is_empty() || withdrawn => Vec::new(),
                     Settlement::Retry { at, .. } => vec![OutboxEntry {
                         attempts,
                         next_attempt_at: *at,
