@@ -615,29 +615,6 @@ async fn an_sms_undelivered_later_goes_again_by_email_once() {
     assert_log_clean(d, &[]);
 }
 
-/// `tidings bounce` with `raw` on standard input; exit code and stderr.
-fn pipe_bounce(d: &Daemon, raw: &[u8]) -> (i32, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["bounce", "--config", &d.config_arg()])
-        .env("TIDINGS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run tidings bounce");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(raw)
-        .expect("write the report");
-    let out = child.wait_with_output().expect("tidings bounce ends");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A bounce report (`tests/fixtures/dsn/NAME`) addressed to `verp`.
 fn report(name: &str, verp_token: &str) -> Vec<u8> {
     std::fs::read_to_string(repo("tests/fixtures/dsn").join(name))
@@ -711,15 +688,15 @@ async fn a_hard_bounce_sends_the_same_update_by_sms_once() {
     assert_eq!(h.len(), 1, "a delay sends nothing: {h:?}");
 
     // Not ours, or not a report: nothing changes; the MTA is told which.
-    let (code, err) = pipe_bounce(&d, &report("postfix-5.1.1.eml", &"0".repeat(52)));
+    let (code, err) = d.pipe_bounce(&report("postfix-5.1.1.eml", &"0".repeat(52)));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("not filed"), "{err}");
-    let (code, err) = pipe_bounce(&d, b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n");
+    let (code, err) = d.pipe_bounce(b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n");
     assert_eq!(code, 65, "{err}");
     assert_eq!(d.messages("BNC-1").await.len(), 1);
 
     // A hard bounce, piped as an MTA would: the same update goes by SMS.
-    let (code, err) = pipe_bounce(&d, &report("postfix-5.1.1.eml", token));
+    let (code, err) = d.pipe_bounce(&report("postfix-5.1.1.eml", token));
     assert_eq!(code, 0, "{err}");
     let h = d
         .wait_messages(
@@ -740,7 +717,7 @@ async fn a_hard_bounce_sends_the_same_update_by_sms_once() {
     assert_prism_happy(prism, 1);
 
     // The same report again (the MTA retried): once is once.
-    let (code, _) = pipe_bounce(&d, &report("gmail-5.1.1.eml", token));
+    let (code, _) = d.pipe_bounce(&report("gmail-5.1.1.eml", token));
     assert_eq!(code, 0);
     let h = d.messages("BNC-1").await;
     assert_eq!(
@@ -784,7 +761,7 @@ async fn a_soft_bounce_sends_the_email_once_more() {
     let gave_up = String::from_utf8(report("exim-5.0.0.eml", &token))
         .expect("utf-8")
         .replace("Status: 5.0.0", "Status: 4.4.1");
-    let (code, err) = pipe_bounce(&d, gave_up.as_bytes());
+    let (code, err) = d.pipe_bounce(gave_up.as_bytes());
     assert_eq!(code, 0, "{err}");
     let (mails, arrived) = sink
         .wait_for(Instant::now() + Duration::from_secs(10), |m| m.len() == 2)

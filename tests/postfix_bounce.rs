@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use peers::{
-    ADMIN_TOKEN, Setup, Sink, case_on, free_port, is_root, peer_or_skip, rules, smtp_sink,
-};
+use peers::{Setup, Sink, case_on, free_port, is_root, peer_or_skip, rules, smtp_sink};
 use serde_json::Value;
 
 const BOUNCE_DOMAIN: &str = "bounce.example.test";
@@ -138,30 +136,6 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// `tidings bounce` with `raw` on standard input, as Postfix's pipe
-/// transport runs it; exit code and stderr.
-fn pipe_bounce(config: &str, raw: &[u8]) -> (i32, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["bounce", "--config", config])
-        .env("TIDINGS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run tidings bounce");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(raw)
-        .expect("write the report");
-    let out = child.wait_with_output().expect("tidings bounce ends");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_written_by_postfix_sends_the_same_update_by_sms_once() {
     let (Some(sink), Some(postfix)) = (
@@ -202,7 +176,7 @@ async fn a_bounce_written_by_postfix_sends_the_same_update_by_sms_once() {
         .to_owned();
 
     // Piped as an MTA would: the email fails, the same update goes by SMS.
-    let (code, err) = pipe_bounce(&d.config_arg(), &raw);
+    let (code, err) = d.pipe_bounce(&raw);
     assert_eq!(code, 0, "{err}");
     let h = d
         .wait_messages("PFX-1", Duration::from_secs(10), "the SMS fallback", |m| {
@@ -221,7 +195,7 @@ async fn a_bounce_written_by_postfix_sends_the_same_update_by_sms_once() {
     assert_eq!(files, 1, "one SMS written");
 
     // Postfix retrying the pipe delivery: once is once.
-    let (code, _) = pipe_bounce(&d.config_arg(), &raw);
+    let (code, _) = d.pipe_bounce(&raw);
     assert_eq!(code, 0);
     let h = d.messages("PFX-1").await;
     assert_eq!(

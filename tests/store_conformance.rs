@@ -218,6 +218,7 @@ macro_rules! conformance {
                 erasure_destroys_what_it_does_not_name,
                 a_case_twice_in_one_batch_is_shredded_whole,
                 a_delivered_mark_lasts_as_long_as_its_outbox_entry,
+                a_commit_files_a_delivered_mark_and_the_last_send,
                 contacts_are_keyed_by_channel_and_normalised_address,
                 cases_of_follows_the_customer_address,
                 a_case_is_found_by_its_short_link_until_erased,
@@ -669,6 +670,48 @@ mod suite {
         for e in [&first, &second] {
             assert_eq!(store.outbox_entry(e.id).expect("read"), None, "{}", e.id);
         }
+    }
+
+    pub async fn a_commit_files_a_delivered_mark_and_the_last_send(store: &dyn Storage) {
+        let r = maria("C-1", Some(at(60)));
+        let sent = entry(&r.key(), 1, at(0));
+        let put = Commit {
+            outbox_put: vec![sent.clone()],
+            ..Commit::record(r.clone())
+        };
+        store.commit(&r.key(), &put).expect("put");
+        let contact = store.contact(Channel::Email, MARIA_EMAIL);
+        let gap = Duration::hours(1);
+        // The next send claims the contact before the earlier one is filed.
+        assert_eq!(
+            store.claim_send(contact, gap, at(30)).expect("claim"),
+            Ok(())
+        );
+        let mark = DeliveredMark {
+            at: at(5),
+            provider_id: None,
+        };
+        let filed = Commit {
+            delivered: Some((sent.id, mark.clone())),
+            last_sent: Some((contact, at(5))),
+            ..Commit::default()
+        };
+        store.commit(&r.key(), &filed).expect("filed");
+        assert_eq!(store.delivered_mark(sent.id).expect("mark"), Some(mark));
+        assert_eq!(
+            store.claim_send(contact, gap, at(60)).expect("claim"),
+            Err(at(90)),
+            "an earlier send filed late does not move the last claim back"
+        );
+        let later = Commit {
+            last_sent: Some((contact, at(100))),
+            ..Commit::default()
+        };
+        store.commit(&r.key(), &later).expect("later");
+        assert_eq!(
+            store.claim_send(contact, gap, at(130)).expect("claim"),
+            Err(at(160))
+        );
     }
 
     pub async fn a_delivered_mark_lasts_as_long_as_its_outbox_entry(store: &dyn Storage) {

@@ -224,7 +224,10 @@ impl Dispatcher {
                 let outcome = Outcome::Sent {
                     provider_id: mark.provider_id,
                 };
-                if let Err(e) = self.record(&entry, Report::Attempt(outcome)).await {
+                if let Err(e) = self
+                    .record_at(&entry, Report::Attempt(outcome), Some(mark.at))
+                    .await
+                {
                     tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
                 }
                 return;
@@ -245,10 +248,24 @@ impl Dispatcher {
                         None => Outcome::permanent("whatsapp is not configured"),
                     },
                 };
+                // The instant the provider answered: the message's `sent_at`
+                // and the recipient's last send, however late it is filed.
+                let accepted = self.svc.now();
+                // The next send to this recipient waits `min_gap` from
+                // here, at once: filing this one may take a group commit.
+                if matches!(outcome, Outcome::Sent { .. })
+                    && !entry.internal
+                    && let Err(e) = self
+                        .svc
+                        .store
+                        .set_last_sent(self.svc.store.contact(entry.channel, &entry.to), accepted)
+                {
+                    tracing::warn!(error = %e, msg_id = %entry.id, "noting the last send failed");
+                }
                 slot.sent(&self.svc.wake_dispatcher).await;
                 match &outcome {
                     Outcome::Sent { provider_id } => {
-                        self.file_sent(&entry, provider_id.clone(), outcome.clone())
+                        self.file_sent(&entry, provider_id.clone(), outcome.clone(), accepted)
                             .await
                     }
                     _ => self.record(&entry, Report::Attempt(outcome)).await,
@@ -273,15 +290,17 @@ impl Dispatcher {
         entry: &OutboxEntry,
         provider_id: Option<String>,
         outcome: Outcome,
+        accepted: DateTime<Utc>,
     ) -> Result<(), ServiceError> {
         let give_up = tokio::time::Instant::now() + FILING_PATIENCE;
         let mut wait = Duration::from_millis(250);
         let mut marked = false;
         loop {
             let result = if marked {
-                self.record(entry, Report::Attempt(outcome.clone())).await
+                self.record_at(entry, Report::Attempt(outcome.clone()), Some(accepted))
+                    .await
             } else {
-                self.mark_delivered(entry, provider_id.clone())
+                self.mark_delivered(entry, provider_id.clone(), accepted)
                     .await
                     .map_err(ServiceError::from)
             };
@@ -304,8 +323,8 @@ impl Dispatcher {
         &self,
         entry: &OutboxEntry,
         provider_id: Option<String>,
+        at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let at = self.svc.now();
         let mark = crate::domain::DeliveredMark { at, provider_id };
         let commit = Commit {
             delivered: Some((entry.id, mark)),
@@ -417,6 +436,18 @@ impl Dispatcher {
     /// it on every history the message belongs to, puts a retry back in
     /// the outbox or plans the fallback, and makes all of it durable.
     async fn record(&self, entry: &OutboxEntry, report: Report) -> Result<(), ServiceError> {
+        self.record_at(entry, report, None).await
+    }
+
+    /// As `record`, for a message a provider accepted at `accepted` (its
+    /// `sent_at`, the instant its promise is settled at, and the
+    /// recipient's last send), when that is known.
+    async fn record_at(
+        &self,
+        entry: &OutboxEntry,
+        report: Report,
+        accepted: Option<DateTime<Utc>>,
+    ) -> Result<(), ServiceError> {
         let keys: Vec<CaseKey> = entry.cases().cloned().collect();
         let attempts = entry.attempts + u32::from(report.counts());
         let jitter: f64 = rand::rng().random();
@@ -440,10 +471,14 @@ impl Dispatcher {
                     if let Some(msg) = record.message_mut(entry.id)
                         && !withdrawn
                     {
-                        verdict.apply(msg, attempts, now);
+                        verdict.apply(msg, attempts, accepted.unwrap_or(now));
                     }
                     if let Settlement::Sent { .. } = verdict {
-                        crate::engine::promises::settle_on_delivery(record, entry.id, now);
+                        crate::engine::promises::settle_on_delivery(
+                            record,
+                            entry.id,
+                            accepted.unwrap_or(now),
+                        );
                     }
                 }
                 if let Some((_, r)) = live.iter().find(|(_, r)| r.key() == entry.case) {
@@ -485,7 +520,10 @@ impl Dispatcher {
                 if let Settlement::Sent { .. } = verdict
                     && !entry.internal
                 {
-                    commits[0].last_sent = Some((store.contact(entry.channel, &entry.to), now));
+                    commits[0].last_sent = Some((
+                        store.contact(entry.channel, &entry.to),
+                        accepted.unwrap_or(now),
+                    ));
                 }
                 for (i, r) in live {
                     commits[i] = Commit::record(r);

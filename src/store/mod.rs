@@ -226,6 +226,7 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
         gap: chrono::Duration,
         now: DateTime<Utc>,
     ) -> Result<std::result::Result<(), DateTime<Utc>>>;
+    /// Moves the contact's last send on to `at`; never back.
     fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()>;
     /// Records that `contact` wrote to us at `at` (a WhatsApp message opens
     /// the 24-hour window); an earlier instant never replaces a later one.

@@ -345,8 +345,17 @@ impl SledStore {
         }
     }
 
+    /// Moves `contact`'s last send on to `at`; a later one (the next
+    /// send's claim) stays.
     pub fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
-        self.contacts.insert(contact.0, ms_key(at, &[]))?;
+        self.contacts.fetch_and_update(contact.0, |old| {
+            let later = old.and_then(ms_of).is_some_and(|was| was > at);
+            Some(if later {
+                old.map(<[u8]>::to_vec).unwrap_or_default()
+            } else {
+                ms_key(at, &[])
+            })
+        })?;
         Ok(())
     }
 
@@ -582,7 +591,14 @@ impl SledStore {
                         if let Some((id, mark)) = &commit.delivered {
                             delivered.insert(id.as_bytes().as_slice(), encode(mark))?;
                         }
-                        if let Some((contact, at)) = &commit.last_sent {
+                        // A later claim (the next send's) is never moved back.
+                        if let Some((contact, at)) = &commit.last_sent
+                            && contacts
+                                .get(contact.0.as_slice())?
+                                .as_deref()
+                                .and_then(ms_of)
+                                .is_none_or(|was| was <= *at)
+                        {
                             contacts.insert(contact.0.as_slice(), ms_key(*at, &[]))?;
                         }
                         // The schedule index and the recipient index follow

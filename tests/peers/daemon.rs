@@ -268,6 +268,30 @@ impl Daemon {
         body
     }
 
+    /// `tidings bounce` for this daemon with `raw` on standard input, as
+    /// an MTA's pipe transport runs it; its exit code and stderr.
+    pub fn pipe_bounce(&self, raw: &[u8]) -> (i32, String) {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["bounce", "--config", &self.config_arg()])
+            .env("TIDINGS_ADMIN_TOKEN", super::ADMIN_TOKEN)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tidings bounce");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(raw)
+            .expect("write the report");
+        let out = child.wait_with_output().expect("tidings bounce ends");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// PUTs a new case (201).
     pub async fn put_case(&self, id: &str, body: &Value) -> Value {
         let req = self

@@ -23,6 +23,10 @@ struct Prepared {
     outbox_remove: Vec<Uuid>,
     idem: Option<(Vec<u8>, Vec<u8>, i64)>,
     idem_remove: Vec<Vec<u8>>,
+    /// A provider's acceptance of a message: its id and the mark.
+    delivered: Option<(Uuid, Vec<u8>)>,
+    /// When the daemon last sent to a contact (never moved back).
+    last_sent: Option<(Vec<u8>, i64)>,
 }
 
 impl Prepared {
@@ -65,6 +69,13 @@ impl PgStore {
                     .iter()
                     .map(|k| codec::idempotency_key_bytes(k))
                     .collect(),
+                delivered: c
+                    .delivered
+                    .as_ref()
+                    .map(|(id, mark)| (*id, codec::encode(mark))),
+                last_sent: c
+                    .last_sent
+                    .map(|(contact, at)| (contact.0.to_vec(), ms(at))),
             })
             .collect();
         self.run(|mut conn| async move {
@@ -110,6 +121,25 @@ async fn case_secret(tx: &Transaction<'_>, case_key: &[u8]) -> Result<CaseSecret
 
 async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
     let k = &p.case_key;
+    if let Some((id, mark)) = &p.delivered {
+        tx.execute(
+            "INSERT INTO delivered (id, value) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value",
+            &[id, mark],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    if let Some((contact, at)) = &p.last_sent {
+        tx.execute(
+            "INSERT INTO contacts (contact, last_ms) VALUES ($1, $2)
+             ON CONFLICT (contact) DO UPDATE
+             SET last_ms = GREATEST(contacts.last_ms, EXCLUDED.last_ms)",
+            &[contact, at],
+        )
+        .await
+        .map_err(pg)?;
+    }
     let exec = |sql: &'static str| async move { tx.execute(sql, &[k]).await.map_err(pg) };
     if p.erase {
         // Everything of the case goes, and its key with it: what the

@@ -423,7 +423,8 @@ impl PgStore {
     pub fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
         self.execute(
             "INSERT INTO contacts (contact, last_ms) VALUES ($1, $2)
-             ON CONFLICT (contact) DO UPDATE SET last_ms = EXCLUDED.last_ms",
+             ON CONFLICT (contact) DO UPDATE
+             SET last_ms = GREATEST(contacts.last_ms, EXCLUDED.last_ms)",
             vec![Box::new(contact.0.to_vec()), Box::new(ms(at))],
         )?;
         Ok(())
