@@ -61,6 +61,17 @@ pub(crate) fn ms_key(t: DateTime<Utc>, suffix: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Moves `contact`'s instant in `tree` on to `at`; a later one stays.
+fn advance(tree: &sled::Tree, contact: Contact, at: DateTime<Utc>) -> Result<()> {
+    tree.fetch_and_update(contact.0, |old| {
+        Some(match old {
+            Some(was) if ms_of(was).is_some_and(|was| was > at) => was.to_vec(),
+            _ => ms_key(at, &[]),
+        })
+    })?;
+    Ok(())
+}
+
 pub(crate) fn ms_of(key: &[u8]) -> Option<DateTime<Utc>> {
     let raw = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let ms = (i128::from(raw) + i128::from(i64::MIN)) as i64;
@@ -348,27 +359,11 @@ impl SledStore {
     /// Moves `contact`'s last send on to `at`; a later one (the next
     /// send's claim) stays.
     pub fn set_last_sent(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
-        self.contacts.fetch_and_update(contact.0, |old| {
-            let later = old.and_then(ms_of).is_some_and(|was| was > at);
-            Some(if later {
-                old.map(<[u8]>::to_vec).unwrap_or_default()
-            } else {
-                ms_key(at, &[])
-            })
-        })?;
-        Ok(())
+        advance(&self.contacts, contact, at)
     }
 
     pub fn note_inbound(&self, contact: Contact, at: DateTime<Utc>) -> Result<()> {
-        self.inbound.fetch_and_update(contact.0, |old| {
-            let later = old.and_then(ms_of).is_some_and(|was| was > at);
-            Some(if later {
-                old.map(<[u8]>::to_vec).unwrap_or_default()
-            } else {
-                ms_key(at, &[])
-            })
-        })?;
-        Ok(())
+        advance(&self.inbound, contact, at)
     }
 
     pub fn last_inbound(&self, contact: Contact) -> Result<Option<DateTime<Utc>>> {
