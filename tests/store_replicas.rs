@@ -264,3 +264,47 @@ fn a_due_case_one_replica_claimed_is_passed_by_the_other() {
         Some((at(60), moved.key()))
     );
 }
+
+#[test]
+fn a_replica_hears_of_work_another_one_commits() {
+    let Some((a, b, _db)) = two_replicas() else {
+        return;
+    };
+    let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = woken.clone();
+    b.watch(std::sync::Arc::new(move || {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    let seen = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while woken.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < deadline, "no wake-up");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // Once when it starts listening.
+    seen(1);
+    let before = woken.load(std::sync::atomic::Ordering::SeqCst);
+    // A pacing write schedules nothing: no notification.
+    a.set_last_sent(
+        a.contact(tidings::domain::Channel::Email, MARIA_EMAIL),
+        at(1),
+    )
+    .expect("noted");
+    // A new case with a due instant does.
+    let r = maria("R-6", Some(at(5)));
+    a.commit(&r.key(), &Commit::record(r.clone()))
+        .expect("stored");
+    seen(before + 1);
+    // So does a queued message.
+    let before = woken.load(std::sync::atomic::Ordering::SeqCst);
+    a.commit(
+        &r.key(),
+        &Commit {
+            outbox_put: vec![entry(&r.key(), 9, at(6))],
+            ..Commit::default()
+        },
+    )
+    .expect("queued");
+    seen(before + 1);
+}

@@ -493,6 +493,9 @@ impl super::Storage for PgStore {
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         PgStore::next_due_case(self)
     }
+    fn watch(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        PgStore::watch(self, wake);
+    }
     fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         PgStore::claim_due_case(self, now)
     }

@@ -1,7 +1,8 @@
 //! What replicas sharing one database claim: due cases (for the
 //! scheduler) and due outbox entries (for the dispatcher), each leased to
 //! one replica for a while, the entries under a fencing number that the
-//! commits settling them are checked against (`commit.rs`).
+//! commits settling them are checked against (`commit.rs`); and how a
+//! replica hears of work another one committed (`LISTEN`/`NOTIFY`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -15,7 +16,51 @@ use super::{PgStore, Result, from_ms, ms, pg};
 /// and the key its case's row joined.
 type Claimed = (Uuid, i64, Vec<u8>, i64, Option<Vec<u8>>);
 
+/// The channel a commit that schedules or queues something notifies.
+pub(super) const WORK_CHANNEL: &str = "tidings_work";
+
+/// How long the listener waits before connecting again.
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl PgStore {
+    /// Calls `wake` on every notification of new work (and once each time
+    /// the listening session starts, for what it may have missed). The
+    /// workers also look on their own every second, so a lost session only
+    /// slows a replica's wake-ups, never stops them.
+    pub fn watch(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        let config = self.inner.pool.config.clone();
+        self.handle().spawn(async move {
+            loop {
+                if let Ok((client, mut connection)) = config.connect(tokio_postgres::NoTls).await {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    let driver = tokio::spawn(async move {
+                        while let Some(Ok(message)) =
+                            std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                        {
+                            if let tokio_postgres::AsyncMessage::Notification(_) = message
+                                && tx.send(()).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    if client
+                        .batch_execute(&format!("LISTEN {WORK_CHANNEL}"))
+                        .await
+                        .is_ok()
+                    {
+                        wake();
+                        while rx.recv().await.is_some() {
+                            wake();
+                        }
+                    }
+                    driver.abort();
+                }
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        });
+    }
+
     /// The earliest scheduled case no other replica holds; when it is due,
     /// leased to this one (`lease` from now), so the others pass it by
     /// until its record is written again or the lease runs out.
