@@ -16,6 +16,12 @@ use super::{PgStore, Result, from_ms, ms, pg};
 /// and the key its case's row joined.
 type Claimed = (Uuid, i64, Vec<u8>, i64, Option<Vec<u8>>);
 
+/// The session name of a replica's lock session, before its owner name:
+/// the `live_replicas` view (migration 0004) lists the replicas whose
+/// session is open. A claim held by a replica whose session is gone (it
+/// was killed) is taken over at once, without waiting for its lease.
+pub(super) const SESSION_PREFIX: &str = "tidings replica ";
+
 /// The channel a commit that schedules or queues something notifies.
 pub(super) const WORK_CHANNEL: &str = "tidings_work";
 
@@ -74,7 +80,8 @@ impl PgStore {
                     .query_opt(
                         "SELECT s.due_ms, s.case_key FROM schedule s
                          WHERE NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_key = s.case_key
-                               AND c.lease_owner <> $1 AND c.lease_until > $2)
+                               AND c.lease_owner <> $1 AND c.lease_until > $2
+                               AND c.lease_owner IN (SELECT owner FROM live_replicas))
                          ORDER BY s.due_ms, s.case_key LIMIT 1",
                         &[&owner, &now],
                     )
@@ -101,7 +108,8 @@ impl PgStore {
                         "UPDATE cases SET lease_owner = $2, lease_until = $3,
                                 fencing = nextval('fencing_numbers')
                          WHERE case_key = $1
-                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4)",
+                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4
+                                OR lease_owner NOT IN (SELECT owner FROM live_replicas))",
                         &[&key, &owner, &now.saturating_add(lease), &now],
                     )
                     .await
@@ -147,7 +155,8 @@ impl PgStore {
                     "WITH picked AS (
                          SELECT id FROM outbox
                          WHERE next_attempt_ms <= $1 AND NOT (id = ANY($2))
-                           AND (lease_owner IS NULL OR lease_owner = $3 OR lease_until <= $1)
+                           AND (lease_owner IS NULL OR lease_owner = $3 OR lease_until <= $1
+                                OR lease_owner NOT IN (SELECT owner FROM live_replicas))
                          ORDER BY next_attempt_ms, id LIMIT $4
                          FOR UPDATE SKIP LOCKED)
                      UPDATE outbox o SET lease_owner = $3, lease_until = $5,
