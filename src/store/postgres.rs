@@ -428,7 +428,7 @@ impl PgStore {
         // The lock's session names this replica: while it is open, the
         // others leave this one's claims alone (`live_replicas`).
         let mut session = self.inner.pool.config.clone();
-        session.application_name(&format!("{}{}", claims::SESSION_PREFIX, self.inner.owner));
+        session.application_name(format!("{}{}", claims::SESSION_PREFIX, self.inner.owner));
         let config = session.clone();
         let client = self
             .run(move |_conn| async move { schema::take_daemon_lock(&config, shared).await })?
