@@ -50,7 +50,10 @@ pub async fn run(svc: Service, cancel: CancellationToken, heartbeat: Heartbeat) 
 async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError> {
     svc.store.room(crate::store::Writer::Internal)?;
     let now = svc.now();
-    let Some((at, key)) = svc.store.next_due_case()? else {
+    let looked = std::time::Instant::now();
+    let next = svc.store.next_due_case()?;
+    crate::metrics::schedule_head(looked.elapsed());
+    let Some((at, key)) = next else {
         return Ok(Some(std::time::Duration::from_secs(3600)));
     };
     if at > now {
