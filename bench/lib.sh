@@ -52,7 +52,8 @@ wait_port() {
     (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
     sleep 0.05
   done
-  echo "bench/run: nothing listens on port $1" >&2; exit 1
+  echo "bench/run: nothing listens on port $1" >&2
+  tail -5 "$WORK/sink.log" >&2 2>/dev/null; exit 1
 }
 
 # Files in DIR.
