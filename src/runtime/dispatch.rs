@@ -335,7 +335,7 @@ impl Dispatcher {
             ..Commit::default()
         };
         self.svc
-            .commit_durable(vec![(entry.case.clone(), commit)])
+            .commit_urgent(vec![(entry.case.clone(), commit)])
             .await
     }
 

@@ -185,6 +185,11 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     }
     /// Waits until everything committed so far is durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
+    /// Whether a commit is durable when it returns (no flush to share, so
+    /// an urgent change need not wait for a group commit).
+    fn durable_at_commit(&self) -> bool {
+        false
+    }
     /// Refuses a write when the disk is nearly full (`StoreError::Full`).
     fn room(&self, writer: Writer) -> Result<()>;
     /// Every stored case, in key order.

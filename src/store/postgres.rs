@@ -473,6 +473,9 @@ impl super::Storage for PgStore {
         // Every commit is durable when it returns (synchronous_commit).
         Box::pin(async { Ok(()) })
     }
+    fn durable_at_commit(&self) -> bool {
+        true
+    }
     fn room(&self, _writer: Writer) -> Result<()> {
         // PostgreSQL survives a full disk (it refuses the write); its
         // operators watch its space.
