@@ -219,25 +219,34 @@ fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Storage>, Option<PgSto
             });
             Ok((Arc::new(store), None))
         }
-        StoreChoice::Postgres { url, pool_size } => {
+        StoreChoice::Postgres {
+            url,
+            pool_size,
+            lease,
+        } => {
             let pg = PgStoreConfig {
                 url: url.clone(),
                 pool_size: *pool_size,
+                lease: *lease,
             };
             let store =
                 PgStore::open(&pg).map_err(|e| anyhow::anyhow!("the postgres store: {e}"))?;
             store
                 .lock_daemon()
                 .map_err(|e| anyhow::anyhow!("the postgres store: {e}"))?;
-            tracing::info!(pool_size, "store: PostgreSQL");
+            tracing::info!(
+                pool_size,
+                lease_s = lease.as_secs_f64(),
+                "store: PostgreSQL, shared by replicas"
+            );
             Ok((Arc::new(store.clone()), Some(store)))
         }
     }
 }
 
-/// Stops the daemon when another one took the database's lock while this
-/// one's session was gone (a database restart): two daemons must not share
-/// a database. `/readyz` turns 503 at once, as for a failed worker.
+/// Stops the daemon when a process took the database to itself (a
+/// `migrate-store`) while this one's session was gone (a database
+/// restart). `/readyz` turns 503 at once, as for a failed worker.
 async fn watch_lock(
     store: PgStore,
     taken: Arc<std::sync::Mutex<Option<String>>>,
@@ -254,7 +263,7 @@ async fn watch_lock(
         if let Some(why) = store.lock_taken() {
             ready.store(false, Ordering::SeqCst);
             failed.store(true, Ordering::SeqCst);
-            tracing::error!(error = %why, "another daemon took the database's lock; this one stops");
+            tracing::error!(error = %why, "another process has the database to itself now; this daemon stops");
             *taken
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);

@@ -29,6 +29,8 @@ pub const OUTBOX_DEPTH: &str = "tidings_outbox_depth";
 pub const OUTBOX_OLDEST_AGE: &str = "tidings_outbox_oldest_age_seconds";
 pub const DUE_LATENESS: &str = "tidings_due_lateness_seconds";
 pub const RELOADS: &str = "tidings_reload_total";
+pub const STORE_CONFLICTS: &str = "tidings_store_conflicts_total";
+pub const LEASES_LOST: &str = "tidings_leases_lost_total";
 pub const HTTP_REQUESTS: &str = "tidings_http_requests_total";
 pub const DIGEST_FALLBACKS: &str = "tidings_digest_fallbacks_total";
 pub const RENDER_FAILURES: &str = "tidings_render_failures_total";
@@ -92,6 +94,14 @@ fn describe() {
         "How late the scheduler planned a due case"
     );
     metrics::describe_counter!(RELOADS, "Configuration reloads by result");
+    metrics::describe_counter!(
+        STORE_CONFLICTS,
+        "Changes decided again because another replica wrote the case meanwhile"
+    );
+    metrics::describe_counter!(
+        LEASES_LOST,
+        "Messages whose outcome was not recorded because another replica took them over"
+    );
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by response status");
     metrics::describe_counter!(
         DIGEST_FALLBACKS,
@@ -231,6 +241,16 @@ pub fn delivery(record: &CaseRecord, entry: &OutboxEntry) {
 /// The scheduler planned a case that fell due at `due`, at `now`.
 pub fn due_lateness(due: DateTime<Utc>, now: DateTime<Utc>) {
     histogram!(DUE_LATENESS).record(seconds_since(due, now));
+}
+
+/// Another replica wrote a case between a change's read and its commit.
+pub fn store_conflict() {
+    counter!(STORE_CONFLICTS).increment(1);
+}
+
+/// Another replica took over a message this one had claimed.
+pub fn lease_lost() {
+    counter!(LEASES_LOST).increment(1);
 }
 
 /// A reload finished.

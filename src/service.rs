@@ -13,6 +13,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+mod page;
+
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -22,7 +24,6 @@ use crate::domain::{
     CaseId, CaseInput, CaseKey, CaseRecord, Defaults, DeliveryStatus, EventInput, FieldError,
     IdempotentResponse,
 };
-use crate::engine::page::{PrefChange, PrefError, apply_pref};
 use crate::engine::plan::{Engine, Planned};
 use crate::store::{BackupError, BackupSummary, Commit, GroupCommit, Storage, StoreError, Writer};
 
@@ -101,6 +102,10 @@ struct Locks(Box<[Mutex<()>]>);
 
 const LOCK_STRIPES: usize = 1024;
 
+/// How many times a change is decided again after another replica wrote
+/// one of its cases meanwhile, before the conflict is reported.
+const MAX_CONFLICTS: u32 = 16;
+
 impl Locks {
     fn new() -> Self {
         Self((0..LOCK_STRIPES).map(|_| Mutex::new(())).collect())
@@ -172,15 +177,39 @@ impl Service {
     pub async fn change<T>(
         &self,
         scope: Scope<'_>,
-        decide: impl FnOnce(Vec<Option<CaseRecord>>, DateTime<Utc>) -> Decision<T>,
+        mut decide: impl FnMut(Vec<Option<CaseRecord>>, DateTime<Utc>) -> Decision<T>,
     ) -> Result<T, ServiceError> {
         self.store.room(scope.writer)?;
         let mut stripes: Vec<usize> = scope.keys.iter().map(Locks::stripe).collect();
         stripes.extend(scope.idempotency.map(|k| Locks::stripe(&k)));
         let _guards = self.locks.take(stripes).await;
+        // Another replica may write one of the cases between our read and
+        // our commit: the store refuses it then, and the change is decided
+        // again on what is stored now.
+        let mut attempt = 0;
+        loop {
+            match self.change_once(&scope, &mut decide).await {
+                Err(ServiceError::Store(StoreError::Conflict)) if attempt < MAX_CONFLICTS => {
+                    attempt += 1;
+                    crate::metrics::store_conflict();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One read, decision and commit of `change` (the locks held).
+    async fn change_once<T>(
+        &self,
+        scope: &Scope<'_>,
+        decide: &mut impl FnMut(Vec<Option<CaseRecord>>, DateTime<Utc>) -> Decision<T>,
+    ) -> Result<T, ServiceError> {
         let mut records = Vec::with_capacity(scope.keys.len());
+        let mut revisions = Vec::with_capacity(scope.keys.len());
         for key in scope.keys {
-            records.push(self.store.get(key)?);
+            let (record, revision) = self.store.get_versioned(key)?;
+            records.push(record);
+            revisions.push(revision);
         }
         let old_due: Vec<Option<DateTime<Utc>>> = records
             .iter()
@@ -195,7 +224,12 @@ impl Service {
             })
             .collect();
         let now = self.clock.now();
-        let (commits, value) = decide(records, now)?;
+        let (mut commits, value) = decide(records, now)?;
+        for (c, revision) in commits.iter_mut().zip(&revisions) {
+            if c.record.is_some() || c.erase {
+                c.expect = Some(*revision);
+            }
+        }
         // Only a moved due instant is news to the scheduler (a recorded
         // send, say, is not).
         let rescheduled = commits.iter().zip(&old_due).any(|(c, old)| {
@@ -332,7 +366,13 @@ impl Service {
                 let (created_at, note) = existing.as_ref().map_or((now, None), |r| {
                     (r.case.created_at, r.case.latest_note.clone())
                 });
-                let case = input.into_case(id, source, &self.defaults, created_at, note)?;
+                let case = input.clone().into_case(
+                    id.clone(),
+                    source,
+                    &self.defaults,
+                    created_at,
+                    note,
+                )?;
                 let created = existing.is_none();
                 let before = existing.as_ref().map(|r| r.case.status);
                 let before_len = existing.as_ref().map_or(0, |r| r.messages.len());
@@ -369,7 +409,7 @@ impl Service {
                 if let Some(r) = self.replay(idem)? {
                     return Ok((vec![Commit::default()], Reply::Replayed(r)));
                 }
-                let event = input.validate()?;
+                let event = input.clone().validate()?;
                 let record = records
                     .into_iter()
                     .next()
@@ -408,99 +448,6 @@ impl Service {
             }
         }
         Ok(out)
-    }
-
-    /// A preference the customer posted on their case page: applied to
-    /// the case made `created_at`-stamp `stamp` (a case erased and made
-    /// again is another case), the case replanned, and the pending
-    /// messages the choice rules out taken out of the outbox.
-    pub async fn set_prefs(
-        &self,
-        key: &CaseKey,
-        stamp: u32,
-        change: &PrefChange,
-    ) -> Result<Result<(), PrefError>, ServiceError> {
-        let keys = [key.clone()];
-        let store = &self.store;
-        self.change(Scope::internal(&keys), |records, now| {
-            let mut record = linked(records, stamp)?;
-            let engine = self.engine.load();
-            let cancelled = match apply_pref(&mut record, change, &engine.channels, now) {
-                Ok(c) => c,
-                Err(e) => return Ok((vec![Commit::default()], Err(e))),
-            };
-            engine.reschedule(&mut record, now);
-            // The last message before a pause says when updates resume: one
-            // confirmation, on the customer's first channel for this case.
-            let mut outbox_put = Vec::new();
-            if matches!(change, PrefChange::Pause(_))
-                && let Some(channel) =
-                    crate::engine::page::choosable(&record.case, &engine.channels)
-                        .into_iter()
-                        .find(|c| record.case.prefs.allows(*c))
-            {
-                let (msg, entry) = engine.message(
-                    &[&record],
-                    crate::domain::Recipient::Customer,
-                    crate::domain::MessageKind::Paused,
-                    crate::engine::page::PAUSED_TEMPLATE,
-                    None,
-                    channel,
-                    now,
-                    record.schedule.next_update_at,
-                    None,
-                    engine.ids.next_id(),
-                );
-                record.messages.push(msg);
-                outbox_put.extend(entry);
-            }
-            let mut commit = Commit {
-                outbox_put,
-                ..Commit::record(record)
-            };
-            for id in cancelled {
-                if let Some(entry) = store.outbox_entry(id)? {
-                    commit.outbox_remove.push((entry.id, entry.next_attempt_at));
-                }
-            }
-            Ok((vec![commit], Ok(())))
-        })
-        .await
-    }
-
-    /// A fresh case page link, asked for on an expired page, queued by
-    /// email to the address on file; whether one was queued (none when the
-    /// case has no email address or got one within the last day).
-    pub async fn send_fresh_link(&self, key: &CaseKey, stamp: u32) -> Result<bool, ServiceError> {
-        let keys = [key.clone()];
-        self.change(Scope::internal(&keys), |records, now| {
-            let mut record = linked(records, stamp)?;
-            if !crate::engine::page::fresh_link_due(&record, now) {
-                return Ok((vec![Commit::default()], false));
-            }
-            let engine = self.engine.load();
-            let (msg, entry) = engine.message(
-                &[&record],
-                crate::domain::Recipient::Customer,
-                crate::domain::MessageKind::Link,
-                crate::engine::page::LINK_TEMPLATE,
-                None,
-                crate::domain::Channel::Email,
-                now,
-                None,
-                None,
-                engine.ids.next_id(),
-            );
-            record.messages.push(msg);
-            record.updated_at = now;
-            let commit = Commit {
-                record: Some(record),
-                outbox_put: entry.into_iter().collect(),
-                ..Commit::default()
-            };
-            Ok((vec![commit], true))
-        })
-        .await
     }
 
     pub fn get_case(&self, source: &str, id: CaseId) -> Result<CaseRecord, ServiceError> {
@@ -581,15 +528,4 @@ pub fn report_render_failures(key: &CaseKey, before: usize, record: &CaseRecord)
             tracing::error!(case = %key, msg_id = %m.id, template = %m.template, error = m.error.as_deref().unwrap_or(""), "a message could not be rendered");
         }
     }
-}
-
-/// The case a page link names: there, and the same case the link was made
-/// for (its creation stamp), else not found.
-fn linked(records: Vec<Option<CaseRecord>>, stamp: u32) -> Result<CaseRecord, ServiceError> {
-    records
-        .into_iter()
-        .next()
-        .flatten()
-        .filter(|r| crate::domain::link::case_stamp(r.case.created_at) == stamp)
-        .ok_or(ServiceError::NotFound)
 }

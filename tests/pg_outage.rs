@@ -200,7 +200,7 @@ async fn a_database_outage_under_load_answers_503_pauses_sends_and_loses_nothing
 }
 
 #[tokio::test]
-async fn a_daemon_whose_lock_another_session_took_meanwhile_stops_and_says_why() {
+async fn a_daemon_whose_database_another_process_took_to_itself_meanwhile_stops_and_says_why() {
     let Some(cluster) = postgres() else { return };
     let Some(bin) = smtp_sink() else { return };
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -209,9 +209,9 @@ async fn a_daemon_whose_lock_another_session_took_meanwhile_stops_and_says_why()
     let mut d = setup(&sink, &db).start().await;
     d.put_case("TAKEN-1", &case_on(&["email"])).await;
 
-    // One session ends the daemon's lock session and takes the lock as
-    // soon as it is free (before the daemon can take it again), holding it
-    // a while: as another daemon would after a database restart.
+    // One session ends the daemon's lock session and takes the lock alone
+    // as soon as it is free (before the daemon can take it again), holding
+    // it a while: as a `migrate-store` would after a database restart.
     let (port, name) = (cluster.port, db.name.clone());
     let holder = std::thread::spawn(move || {
         std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
@@ -245,8 +245,7 @@ async fn a_daemon_whose_lock_another_session_took_meanwhile_stops_and_says_why()
     assert!(!status.success(), "the daemon exited {status}");
     let log = d.log();
     assert!(
-        log.contains("another tidings daemon is using this database")
-            && log.contains("this daemon stopped"),
+        log.contains("has this database to itself") && log.contains("this daemon stopped"),
         "{log}"
     );
     println!("the daemon stopped ({status}) once another session held its lock");

@@ -154,10 +154,15 @@ pub async fn import(
             Arc::new(store)
         }
         // The daemon's lock keeps a running daemon and an import apart.
-        StoreChoice::Postgres { url, pool_size } => {
+        StoreChoice::Postgres {
+            url,
+            pool_size,
+            lease,
+        } => {
             let pg = PgStoreConfig {
                 url: url.clone(),
                 pool_size: *pool_size,
+                lease: *lease,
             };
             let store = PgStore::open(&pg)
                 .and_then(|s| s.lock_daemon().map(|()| s))

@@ -121,7 +121,12 @@ pub fn migrate_store(
             "--to {to}: only postgres is a target (the database the config names)"
         )));
     }
-    let StoreChoice::Postgres { url, pool_size } = &config.store else {
+    let StoreChoice::Postgres {
+        url,
+        pool_size,
+        lease,
+    } = &config.store
+    else {
         return Err(refused(
             "the config's store is sled; --to postgres needs `store: { postgres: … }` in it".into(),
         ));
@@ -147,10 +152,11 @@ pub fn migrate_store(
     let pg = PgStore::open(&PgStoreConfig {
         url: url.clone(),
         pool_size: *pool_size,
+        lease: *lease,
     })
     .map_err(|e| failed("the postgres store", &e))?;
     // No daemon may run on the target meanwhile.
-    pg.lock_daemon().map_err(|e| refused(e.to_string()))?;
+    pg.lock_alone().map_err(|e| refused(e.to_string()))?;
     pg.load_backup(&copy, force).map_err(|e| match e {
         LoadError::NotEmpty(_) => refused(e.to_string()),
         e => failed("writing the postgres store", &e),

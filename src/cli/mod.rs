@@ -32,10 +32,15 @@ pub fn migrate(config: &Config) -> anyhow::Result<String> {
         crate::config::StoreChoice::Sled => {
             Ok("store: sled keeps no schema; nothing to migrate".into())
         }
-        crate::config::StoreChoice::Postgres { url, pool_size } => {
+        crate::config::StoreChoice::Postgres {
+            url,
+            pool_size,
+            lease,
+        } => {
             let applied = crate::store::migrate_postgres(&crate::store::PgStoreConfig {
                 url: url.clone(),
                 pool_size: *pool_size,
+                lease: *lease,
             })
             .map_err(|e| anyhow::anyhow!("the postgres store: {e}"))?;
             Ok(if applied.is_empty() {

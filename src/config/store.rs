@@ -6,6 +6,8 @@
 //!   postgres:
 //!     url_env: DATABASE_URL   # the variable holding the connection string
 //!     pool_size: 16           # connections (1 to 512; 16 by default)
+//!     lease: 30s              # how long a due case or message a replica
+//!                             # claimed is its own (1s to 10m; 30s by default)
 //! ```
 //!
 //! The connection string is read from the environment when the config is
@@ -23,7 +25,7 @@ use crate::domain::Diagnostic;
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub(super) enum RawStore {
     Sled,
-    Postgres(RawPostgres),
+    Postgres(Box<RawPostgres>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +33,7 @@ pub(super) enum RawStore {
 pub(super) struct RawPostgres {
     url_env: Option<Spanned<String>>,
     pool_size: Option<Spanned<i64>>,
+    lease: Option<Spanned<String>>,
 }
 
 /// The backend the daemon opens.
@@ -39,8 +42,12 @@ pub enum StoreChoice {
     /// sled, in `data_dir/db`.
     Sled,
     /// PostgreSQL at `url` (from the environment), with `pool_size`
-    /// connections.
-    Postgres { url: String, pool_size: usize },
+    /// connections; work a replica claims is its own for `lease`.
+    Postgres {
+        url: String,
+        pool_size: usize,
+        lease: std::time::Duration,
+    },
 }
 
 impl std::fmt::Debug for StoreChoice {
@@ -48,9 +55,12 @@ impl std::fmt::Debug for StoreChoice {
         match self {
             Self::Sled => f.write_str("Sled"),
             // The connection string may hold a password.
-            Self::Postgres { pool_size, .. } => f
+            Self::Postgres {
+                pool_size, lease, ..
+            } => f
                 .debug_struct("Postgres")
                 .field("pool_size", pool_size)
+                .field("lease", lease)
                 .finish_non_exhaustive(),
         }
     }
@@ -60,6 +70,9 @@ impl std::fmt::Debug for StoreChoice {
 const DEFAULT_URL_ENV: &str = "DATABASE_URL";
 const DEFAULT_POOL: usize = 16;
 const MAX_POOL: i64 = 512;
+const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+const LEASE_RANGE: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600);
 
 /// Validates `store:`; problems go to `errors` with their position.
 pub(super) fn resolve(
@@ -106,7 +119,32 @@ pub(super) fn resolve(
             String::new()
         }
     };
-    StoreChoice::Postgres { url, pool_size }
+    let lease = match &pg.lease {
+        None => DEFAULT_LEASE,
+        Some(s) => match crate::domain::parse_duration("store.postgres.lease", &s.value) {
+            Ok(d) if LEASE_RANGE.contains(&d) => d,
+            Ok(_) => {
+                errors.push(Diagnostic::at(
+                    file,
+                    s,
+                    format!(
+                        "store.postgres.lease: `{}` is out of range (1s to 10m)",
+                        s.value
+                    ),
+                ));
+                DEFAULT_LEASE
+            }
+            Err(e) => {
+                errors.push(Diagnostic::at(file, s, e));
+                DEFAULT_LEASE
+            }
+        },
+    };
+    StoreChoice::Postgres {
+        url,
+        pool_size,
+        lease,
+    }
 }
 
 #[cfg(test)]
@@ -138,7 +176,8 @@ mod tests {
             cfg.store,
             StoreChoice::Postgres {
                 url: path.clone(),
-                pool_size: 4
+                pool_size: 4,
+                lease: std::time::Duration::from_secs(30),
             }
         );
         assert!(!format!("{cfg:?}").contains(&path), "the URL is not shown");
@@ -162,5 +201,13 @@ mod tests {
             .expect_err("bad pool size");
         assert!(err.starts_with("t.yaml:4:16:"), "{err}");
         assert!(err.contains("pool_size: 0 is not a pool size"), "{err}");
+
+        let err = parse("store:\n  postgres:\n    url_env: PATH\n    lease: 0s\n")
+            .expect_err("bad lease");
+        assert!(err.starts_with("t.yaml:4:12:"), "{err}");
+        assert!(err.contains("store.postgres.lease"), "{err}");
+        let err = parse("store:\n  postgres:\n    url_env: PATH\n    lease: soon\n")
+            .expect_err("bad lease");
+        assert!(err.starts_with("t.yaml:4:12:"), "{err}");
     }
 }

@@ -20,17 +20,16 @@ use crate::channels::Outcome;
 use crate::channels::email::Mailer;
 use crate::channels::sms::Texter;
 use crate::domain::{
-    CaseKey, CaseRecord, Channel, Content, DeliveryStatus, Message, MessageRecord, OptOutVia,
-    OutboxEntry,
+    CaseKey, CaseRecord, Channel, DeliveryStatus, Message, MessageRecord, OptOutVia, OutboxEntry,
 };
 use crate::engine::pace::{Recipient, choose, recipient};
 use crate::engine::plan::Engine;
 use crate::engine::settle::{DeliveryPolicy, Report, Settlement, settle_report};
-use crate::engine::supersede::stale;
-use crate::engine::whatsapp::{Decision, NO_TEMPLATE, decide};
 use crate::runtime::supervise::Heartbeat;
 use crate::service::{Scope, Service, ServiceError};
 use crate::store::{Commit, StoreError};
+
+mod gate;
 
 /// Everything the delivery loop needs.
 #[derive(Debug, Clone)]
@@ -275,8 +274,15 @@ impl Dispatcher {
             Ok(Gate::Closed(report)) => self.record(&entry, report).await,
             Err(e) => Err(e.into()),
         };
-        if let Err(e) = result {
-            tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
+        match result {
+            Ok(()) => {}
+            Err(ServiceError::Store(StoreError::Fenced)) => {
+                crate::metrics::lease_lost();
+                tracing::warn!(msg_id = %entry.id, "another replica took this message over (its lease ran out); its outcome here is not recorded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, msg_id = %entry.id, "recording a delivery outcome failed");
+            }
         }
     }
 
@@ -307,6 +313,9 @@ impl Dispatcher {
             match result {
                 Ok(()) if marked => return Ok(()),
                 Ok(()) => marked = true,
+                // Another replica took the message over: what it does with
+                // it stands, not what this one did.
+                Err(e @ ServiceError::Store(StoreError::Fenced)) => return Err(e),
                 Err(e) if tokio::time::Instant::now() + wait < give_up => {
                     tracing::warn!(error = %e, msg_id = %entry.id, "filing a sent message failed; trying again");
                     tokio::time::sleep(wait).await;
@@ -328,77 +337,12 @@ impl Dispatcher {
         let mark = crate::domain::DeliveredMark { at, provider_id };
         let commit = Commit {
             delivered: Some((entry.id, mark)),
+            settles: Some(entry.id),
             ..Commit::default()
         };
         self.svc
             .commit_durable(vec![(entry.case.clone(), commit)])
             .await
-    }
-
-    /// Consent, quiet hours and the minimum gap, checked just before a send
-    /// (an opt-out may have arrived after the message was planned).
-    fn gate(&self, entry: &OutboxEntry) -> Result<Gate, StoreError> {
-        if entry.internal {
-            return Ok(Gate::Open(Box::new(entry.message())));
-        }
-        let store = &self.svc.store;
-        let contact = store.contact(entry.channel, &entry.to);
-        if let Some(o) = store.opted_out(contact)? {
-            return Ok(Gate::Closed(Report::OptedOut(o.via.to_string())));
-        }
-        // An opt-out from this source (help desk) only.
-        let scoped = crate::domain::scoped_contact_of(
-            &store.contact_salt(),
-            &entry.case.source,
-            entry.channel,
-            &entry.to,
-        );
-        if let Some(o) = store.opted_out(scoped)? {
-            return Ok(Gate::Closed(Report::OptedOut(o.via.to_string())));
-        }
-        // Someone in CC taken off the case (or given another address)
-        // since the message was planned gets nothing more.
-        if !entry.recipient.is_customer()
-            && !store.get(&entry.case)?.is_some_and(|r| {
-                Engine::still_reaches(&r.case, entry.recipient, entry.channel, &entry.to)
-            })
-        {
-            return Ok(Gate::Closed(Report::Departed));
-        }
-        let now = self.svc.now();
-        if stale(entry.kind, entry.promised, now) {
-            return Ok(Gate::Closed(Report::Stale));
-        }
-        if let (Some(q), Some(tz)) = (
-            self.svc.engine.load().channel_quiet(entry.channel).copied(),
-            entry.tz,
-        ) && q.contains(now, tz)
-        {
-            return Ok(Gate::Later(q.first_allowed(now, tz), "quiet hours"));
-        }
-        let mut message = entry.message();
-        // WhatsApp's 24-hour window: the free-form body inside it, the
-        // approved template outside, and without one the next channel.
-        if let Content::WhatsApp(text) = &entry.content {
-            match decide(text, store.last_inbound(contact)?, now) {
-                Decision::FreeForm(t) | Decision::Template(t) => {
-                    message.content = Content::WhatsApp(t);
-                }
-                Decision::NoTemplate => {
-                    return Ok(Gate::Closed(Report::Attempt(Outcome::permanent(
-                        NO_TEMPLATE,
-                    ))));
-                }
-            }
-        }
-        let gap = self.gap(entry.channel);
-        if !gap.is_zero() {
-            let gap = chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX);
-            if let Err(next) = store.claim_send(contact, gap, now)? {
-                return Ok(Gate::Later(next, "minimum gap"));
-            }
-        }
-        Ok(Gate::Open(Box::new(message)))
     }
 
     /// Puts an entry back for later without counting an attempt.
@@ -424,6 +368,7 @@ impl Dispatcher {
                         ..entry.clone()
                     }];
                     commits[0].outbox_remove = vec![(entry.id, entry.next_attempt_at)];
+                    commits[0].settles = Some(entry.id);
                 }
                 Ok((commits, ()))
             })
@@ -532,6 +477,7 @@ impl Dispatcher {
                 // when every case it was for has been erased).
                 commits[0].outbox_put = outbox_put;
                 commits[0].outbox_remove = vec![(entry.id, entry.next_attempt_at)];
+                commits[0].settles = Some(entry.id);
                 Ok((commits, (verdict, fallback_to)))
             })
             .await?;

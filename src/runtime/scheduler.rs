@@ -50,7 +50,8 @@ pub async fn run(svc: Service, cancel: CancellationToken, heartbeat: Heartbeat) 
 async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError> {
     svc.store.room(crate::store::Writer::Internal)?;
     let now = svc.now();
-    let Some((at, key)) = svc.store.next_due_case()? else {
+    // With replicas sharing the store, a due case is leased to this one.
+    let Some((at, key)) = svc.store.claim_due_case(now)? else {
         return Ok(Some(std::time::Duration::from_secs(3600)));
     };
     if at > now {

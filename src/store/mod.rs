@@ -56,6 +56,14 @@ pub enum StoreError {
     Seal(#[from] SealError),
     #[error("storage: PostgreSQL: {0}")]
     Postgres(String),
+    /// Another replica changed the case since it was read: the change is
+    /// decided again on what is stored now (`Service::change` does).
+    #[error("storage: the case changed under this change (another replica wrote it)")]
+    Conflict,
+    /// Another replica took over an outbox entry this one had claimed (its
+    /// lease ran out): what this one did with it is not recorded.
+    #[error("storage: another replica took this message over (the lease ran out)")]
+    Fenced,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -83,6 +91,16 @@ pub struct Commit {
     pub delivered: Option<(Uuid, DeliveredMark)>,
     /// When the daemon last sent to a recipient (see `Storage::set_last_sent`).
     pub last_sent: Option<(Contact, DateTime<Utc>)>,
+    /// The revision of the stored case this change was decided on (see
+    /// `Storage::get_versioned`; 0: no case was stored). A store shared by
+    /// replicas refuses the change (`StoreError::Conflict`) if the case
+    /// moved on meanwhile; `None` writes regardless.
+    pub expect: Option<u64>,
+    /// The outbox entry whose attempt this change files (its delivered
+    /// mark, its retry, its settlement). A store shared by replicas refuses
+    /// the change (`StoreError::Fenced`) when another replica took the
+    /// entry over, and does not put back an entry cancelled meanwhile.
+    pub settles: Option<Uuid>,
 }
 
 impl Commit {
@@ -153,6 +171,12 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
 
     /// One case as stored.
     fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>>;
+    /// One case as stored, with its revision (0 when there is none): a
+    /// commit naming it in `Commit::expect` lands only on that revision.
+    /// A store only one daemon writes (sled) has no revisions and says 0.
+    fn get_versioned(&self, key: &CaseKey) -> Result<(Option<CaseRecord>, u64)> {
+        Ok((self.get(key)?, 0))
+    }
     /// Applies changes to several cases in one transaction.
     fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()>;
     /// Applies one change atomically.
@@ -172,13 +196,24 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
 
     /// The earliest scheduled case, if any.
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>>;
+    /// The earliest scheduled case this daemon may take at `now`; when it
+    /// is due, a store shared by replicas leases it to this one for a
+    /// while, so that the others pass it by. Alone on its store, the head.
+    fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
+        let _ = now;
+        self.next_due_case()
+    }
     /// Drops one schedule index entry (one that outlived its case).
     fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()>;
 
     // The outbox.
 
     /// Entries due at `now`, earliest first, at most `limit`, skipping
-    /// `busy` ones; and when the next one not taken is due.
+    /// `busy` ones; and when the next one not taken is due. A store shared
+    /// by replicas leases what it returns to this daemon (others skip it
+    /// until the lease runs out) under a fencing number that increases on
+    /// every claim; a later commit about the entry from a replica whose
+    /// lease was taken over is refused (`StoreError::Fenced`).
     fn due_outbox(
         &self,
         now: DateTime<Utc>,

@@ -20,6 +20,8 @@
 //! - `postgres/schema.rs`: migrations, the shared settings, the daemon's
 //!   advisory lock.
 //! - `postgres/commit.rs`: `commit_many`, one transaction.
+//! - `postgres/claims.rs`: what a replica claims, due cases and due
+//!   outbox entries, each under a lease.
 //! - `postgres/reads.rs`: everything else (reads, the outbox walk,
 //!   contacts, opt-outs, pacing, idempotency).
 //! - `postgres/backup.rs`: a backup in the sled store's format, from one
@@ -42,6 +44,7 @@ use crate::domain::{
 use super::{BackupError, BackupSummary, Commit, Result, StoreError, Writer, codec};
 
 mod backup;
+mod claims;
 mod commit;
 mod load;
 mod reads;
@@ -57,12 +60,15 @@ pub struct PgStoreConfig {
     /// logged, never shown).
     pub url: String,
     pub pool_size: usize,
+    /// How long a due case or outbox entry this replica claims is its own.
+    pub lease: std::time::Duration,
 }
 
 impl std::fmt::Debug for PgStoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStoreConfig")
             .field("pool_size", &self.pool_size)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +192,8 @@ struct DaemonLock {
     /// Set once a daemon took it: from then on, nothing is read or written
     /// while the session holding it is gone.
     wanted: std::sync::atomic::AtomicBool,
+    /// Held as one replica among others (not to itself).
+    shared: std::sync::atomic::AtomicBool,
     /// The session holding the lock.
     session: std::sync::Mutex<Option<Client>>,
     /// Why the lock cannot be taken again: another daemon holds it.
@@ -231,7 +239,8 @@ impl DaemonLock {
                      reads and writes wait until the lock is taken again"
                 );
             }
-            match schema::take_daemon_lock(&config).await {
+            let shared = self.shared.load(std::sync::atomic::Ordering::SeqCst);
+            match schema::take_daemon_lock(&config, shared).await {
                 Ok(Ok(client)) => {
                     *self
                         .session
@@ -257,6 +266,12 @@ impl DaemonLock {
 
 struct Inner {
     pool: Arc<Pool>,
+    /// This replica's name in the leases it takes.
+    owner: String,
+    /// How long a claim lasts, in milliseconds.
+    lease_ms: i64,
+    /// The outbox entries this replica claimed, with their fencing numbers.
+    claims: std::sync::Mutex<std::collections::HashMap<Uuid, i64>>,
     salt: [u8; 32],
     unsubscribe_key: [u8; 32],
     lock: Arc<DaemonLock>,
@@ -339,6 +354,9 @@ impl PgStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                owner: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+                lease_ms: i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX / 4),
+                claims: std::sync::Mutex::default(),
                 salt,
                 unsubscribe_key,
                 lock: Arc::default(),
@@ -389,23 +407,35 @@ impl PgStore {
             .unwrap_or_else(|_| Err(StoreError::Postgres("the store's runtime stopped".into())))
     }
 
-    /// Takes the database's daemon lock (a session advisory lock, held
-    /// while the store lives): one daemon per database until replicas
-    /// share work through leases. Refuses while another session holds it,
-    /// naming that session. When the lock's session ends (the database
-    /// restarted), every call is refused until a task of the store's takes
-    /// the lock again; if another session took it meanwhile,
+    /// Takes the database's daemon lock as one replica among others (a
+    /// shared session advisory lock, held while the store lives). Refuses
+    /// while a process has the database to itself (`lock_alone`), naming
+    /// its session. When the lock's session ends (the database restarted),
+    /// every call is refused until a task of the store's takes the lock
+    /// again; if another session took it alone meanwhile,
     /// [`PgStore::lock_taken`] says so and the store stays refused.
     pub fn lock_daemon(&self) -> Result<()> {
+        self.take_lock(true)
+    }
+
+    /// Takes the daemon lock alone: refused while any replica runs, and
+    /// replicas are refused while it is held (`migrate-store`).
+    pub fn lock_alone(&self) -> Result<()> {
+        self.take_lock(false)
+    }
+
+    fn take_lock(&self, shared: bool) -> Result<()> {
         let config = self.inner.pool.config.clone();
         let client = self
-            .run(|_conn| async move { schema::take_daemon_lock(&config).await })?
+            .run(move |_conn| async move { schema::take_daemon_lock(&config, shared).await })?
             .map_err(StoreError::Postgres)?;
         let lock = &self.inner.lock;
         *lock
             .session
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+        lock.shared
+            .store(shared, std::sync::atomic::Ordering::SeqCst);
         lock.wanted.store(true, std::sync::atomic::Ordering::SeqCst);
         self.handle()
             .spawn(lock.clone().keep(self.inner.pool.config.clone()));
@@ -431,7 +461,7 @@ impl PgStore {
 
 impl super::Storage for PgStore {
     fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>> {
-        PgStore::get(self, key)
+        PgStore::get_versioned(self, key).map(|(r, _)| r)
     }
     fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
         PgStore::commit_many(self, changes)
@@ -457,8 +487,14 @@ impl super::Storage for PgStore {
             codec::decode_status(&key, &plain)
         }))
     }
+    fn get_versioned(&self, key: &CaseKey) -> Result<(Option<CaseRecord>, u64)> {
+        PgStore::get_versioned(self, key)
+    }
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         PgStore::next_due_case(self)
+    }
+    fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
+        PgStore::claim_due_case(self, now)
     }
     fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()> {
         PgStore::remove_schedule_entry(self, at, key)

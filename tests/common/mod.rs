@@ -204,6 +204,7 @@ impl TestApp {
             config.store = tidings::config::StoreChoice::Postgres {
                 url: url.clone(),
                 pool_size: 4,
+                lease: std::time::Duration::from_secs(30),
             };
         }
         listener.set_nonblocking(true).expect("nonblocking");

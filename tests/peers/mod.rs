@@ -15,6 +15,7 @@ mod daemon;
 mod fixtures;
 mod postgres;
 mod prism;
+pub mod records;
 mod scan;
 mod sink;
 mod twilio;

@@ -27,6 +27,11 @@ struct Prepared {
     delivered: Option<(Uuid, Vec<u8>)>,
     /// When the daemon last sent to a contact (never moved back).
     last_sent: Option<(Vec<u8>, i64)>,
+    /// The case's revision the change was decided on.
+    expect: Option<i64>,
+    /// The outbox entries it settles that this replica claimed, with the
+    /// fencing number of the claim.
+    fences: Vec<(Uuid, i64)>,
 }
 
 impl Prepared {
@@ -39,6 +44,18 @@ impl PgStore {
     /// Applies changes to one or several cases in one transaction.
     pub fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
         let salt = self.inner.salt;
+        let claims = self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let fences = |c: &Commit| -> Vec<(Uuid, i64)> {
+            c.settles
+                .and_then(|id| claims.get(&id).map(|f| (id, *f)))
+                .into_iter()
+                .collect()
+        };
         let prepared: Vec<Prepared> = changes
             .iter()
             .map(|(key, c)| Prepared {
@@ -76,7 +93,13 @@ impl PgStore {
                 last_sent: c
                     .last_sent
                     .map(|(contact, at)| (contact.0.to_vec(), ms(at))),
+                expect: c.expect.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+                fences: fences(c),
             })
+            .collect();
+        let settled: Vec<Uuid> = changes
+            .iter()
+            .flat_map(|(_, c)| c.outbox_remove.iter().map(|(id, _)| *id))
             .collect();
         self.run(|mut conn| async move {
             let tx = conn.client().transaction().await.map_err(pg)?;
@@ -84,7 +107,17 @@ impl PgStore {
                 apply(&tx, p).await?;
             }
             tx.commit().await.map_err(pg)
-        })
+        })?;
+        // Settled entries are no longer this replica's to fence.
+        let mut claims = self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in settled {
+            claims.remove(&id);
+        }
+        Ok(())
     }
 }
 
@@ -119,8 +152,42 @@ async fn case_secret(tx: &Transaction<'_>, case_key: &[u8]) -> Result<CaseSecret
     Ok(fresh)
 }
 
+/// Refuses the change when the case moved on from the revision it was
+/// decided on (`Conflict`), or when another replica took over an outbox
+/// entry it settles (`Fenced`); returns the claimed entries that are gone
+/// (settled or cancelled by another writer meanwhile: not put back).
+async fn check(tx: &Transaction<'_>, p: &Prepared) -> Result<Vec<Uuid>> {
+    if let Some(expect) = p.expect {
+        let rev = tx
+            .query_opt(
+                "SELECT rev FROM cases WHERE case_key = $1 FOR UPDATE",
+                &[&p.case_key],
+            )
+            .await
+            .map_err(pg)?
+            .map_or(0, |r| r.get::<_, i64>(0));
+        if rev != expect {
+            return Err(StoreError::Conflict);
+        }
+    }
+    let mut gone = Vec::new();
+    for (id, fence) in &p.fences {
+        let row = tx
+            .query_opt("SELECT fencing FROM outbox WHERE id = $1 FOR UPDATE", &[id])
+            .await
+            .map_err(pg)?;
+        match row.map(|r| r.get::<_, i64>(0)) {
+            Some(f) if f != *fence => return Err(StoreError::Fenced),
+            Some(_) => {}
+            None => gone.push(*id),
+        }
+    }
+    Ok(gone)
+}
+
 async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
     let k = &p.case_key;
+    let gone = check(tx, p).await?;
     if let Some((id, mark)) = &p.delivered {
         tx.execute(
             "INSERT INTO delivered (id, value) VALUES ($1, $2)
@@ -167,10 +234,13 @@ async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
         // The indexes follow the record: its old entries go first.
         exec("DELETE FROM schedule WHERE case_key = $1").await?;
         exec("DELETE FROM recipients WHERE case_key = $1").await?;
+        // A new revision; a lease on the case ends with the write.
         tx.execute(
-            "INSERT INTO cases (case_key, key_id, value) VALUES ($1, $2, $3)
-             ON CONFLICT (case_key) DO UPDATE SET key_id = EXCLUDED.key_id, value = EXCLUDED.value",
-            &[k, &key_id, &seal(record)],
+            "INSERT INTO cases (case_key, key_id, value, rev) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (case_key) DO UPDATE SET key_id = EXCLUDED.key_id, value = EXCLUDED.value,
+                 rev = cases.rev + 1, lease_owner = NULL, lease_until = NULL",
+            // Stored again after an erasure: its revisions go on rising.
+            &[k, &key_id, &seal(record), &(p.expect.unwrap_or(0) + 1)],
         )
         .await
         .map_err(pg)?;
@@ -203,6 +273,9 @@ async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
         .map_err(pg)?;
     }
     for (id, value, due) in &p.outbox_put {
+        if gone.contains(id) {
+            continue;
+        }
         tx.execute(
             "INSERT INTO outbox (id, case_key, key_id, value, next_attempt_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,

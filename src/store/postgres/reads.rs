@@ -28,7 +28,7 @@ pub(super) fn unseal(
 }
 
 /// Decodes a sealed value; `None` when its case was erased (its key gone).
-fn read_if_live<T: for<'de> Deserialize<'de>>(
+pub(super) fn read_if_live<T: for<'de> Deserialize<'de>>(
     name: &[u8],
     value: &[u8],
     key: Option<Vec<u8>>,
@@ -128,24 +128,37 @@ impl PgStore {
         })
     }
 
-    pub fn get(&self, key: &CaseKey) -> Result<Option<CaseRecord>> {
+    /// One case as stored, with its revision (0: none stored).
+    pub fn get_versioned(&self, key: &CaseKey) -> Result<(Option<CaseRecord>, u64)> {
         let k = key.bytes();
-        let row = self.sealed_of(
-            "SELECT c.value, k.key FROM cases c LEFT JOIN case_keys k ON k.id = c.key_id
-             WHERE c.case_key = $1",
-            k.clone(),
-        )?;
+        let param = k.clone();
+        let row = self.run(move |mut conn| async move {
+            let row = conn
+                .client()
+                .query_opt(
+                    "SELECT c.value, k.key, c.rev FROM cases c
+                     LEFT JOIN case_keys k ON k.id = c.key_id WHERE c.case_key = $1",
+                    &[&param],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.map(|r| {
+                (
+                    r.get::<_, Vec<u8>>(0),
+                    r.get::<_, Option<Vec<u8>>>(1),
+                    r.get::<_, i64>(2),
+                )
+            }))
+        })?;
         match row {
-            None => Ok(None),
-            Some((value, key)) => {
+            None => Ok((None, 0)),
+            Some((value, key, rev)) => {
                 let plain = unseal(&value, key)?;
-                codec::decode(&k, &plain).map(Some)
+                let record = codec::decode(&k, &plain)?;
+                Ok((Some(record), u64::try_from(rev).unwrap_or(0)))
             }
         }
     }
-
-    /// The earliest scheduled case; an entry whose key does not read is
-    /// dropped rather than blocking the queue.
     pub fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         self.run(|mut conn| async move {
             let c = conn.client();
@@ -190,56 +203,6 @@ impl PgStore {
 
     /// Outbox entries due at `now`, earliest first, skipping `busy` ones;
     /// and when the next one not taken is due.
-    pub fn due_outbox(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-        busy: &std::collections::HashSet<Uuid>,
-    ) -> Result<(Vec<OutboxEntry>, Option<DateTime<Utc>>)> {
-        let busy: Vec<Uuid> = busy.iter().copied().collect();
-        let now = ms(now);
-        self.run(move |mut conn| async move {
-            let c = conn.client();
-            let mut out = Vec::new();
-            let mut after = (i64::MIN, Uuid::nil());
-            loop {
-                let want = i64::try_from(limit - out.len()).unwrap_or(i64::MAX - 1) + 1;
-                let rows = c
-                    .query(
-                        "SELECT o.id, o.next_attempt_ms, o.value, k.key FROM outbox o
-                         LEFT JOIN case_keys k ON k.id = o.key_id
-                         WHERE (o.next_attempt_ms, o.id) > ($1, $2) AND NOT (o.id = ANY($3))
-                         ORDER BY o.next_attempt_ms, o.id LIMIT $4",
-                        &[&after.0, &after.1, &busy, &want],
-                    )
-                    .await
-                    .map_err(pg)?;
-                let fetched = rows.len();
-                for row in rows {
-                    let (id, at): (Uuid, i64) = (row.get(0), row.get(1));
-                    after = (at, id);
-                    if at > now || out.len() >= limit {
-                        return Ok((out, from_ms(at)));
-                    }
-                    let value: Vec<u8> = row.get(2);
-                    match read_if_live(id.as_bytes(), &value, row.get(3))? {
-                        Some(entry) => out.push(entry),
-                        // Its case was erased: nothing is left to send.
-                        None => {
-                            c.execute("DELETE FROM outbox WHERE id = $1", &[&id])
-                                .await
-                                .map_err(pg)?;
-                        }
-                    }
-                }
-                if i64::try_from(fetched).unwrap_or(i64::MAX) < want {
-                    return Ok((out, None));
-                }
-            }
-        })
-    }
-
-    /// An outbox entry; `None` also for one whose case was erased.
     pub fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>> {
         let row = self.sealed_of(
             "SELECT o.value, k.key FROM outbox o LEFT JOIN case_keys k ON k.id = o.key_id

@@ -10,11 +10,13 @@ use super::{PgStoreConfig, Result, StoreError, connect, parse_config, pg, run_on
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "inbound", include_str!("migrations/0002_inbound.sql")),
+    (3, "replicas", include_str!("migrations/0003_replicas.sql")),
 ];
 
 /// The advisory lock migrations take (one migrator at a time).
 const MIGRATION_LOCK: i64 = 0x7469_6469_6e67_0001;
-/// The advisory lock a daemon holds for its lifetime.
+/// The advisory lock a daemon holds for its lifetime: shared by replicas,
+/// taken exclusively by what must have the database alone (`migrate-store`).
 pub(super) const DAEMON_LOCK: i64 = 0x7469_6469_6e67_0002;
 
 /// Applies the migrations the database lacks, each in its own transaction
@@ -104,17 +106,21 @@ pub(super) async fn generated_key(client: &mut Client, name: &str) -> Result<[u8
         .map_err(|_| StoreError::Postgres(format!("settings: {name} is not 32 bytes")))
 }
 
-/// Opens a session of its own and takes the daemon lock in it; the lock
-/// lasts as long as the session. `Ok(Err(why))` when another session holds
-/// it (naming that session); `Err` when the database cannot be asked.
+/// Opens a session of its own and takes the daemon lock in it (shared, as
+/// every replica does, or alone); the lock lasts as long as the session.
+/// `Ok(Err(why))` when a session holds it in the other way (naming that
+/// session); `Err` when the database cannot be asked.
 pub(super) async fn take_daemon_lock(
     config: &tokio_postgres::Config,
+    shared: bool,
 ) -> Result<std::result::Result<Client, String>> {
     let client = connect(config).await?;
-    let row = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&DAEMON_LOCK])
-        .await
-        .map_err(pg)?;
+    let sql = if shared {
+        "SELECT pg_try_advisory_lock_shared($1)"
+    } else {
+        "SELECT pg_try_advisory_lock($1)"
+    };
+    let row = client.query_one(sql, &[&DAEMON_LOCK]).await.map_err(pg)?;
     if row.get::<_, bool>(0) {
         return Ok(Ok(client));
     }
@@ -139,8 +145,15 @@ pub(super) async fn take_daemon_lock(
             )
         })
         .unwrap_or_default();
-    Ok(Err(format!(
-        "another tidings daemon is using this database: its advisory lock {DAEMON_LOCK} is taken{holder}; \
-         run one daemon per database (replicas sharing one are not supported yet)"
-    )))
+    Ok(Err(if shared {
+        format!(
+            "another tidings process has this database to itself (a `migrate-store`): \
+             its advisory lock {DAEMON_LOCK} is taken exclusively{holder}"
+        )
+    } else {
+        format!(
+            "tidings daemons are using this database (its advisory lock {DAEMON_LOCK} is \
+             taken{holder}); stop every replica first"
+        )
+    }))
 }

@@ -1,0 +1,165 @@
+//! What replicas sharing one database claim: due cases (for the
+//! scheduler) and due outbox entries (for the dispatcher), each leased to
+//! one replica for a while, the entries under a fencing number that the
+//! commits settling them are checked against (`commit.rs`).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::{CaseKey, OutboxEntry};
+
+use super::reads::read_if_live;
+use super::{PgStore, Result, from_ms, ms, pg};
+
+/// A claimed outbox row: id, due instant, sealed value, fencing number,
+/// and the key its case's row joined.
+type Claimed = (Uuid, i64, Vec<u8>, i64, Option<Vec<u8>>);
+
+impl PgStore {
+    /// The earliest scheduled case no other replica holds; when it is due,
+    /// leased to this one (`lease` from now), so the others pass it by
+    /// until its record is written again or the lease runs out.
+    pub fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
+        let (owner, lease) = (self.inner.owner.clone(), self.inner.lease_ms);
+        let now = ms(now);
+        self.run(move |mut conn| async move {
+            let c = conn.client();
+            loop {
+                let Some(row) = c
+                    .query_opt(
+                        "SELECT s.due_ms, s.case_key FROM schedule s
+                         WHERE NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_key = s.case_key
+                               AND c.lease_owner <> $1 AND c.lease_until > $2)
+                         ORDER BY s.due_ms, s.case_key LIMIT 1",
+                        &[&owner, &now],
+                    )
+                    .await
+                    .map_err(pg)?
+                else {
+                    return Ok(None);
+                };
+                let (due, key): (i64, Vec<u8>) = (row.get(0), row.get(1));
+                let (Some(at), Some(case)) = (from_ms(due), CaseKey::from_bytes(&key)) else {
+                    c.execute(
+                        "DELETE FROM schedule WHERE due_ms = $1 AND case_key = $2",
+                        &[&due, &key],
+                    )
+                    .await
+                    .map_err(pg)?;
+                    continue;
+                };
+                if due > now {
+                    return Ok(Some((at, case)));
+                }
+                let took = c
+                    .execute(
+                        "UPDATE cases SET lease_owner = $2, lease_until = $3,
+                                fencing = nextval('fencing_numbers')
+                         WHERE case_key = $1
+                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4)",
+                        &[&key, &owner, &now.saturating_add(lease), &now],
+                    )
+                    .await
+                    .map_err(pg)?;
+                let gone = took == 0
+                    && c.query_opt("SELECT 1 FROM cases WHERE case_key = $1", &[&key])
+                        .await
+                        .map_err(pg)?
+                        .is_none();
+                // Taken, or an entry that outlived its case (the scheduler
+                // drops it); otherwise another replica took it meanwhile.
+                if took == 1 || gone {
+                    return Ok(Some((at, case)));
+                }
+            }
+        })
+    }
+
+    /// Claims the entries due at `now` (at most `limit`, not `busy`, not
+    /// held by another replica's lease), earliest first: each is leased to
+    /// this replica under a fresh fencing number, kept for the commits
+    /// that settle it. Also returns when the next entry is due.
+    pub fn due_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<Uuid>,
+    ) -> Result<(Vec<OutboxEntry>, Option<DateTime<Utc>>)> {
+        // Claims of attempts that are over need no fencing any more.
+        self.inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| busy.contains(id));
+        let busy: Vec<Uuid> = busy.iter().copied().collect();
+        let (owner, lease) = (self.inner.owner.clone(), self.inner.lease_ms);
+        let now = ms(now);
+        let want = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (rows, next) = self.run(move |mut conn| async move {
+            let c = conn.client();
+            let rows = c
+                .query(
+                    "WITH picked AS (
+                         SELECT id FROM outbox
+                         WHERE next_attempt_ms <= $1 AND NOT (id = ANY($2))
+                           AND (lease_owner IS NULL OR lease_owner = $3 OR lease_until <= $1)
+                         ORDER BY next_attempt_ms, id LIMIT $4
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE outbox o SET lease_owner = $3, lease_until = $5,
+                            fencing = nextval('fencing_numbers')
+                     FROM picked WHERE o.id = picked.id
+                     RETURNING o.id, o.next_attempt_ms, o.value, o.fencing,
+                               (SELECT k.key FROM case_keys k WHERE k.id = o.key_id)",
+                    &[&now, &busy, &owner, &want, &now.saturating_add(lease)],
+                )
+                .await
+                .map_err(pg)?;
+            let mut rows: Vec<Claimed> = rows
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect();
+            rows.sort_by_key(|r| (r.1, r.0));
+            // More may be due than were taken: look again at once.
+            let next = if rows.len() >= limit {
+                Some(now)
+            } else {
+                c.query_opt(
+                    "SELECT next_attempt_ms FROM outbox WHERE next_attempt_ms > $1
+                     ORDER BY next_attempt_ms LIMIT 1",
+                    &[&now],
+                )
+                .await
+                .map_err(pg)?
+                .map(|r| r.get::<_, i64>(0))
+            };
+            Ok((rows, next))
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut erased = Vec::new();
+        let mut claims = Vec::with_capacity(rows.len());
+        for (id, _, value, fencing, key) in rows {
+            match read_if_live(id.as_bytes(), &value, key)? {
+                Some(entry) => {
+                    claims.push((id, fencing));
+                    out.push(entry);
+                }
+                // Its case was erased: nothing is left to send.
+                None => erased.push(id),
+            }
+        }
+        self.inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(claims);
+        if !erased.is_empty() {
+            self.run(move |mut conn| async move {
+                conn.client()
+                    .execute("DELETE FROM outbox WHERE id = ANY($1)", &[&erased])
+                    .await
+                    .map_err(pg)
+            })?;
+        }
+        Ok((out, next.and_then(from_ms)))
+    }
+}
