@@ -185,10 +185,8 @@ fn subject_case(subject: &str) -> &str {
 
 /// How the mails at the sink add up.
 struct Arrivals {
-    /// `Message-ID` → copies.
-    per_id: HashMap<String, usize>,
-    /// `Message-ID` → when its first copy arrived.
-    first: HashMap<String, SystemTime>,
+    /// `Message-ID` → when each copy arrived, first first.
+    at: HashMap<String, Vec<SystemTime>>,
     /// Case id (from the subject) → mails.
     per_case: HashMap<String, usize>,
     total: usize,
@@ -197,15 +195,13 @@ struct Arrivals {
 impl Arrivals {
     fn of(mails: &[Mail]) -> Self {
         let mut a = Self {
-            per_id: HashMap::new(),
-            first: HashMap::new(),
+            at: HashMap::new(),
             per_case: HashMap::new(),
             total: mails.len(),
         };
         for m in mails {
-            *a.per_id.entry(m.id().to_owned()).or_default() += 1;
-            let first = a.first.entry(m.id().to_owned()).or_insert(m.arrived);
-            *first = (*first).min(m.arrived);
+            // `mails` come oldest first.
+            a.at.entry(m.id().to_owned()).or_default().push(m.arrived);
             *a.per_case
                 .entry(subject_case(&m.subject).to_owned())
                 .or_default() += 1;
@@ -215,7 +211,15 @@ impl Arrivals {
 
     /// Copies beyond the first, by `Message-ID`.
     fn same_id_copies(&self) -> usize {
-        self.per_id.values().map(|n| n - 1).sum()
+        self.at.values().map(|t| t.len() - 1).sum()
+    }
+
+    fn first(&self, mid: &str) -> Option<SystemTime> {
+        self.at.get(mid).and_then(|t| t.first().copied())
+    }
+
+    fn last(&self, mid: &str) -> Option<SystemTime> {
+        self.at.get(mid).and_then(|t| t.last().copied())
     }
 }
 
@@ -350,13 +354,13 @@ async fn three_replicas_send_each_update_once() {
                 continue;
             }
             recorded.insert(mid.to_owned());
-            if !arrivals.per_id.contains_key(mid) {
+            if !arrivals.at.contains_key(mid) {
                 lost.push(format!("{id}: {mid}"));
             }
         }
     }
     let unrecorded = arrivals
-        .per_id
+        .at
         .keys()
         .filter(|mid| !recorded.contains(*mid))
         .count();
@@ -430,6 +434,55 @@ async fn load(urls: Vec<String>, stop: Arc<AtomicBool>) -> Vec<(String, Answer)>
     answers
 }
 
+/// What a replica held in the database at `at`: the outbox entries
+/// (message ids) and the due cases (case ids) its leases still covered.
+/// A replica's claims carry its process id (`PID-RANDOM`, see
+/// `src/store/postgres.rs`); a case key is `source \0 id`.
+#[derive(Debug, Default)]
+struct Held {
+    messages: Vec<String>,
+    /// Those of `messages` whose delivered mark (the provider's acceptance)
+    /// was on file.
+    marked: Vec<String>,
+    cases: Vec<String>,
+}
+
+fn held(cluster: &PgCluster, db: &str, pid: u32, at: SystemTime) -> Held {
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let mine = format!("lease_owner LIKE '{pid}-%' AND lease_until > {ms}");
+    let out = cluster.psql(
+        db,
+        &format!(
+            "SELECT 'm ' || id::text || CASE WHEN EXISTS \
+                 (SELECT 1 FROM delivered d WHERE d.id = outbox.id) THEN ' marked' ELSE '' END \
+             FROM outbox WHERE {mine} \
+             UNION ALL SELECT 'c ' || encode(case_key, 'escape') FROM cases WHERE {mine}"
+        ),
+    );
+    let mut h = Held::default();
+    for line in out.lines() {
+        match line.split_once(' ') {
+            Some(("m", id)) => {
+                let (id, marked) = id
+                    .strip_suffix(" marked")
+                    .map_or((id, false), |id| (id, true));
+                if marked {
+                    h.marked.push(id.to_owned());
+                }
+                h.messages.push(id.to_owned());
+            }
+            Some(("c", key)) => h
+                .cases
+                .push(key.split_once("\\000").map_or(key, |(_, id)| id).to_owned()),
+            _ => {}
+        }
+    }
+    h
+}
+
 #[tokio::test]
 async fn kill_one_replica_mid_burst() {
     let Some(cluster) = postgres() else { return };
@@ -475,12 +528,35 @@ async fn kill_one_replica_mid_burst() {
     let mut per_replica = [0.0; REPLICAS];
     let started = Instant::now();
     let mut victim = 0;
+    let mut held_at_kill = Vec::new();
     for k in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.random_range(gap.0..=gap.1))).await;
         victim = k % REPLICAS;
+        let pid = replicas[victim].child.as_ref().expect("running").id();
         per_replica[victim] += scrape_sent(&replicas[victim]).await;
+        if k + 1 == kills {
+            // The last kill, whose work the two others finish alone, hits
+            // the replica while it holds claimed messages.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while held(cluster, &db.name, pid, SystemTime::now())
+                .messages
+                .is_empty()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {victim} (pid {pid}) held no claimed message for 20 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         kill_at.push(SystemTime::now());
         replicas[victim].kill();
+        held_at_kill.push(held(
+            cluster,
+            &db.name,
+            pid,
+            *kill_at.last().expect("a kill"),
+        ));
         if k + 1 < kills {
             let t = Instant::now();
             replicas[victim].spawn().await;
@@ -490,6 +566,29 @@ async fn kill_one_replica_mid_burst() {
     // The last one killed stays down; no more new cases.
     let last_kill = Instant::now();
     stop.store(true, Ordering::SeqCst);
+    // What it held claimed in the outbox is settled by the others.
+    let claimed = held_at_kill
+        .last()
+        .map(|h| h.messages.clone())
+        .unwrap_or_default();
+    let settled_after = if claimed.is_empty() {
+        Duration::ZERO
+    } else {
+        let ids = claimed
+            .iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!("SELECT count(*) FROM outbox WHERE id IN ({ids})");
+        while cluster.psql(&db.name, &sql).trim() != "0" {
+            assert!(
+                last_kill.elapsed() < Duration::from_secs(60),
+                "the last killed replica's claimed messages still in the outbox a minute later: {claimed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last_kill.elapsed()
+    };
     let answers = loader.await.expect("the loader");
     let run = started.elapsed();
     let survivors: Vec<String> = (0..REPLICAS)
@@ -589,7 +688,7 @@ async fn kill_one_replica_mid_burst() {
         );
         for m in msgs {
             let mid = m["id"].as_str().expect("a message id").to_owned();
-            if !arrivals.per_id.contains_key(&mid) {
+            if !arrivals.at.contains_key(&mid) {
                 lost.push(format!("{id}: {mid} ({})", m["kind"]));
             }
             let due = instant(&m["due_at"]).unwrap_or_else(|| panic!("due_at in {m}"));
@@ -599,7 +698,7 @@ async fn kill_one_replica_mid_burst() {
     // A mail for a case whose PUT got no answer (a kill cut it off): that
     // case was stored and records it.
     let unknown: Vec<String> = arrivals
-        .per_id
+        .at
         .keys()
         .filter(|mid| !recorded.contains_key(*mid))
         .cloned()
@@ -630,14 +729,64 @@ async fn kill_one_replica_mid_burst() {
             recorded
                 .iter()
                 .filter(|(_, due)| **due <= at)
-                .filter_map(|(mid, _)| arrivals.first.get(mid))
-                .map(|t| since(*t, *k))
+                .filter_map(|(mid, _)| arrivals.first(mid))
+                .map(|t| since(t, *k))
                 .fold(0.0, f64::max)
         })
         .collect();
+    // How long after each kill the last of what the killed replica held
+    // claimed arrived: its outbox entries, and the updates of the due cases
+    // it had claimed.
+    let mut never = Vec::new();
+    let taken_over: Vec<f64> = kill_at
+        .iter()
+        .zip(&held_at_kill)
+        .map(|(k, h)| {
+            let case_updates = h.cases.iter().filter_map(|id| {
+                let c = cases.get(id)?.as_ref()?;
+                let m = messages(c).iter().find(|m| m["kind"] == "progress")?;
+                Some(m["id"].as_str()?.to_owned())
+            });
+            let mut latest = 0.0_f64;
+            for mid in h.messages.iter().cloned().chain(case_updates) {
+                // A copy sent again by the replica taking over, if any.
+                match arrivals.last(&mid) {
+                    Some(t) => latest = latest.max(since(t, *k)),
+                    None => never.push(mid),
+                }
+            }
+            latest
+        })
+        .collect();
     let last_finish = finish.last().copied().unwrap_or_default();
+    let last_taken_over = taken_over.last().copied().unwrap_or_default();
     let worst = finish.iter().copied().fold(0.0, f64::max);
     let duplicates = arrivals.same_id_copies();
+    // Where each duplicate came from: its copies against the nearest kill
+    // before the second one.
+    for (mid, t) in arrivals.at.iter().filter(|(_, t)| t.len() > 1) {
+        let kill = kill_at.iter().rposition(|k| *k <= t[1]).map_or_else(
+            || "no kill before".to_owned(),
+            |i| {
+                let h = &held_at_kill[i];
+                let held = match (h.messages.contains(mid), h.marked.contains(mid)) {
+                    (true, true) => ", held it, its delivered mark on file",
+                    (true, false) => ", held it, no delivered mark yet",
+                    _ => "",
+                };
+                format!(
+                    "kill {} (replica {}{held}): copies {} s from it",
+                    i + 1,
+                    i % REPLICAS,
+                    t.iter()
+                        .map(|t| format!("{:+.2}", since(*t, kill_at[i])))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            },
+        );
+        println!("replicas: duplicate {mid}: {kill}");
+    }
     let ratio = 100.0 * duplicates as f64 / recorded.len().max(1) as f64;
     println!(
         "replicas: seed {seed}, {kills} kill -9 (replicas in turn) over {:.1} s, lease {LEASE_SECS} s; {burst} cases imported, {} PUT, {refused} not answered 2xx",
@@ -648,10 +797,30 @@ async fn kill_one_replica_mid_burst() {
         "replicas: restart to ready at most {} ms",
         restart_ms.iter().max().copied().unwrap_or_default()
     );
+    let last_held = held_at_kill
+        .last()
+        .map_or((0, 0), |h| (h.messages.len(), h.cases.len()));
     println!(
-        "replicas: after the last kill, what was due at it arrived within {last_finish:.2} s (bound {:.0} s); all work done after {:.1} s",
+        "replicas: after the last kill, the killed replica's claims ({} messages, {} due cases) arrived within {last_taken_over:.2} s, what was due at it within {last_finish:.2} s (bound {:.0} s); all work done after {:.1} s",
+        last_held.0,
+        last_held.1,
         LEASE_SECS + 5.0,
         all_done.as_secs_f64()
+    );
+    println!(
+        "replicas: the last killed replica's {} claimed outbox entries were settled by the others {:.2} s after the kill (bound {:.0} s)",
+        claimed.len(),
+        settled_after.as_secs_f64(),
+        LEASE_SECS + 5.0
+    );
+    println!(
+        "replicas: per kill, claims held (messages+cases) and when the last arrived (s): {}",
+        held_at_kill
+            .iter()
+            .zip(&taken_over)
+            .map(|(h, t)| format!("{}+{} {t:.1}", h.messages.len(), h.cases.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "replicas: per kill, what was due at it arrived within (s): {}; worst {worst:.2}",
@@ -673,6 +842,18 @@ async fn kill_one_replica_mid_burst() {
     println!("replicas: duplicates {duplicates} ({ratio:.3} %), each with the same Message-ID");
     println!("replicas: lost {}", lost.len());
     assert!(lost.is_empty(), "recorded as sent, never arrived: {lost:?}");
+    assert!(
+        never.is_empty(),
+        "claimed by a killed replica, never arrived: {never:?}"
+    );
+    assert!(
+        settled_after.as_secs_f64() <= LEASE_SECS + 5.0,
+        "the survivors settled the last killed replica's claims after {settled_after:?}"
+    );
+    assert!(
+        last_taken_over <= LEASE_SECS + 5.0,
+        "the survivors took {last_taken_over:.2} s to finish the last killed replica's claims"
+    );
     assert!(
         last_finish <= LEASE_SECS + 5.0,
         "the survivors took {last_finish:.2} s to finish what was due at the last kill"
