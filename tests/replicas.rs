@@ -13,19 +13,24 @@
 //!   `TIDINGS_REPLICA_LEAD_SECS` how long after the import starts the
 //!   updates fall due (default 8 s + 1 s for 50 cases: the import runs at
 //!   80 to 150 cases/s in a debug build).
-//! - `kill_one_replica_mid_burst`: a burst of due messages (cases imported
-//!   before the start, and new ones PUT across the replicas meanwhile, each
-//!   with an acknowledgement and one progress update 10 s later) while
-//!   one replica after another is killed with `kill -9` at random instants
-//!   and restarted; the last one killed stays down, and the two others
-//!   must finish what was due at that kill within the lease (3 s) + 5 s.
-//!   Nothing is lost; duplicates (a kill between the sink's acceptance and
-//!   the record) are printed and stay under 0.1 % on runs of 20 kills or
-//!   more. `TIDINGS_REPLICA_KILLS` (default 5; the full run is 20),
-//!   `TIDINGS_REPLICA_SEED` (default 1), `TIDINGS_REPLICA_BURST` (cases
-//!   imported before the start, default 150), `TIDINGS_REPLICA_GAP_MIN_MS`/
-//!   `_MAX_MS` (time between a restart and the next kill, default
-//!   1000–4000) and `TIDINGS_REPLICA_MAX_DUP_PCT` set the run.
+//! - `kill_one_replica_mid_burst`: bursts of due messages (cases imported
+//!   before the start; new ones PUT across the replicas meanwhile; before
+//!   each kill a burst of new cases; each case with an acknowledgement and
+//!   one progress update 10 s later) while one replica after another is
+//!   killed with `kill -9`, at a random instant at which it holds claimed
+//!   messages (read from the database), and restarted. The last one killed
+//!   stays down: the two others must settle what it held, and send what
+//!   was due at that kill, within the lease (3 s) + 5 s. Nothing is lost;
+//!   duplicates (a kill between the sink's acceptance and the delivered
+//!   mark) are printed, each traced to its kill, and stay under 0.1 % on
+//!   runs of 20 kills or more. `TIDINGS_REPLICA_KILLS` (default 5; the
+//!   full run is 20), `TIDINGS_REPLICA_SEED` (default 1),
+//!   `TIDINGS_REPLICA_BURST` (cases imported before the start, default
+//!   150), `TIDINGS_REPLICA_BURST_PUTS` (cases PUT in the burst before each
+//!   kill, default 30), `TIDINGS_REPLICA_GAP_MIN_MS`/`_MAX_MS` (time
+//!   between a restart and the next burst, default 1000–4000) and
+//!   `TIDINGS_REPLICA_MAX_DUP_PCT` (default 0.1 on runs of 20 kills or
+//!   more, not checked on shorter ones) set the run.
 //!
 //! The full runs:
 //! `TIDINGS_REPLICA_CASES=10000 TIDINGS_REPLICA_KILLS=20 cargo test --release --test replicas -- --nocapture`.
@@ -434,6 +439,41 @@ async fn load(urls: Vec<String>, stop: Arc<AtomicBool>) -> Vec<(String, Answer)>
     answers
 }
 
+/// PUTs the new cases `ids`, `width` at a time, each to the next replica
+/// in `urls`; each case's id and answer.
+async fn put_cases(urls: Vec<String>, ids: Vec<String>, width: usize) -> Vec<(String, Answer)> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let workers: Vec<_> = (0..width)
+        .map(|w| {
+            let mine: Vec<String> = ids.iter().skip(w).step_by(width).cloned().collect();
+            let (http, urls) = (http.clone(), urls.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for (i, id) in mine.into_iter().enumerate() {
+                    let answer = http
+                        .put(format!("{}/v1/cases/{id}", urls[(w + i) % urls.len()]))
+                        .bearer_auth(TOKEN)
+                        .json(&case_for(&id))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .map_err(|e| e.to_string());
+                    answers.push((id, answer));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for w in workers {
+        answers.extend(w.await.expect("a PUT worker"));
+    }
+    answers
+}
+
 /// What a replica held in the database at `at`: the outbox entries
 /// (message ids) and the due cases (case ids) its leases still covered.
 /// A replica's claims carry its process id (`PID-RANDOM`, see
@@ -483,6 +523,14 @@ fn held(cluster: &PgCluster, db: &str, pid: u32, at: SystemTime) -> Held {
     h
 }
 
+/// `held`, off the runtime's thread (psql blocks).
+async fn held_now(cluster: &'static PgCluster, db: &str, pid: u32) -> Held {
+    let db = db.to_owned();
+    tokio::task::spawn_blocking(move || held(cluster, &db, pid, SystemTime::now()))
+        .await
+        .expect("psql")
+}
+
 #[tokio::test]
 async fn kill_one_replica_mid_burst() {
     let Some(cluster) = postgres() else { return };
@@ -492,6 +540,7 @@ async fn kill_one_replica_mid_burst() {
     let kills: usize = env_or("TIDINGS_REPLICA_KILLS", 5);
     let seed: u64 = env_or("TIDINGS_REPLICA_SEED", 1);
     let burst: usize = env_or("TIDINGS_REPLICA_BURST", 150);
+    let burst_puts: usize = env_or("TIDINGS_REPLICA_BURST_PUTS", 30);
     let gap: (u64, u64) = (
         env_or("TIDINGS_REPLICA_GAP_MIN_MS", 1000),
         env_or("TIDINGS_REPLICA_GAP_MAX_MS", 4000),
@@ -529,25 +578,26 @@ async fn kill_one_replica_mid_burst() {
     let started = Instant::now();
     let mut victim = 0;
     let mut held_at_kill = Vec::new();
+    let mut bursts = Vec::new();
     for k in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.random_range(gap.0..=gap.1))).await;
         victim = k % REPLICAS;
         let pid = replicas[victim].child.as_ref().expect("running").id();
         per_replica[victim] += scrape_sent(&replicas[victim]).await;
-        if k + 1 == kills {
-            // The last kill, whose work the two others finish alone, hits
-            // the replica while it holds claimed messages.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while held(cluster, &db.name, pid, SystemTime::now())
-                .messages
-                .is_empty()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "replica {victim} (pid {pid}) held no claimed message for 20 s"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        // A burst of new cases (their acknowledgements due at once, their
+        // updates 10 s later), and the kill while the replica holds some
+        // of it claimed.
+        let ids = (1..=burst_puts)
+            .map(|i| format!("P{}-{i}", k + 1))
+            .collect();
+        bursts.push(tokio::spawn(put_cases(urls.clone(), ids, 6)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while held_now(cluster, &db.name, pid).await.messages.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "replica {victim} (pid {pid}) held no claimed message for 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         kill_at.push(SystemTime::now());
         replicas[victim].kill();
@@ -589,7 +639,10 @@ async fn kill_one_replica_mid_burst() {
         }
         last_kill.elapsed()
     };
-    let answers = loader.await.expect("the loader");
+    let mut answers = loader.await.expect("the loader");
+    for b in bursts {
+        answers.extend(b.await.expect("a burst"));
+    }
     let run = started.elapsed();
     let survivors: Vec<String> = (0..REPLICAS)
         .filter(|i| *i != victim)
