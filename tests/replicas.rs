@@ -673,14 +673,43 @@ async fn kill_one_replica_mid_burst() {
         .collect();
     assert!(odd.is_empty(), "PUTs answered neither 2xx nor 503: {odd:?}");
     assert!(acked.len() > burst, "no PUT was answered 2xx");
+    // A PUT that got no answer (a kill cut it off) may have been stored:
+    // then its messages are owed as well.
+    let unanswered: Vec<String> = answers
+        .iter()
+        .filter(|(_, a)| a.is_err())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let asked: Vec<String> = acked.iter().chain(&unanswered).cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(90);
     let cases = loop {
-        let cases = get_cases(&survivors, &acked).await;
+        for (i, d) in replicas.iter_mut().enumerate() {
+            let exited = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                i == victim || exited.is_none(),
+                "replica {i} exited ({exited:?}); its log's tail:\n{}",
+                d.log()
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        let mut cases = get_cases(&survivors, &asked).await;
+        for id in &acked {
+            assert!(
+                cases[id].is_some(),
+                "{id} was acknowledged and is not stored"
+            );
+        }
+        cases.retain(|_, c| c.is_some());
         let mut waiting = Vec::new();
         for (id, c) in &cases {
-            let c = c
-                .as_ref()
-                .unwrap_or_else(|| panic!("{id} was acknowledged and is not stored"));
+            let c = c.as_ref().expect("stored");
             for m in messages(c).iter().filter(|m| m["status"] != "sent") {
                 waiting.push(format!(
                     "{id} {} {} {} ({}); the case's messages: {}",
@@ -748,31 +777,20 @@ async fn kill_one_replica_mid_burst() {
             recorded.insert(mid, due);
         }
     }
-    // A mail for a case whose PUT got no answer (a kill cut it off): that
-    // case was stored and records it.
-    let unknown: Vec<String> = arrivals
+    // Every mail belongs to a stored case that records it.
+    let unknown: Vec<&String> = arrivals
         .at
         .keys()
         .filter(|mid| !recorded.contains_key(*mid))
-        .cloned()
         .collect();
-    let mut of_unanswered = 0;
-    if !unknown.is_empty() {
-        let ids: Vec<String> = mails
-            .iter()
-            .filter(|m| unknown.iter().any(|u| u == m.id()))
-            .map(|m| subject_case(&m.subject).to_owned())
-            .collect();
-        let found = get_cases(&survivors, &ids).await;
-        for mid in &unknown {
-            let has = found
-                .values()
-                .flatten()
-                .any(|c| messages(c).iter().any(|m| m["id"] == mid.as_str()));
-            assert!(has, "{mid} arrived and no case records it");
-            of_unanswered += 1;
-        }
-    }
+    assert!(
+        unknown.is_empty(),
+        "arrived, and no case records them: {unknown:?}"
+    );
+    let of_unanswered = unanswered
+        .iter()
+        .filter(|id| cases.contains_key(*id))
+        .count();
 
     // How long after each kill the last message due at that instant arrived.
     let finish: Vec<f64> = kill_at
@@ -888,7 +906,7 @@ async fn kill_one_replica_mid_burst() {
         per_replica.map(|v| format!("{v:.0}")).join(" / ")
     );
     println!(
-        "replicas: {} messages recorded as sent, {} arrivals ({of_unanswered} of cases whose PUT a kill cut off)",
+        "replicas: {} messages recorded as sent, {} arrivals; {of_unanswered} cases stored though a kill cut their PUT's answer off",
         recorded.len(),
         arrivals.total
     );
