@@ -833,30 +833,41 @@ async fn kill_one_replica_mid_burst() {
     let last_taken_over = taken_over.last().copied().unwrap_or_default();
     let worst = finish.iter().copied().fold(0.0, f64::max);
     let duplicates = arrivals.same_id_copies();
-    // Where each duplicate came from: its copies against the nearest kill
-    // before the second one.
+    // Where each duplicate came from: its copies against the kill nearest
+    // its first one, and whether the killed replica held it unmarked.
+    let mut explained = 0;
     for (mid, t) in arrivals.at.iter().filter(|(_, t)| t.len() > 1) {
-        let kill = kill_at.iter().rposition(|k| *k <= t[1]).map_or_else(
-            || "no kill before".to_owned(),
-            |i| {
-                let h = &held_at_kill[i];
-                let held = match (h.messages.contains(mid), h.marked.contains(mid)) {
-                    (true, true) => ", held it, its delivered mark on file",
-                    (true, false) => ", held it, no delivered mark yet",
-                    _ => "",
-                };
-                format!(
-                    "kill {} (replica {}{held}): copies {} s from it",
-                    i + 1,
-                    i % REPLICAS,
-                    t.iter()
-                        .map(|t| format!("{:+.2}", since(*t, kill_at[i])))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                )
-            },
+        let Some(i) = (0..kill_at.len()).min_by(|a, b| {
+            since(t[0], kill_at[*a])
+                .abs()
+                .total_cmp(&since(t[0], kill_at[*b]).abs())
+        }) else {
+            continue;
+        };
+        let h = &held_at_kill[i];
+        let held = match (h.messages.contains(mid), h.marked.contains(mid)) {
+            (true, true) => ", held it, its delivered mark on file",
+            (true, false) => ", held it, no delivered mark yet",
+            _ => "",
+        };
+        explained += usize::from(h.messages.contains(mid) && !h.marked.contains(mid));
+        println!(
+            "replicas: duplicate {mid}: kill {} (replica {}{held}): copies {} s from it",
+            i + 1,
+            i % REPLICAS,
+            t.iter()
+                .map(|t| format!("{:+.2}", since(*t, kill_at[i])))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
-        println!("replicas: duplicate {mid}: {kill}");
+        if held.is_empty() {
+            // Not a kill's: what the replicas logged of it (every life).
+            for (r, d) in replicas.iter().enumerate() {
+                for line in d.log().lines().filter(|l| l.contains(mid.as_str())) {
+                    println!("replicas:   replica {r}: {line}");
+                }
+            }
+        }
     }
     let ratio = 100.0 * duplicates as f64 / recorded.len().max(1) as f64;
     println!(
@@ -885,6 +896,14 @@ async fn kill_one_replica_mid_burst() {
         LEASE_SECS + 5.0
     );
     println!(
+        "replicas: kills at (s from the first): {}",
+        kill_at
+            .iter()
+            .map(|k| format!("{:.2}", since(*k, kill_at[0])))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
         "replicas: per kill, claims held (messages+cases) and when the last arrived (s): {}",
         held_at_kill
             .iter()
@@ -910,7 +929,9 @@ async fn kill_one_replica_mid_burst() {
         recorded.len(),
         arrivals.total
     );
-    println!("replicas: duplicates {duplicates} ({ratio:.3} %), each with the same Message-ID");
+    println!(
+        "replicas: duplicates {duplicates} ({ratio:.3} %), each with the same Message-ID; {explained} of them held by the killed replica, accepted by the sink before the kill with no delivered mark on file at it"
+    );
     println!("replicas: lost {}", lost.len());
     assert!(lost.is_empty(), "recorded as sent, never arrived: {lost:?}");
     assert!(
