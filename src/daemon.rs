@@ -80,6 +80,12 @@ pub async fn run_with_clock(
         config.defaults(),
     );
     svc.digest_window = config.digest_window;
+    // Work another replica commits wakes this one's workers at once.
+    let (scheduler, dispatcher) = (svc.wake_scheduler.clone(), svc.wake_dispatcher.clone());
+    storage.watch(Arc::new(move || {
+        scheduler.notify_one();
+        dispatcher.notify_one();
+    }));
     let reloader = Arc::new(crate::runtime::reload::Reloader::new(
         config.clone(),
         svc.clone(),

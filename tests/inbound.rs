@@ -63,7 +63,7 @@ async fn desk(comments: &str) -> Option<Desk> {
             file.display()
         ));
     }
-    let d = Setup::new(rules("updates", &[]))
+    let d = Setup::new(rules("updates", &[("remind", "1h")]))
         .smtp(sink.port)
         .admin()
         .extra(&inbound)

@@ -61,7 +61,7 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_daemon_on_postgres_sends_survives_kill_9_erases_and_runs_alone() {
+async fn a_daemon_on_postgres_sends_survives_kill_9_erases_and_runs_beside_a_replica() {
     let Some(cluster) = postgres() else { return };
     let Some(bin) = smtp_sink() else { return };
     let db = cluster.database();
@@ -215,11 +215,15 @@ async fn migrate_applies_the_schema_once_and_bad_store_settings_are_named() {
     assert!(out.contains("applied 0001_initial"), "{out}");
     assert!(out.contains("0002_inbound"), "{out}");
     assert!(out.contains("0003_replicas"), "{out}");
+    assert!(out.contains("0004_live_replicas"), "{out}");
     let recorded = cluster.psql(
         &db.name,
         "SELECT version, name FROM schema_migrations ORDER BY version",
     );
-    assert_eq!(recorded.trim(), "1|initial\n2|inbound\n3|replicas");
+    assert_eq!(
+        recorded.trim(),
+        "1|initial\n2|inbound\n3|replicas\n4|live_replicas"
+    );
     let (code, out, _) = tidings(&["migrate", "--config", &config], &env);
     assert_eq!(code, 0);
     assert!(out.contains("up to date"), "{out}");

@@ -8,7 +8,9 @@
 //!   replica's delivered mark and settlement are refused (`Fenced`), while
 //!   another writer may still cancel the entry (a newer update);
 //! - a due case one replica claimed is passed by the other until its
-//!   record is written again or the lease runs out.
+//!   record is written again or the lease runs out;
+//! - what a replica that is gone (its lock session closed) had claimed is
+//!   taken over at once, without waiting for the lease.
 //!
 //! Time is fixed (`at`): leases run on the instants the callers pass.
 
@@ -32,6 +34,9 @@ fn two_replicas() -> Option<(PgStore, PgStore, peers::PgDatabase)> {
     };
     let a = PgStore::open(&config).expect("replica a opens");
     let b = PgStore::open(&config).expect("replica b opens");
+    // As daemons do: the lock's session says each replica is alive.
+    a.lock_daemon().expect("a's lock");
+    b.lock_daemon().expect("b's lock");
     Some((a, b, db))
 }
 
@@ -262,5 +267,97 @@ fn a_due_case_one_replica_claimed_is_passed_by_the_other() {
     assert_eq!(
         b.claim_due_case(lapsed).expect("b after the lease"),
         Some((at(60), moved.key()))
+    );
+}
+
+#[test]
+fn a_replica_hears_of_work_another_one_commits() {
+    let Some((a, b, _db)) = two_replicas() else {
+        return;
+    };
+    let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = woken.clone();
+    b.watch(std::sync::Arc::new(move || {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    let seen = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while woken.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < deadline, "no wake-up");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // Once when it starts listening.
+    seen(1);
+    let before = woken.load(std::sync::atomic::Ordering::SeqCst);
+    // A pacing write schedules nothing: no notification.
+    a.set_last_sent(
+        a.contact(tidings::domain::Channel::Email, MARIA_EMAIL),
+        at(1),
+    )
+    .expect("noted");
+    // A new case with a due instant does.
+    let r = maria("R-6", Some(at(5)));
+    a.commit(&r.key(), &Commit::record(r.clone()))
+        .expect("stored");
+    seen(before + 1);
+    // So does a queued message.
+    let before = woken.load(std::sync::atomic::Ordering::SeqCst);
+    a.commit(
+        &r.key(),
+        &Commit {
+            outbox_put: vec![entry(&r.key(), 9, at(6))],
+            ..Commit::default()
+        },
+    )
+    .expect("queued");
+    seen(before + 1);
+}
+
+#[test]
+fn the_claims_of_a_replica_that_is_gone_are_taken_over_at_once() {
+    let Some((a, b, _db)) = two_replicas() else {
+        return;
+    };
+    let r = maria("R-7", Some(at(1)));
+    let k = r.key();
+    a.commit(
+        &k,
+        &Commit {
+            outbox_put: vec![entry(&k, 21, at(1)), entry(&k, 22, at(2))],
+            ..Commit::record(r.clone())
+        },
+    )
+    .expect("queued");
+    let none = HashSet::new();
+    let (took, _) = a.due_outbox(at(5), 10, &none).expect("a claims");
+    assert_eq!(took.len(), 2);
+    assert_eq!(
+        a.claim_due_case(at(5)).expect("a claims the case"),
+        Some((at(1), k.clone()))
+    );
+    // While a lives, b leaves them alone.
+    assert!(b.due_outbox(at(5), 10, &none).expect("b").0.is_empty());
+    assert_eq!(b.claim_due_case(at(5)).expect("b"), None);
+    // a is killed: its sessions close. Well within a's lease, b takes
+    // everything over as soon as the database sees a's session gone.
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut taken = Vec::new();
+    while taken.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's claims were not taken over"
+        );
+        let busy: HashSet<Uuid> = taken
+            .iter()
+            .map(|e: &tidings::domain::OutboxEntry| e.id)
+            .collect();
+        taken.extend(b.due_outbox(at(5), 10, &busy).expect("b").0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        b.claim_due_case(at(5)).expect("b takes the case"),
+        Some((at(1), k))
     );
 }

@@ -194,6 +194,12 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
 
     // The schedule index.
 
+    /// Calls `wake` whenever work may have fallen due that another process
+    /// sharing the store committed (a replica's new schedule or outbox
+    /// entry). A store nobody else writes has nothing to report.
+    fn watch(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        let _ = wake;
+    }
     /// The earliest scheduled case, if any.
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>>;
     /// The earliest scheduled case this daemon may take at `now`; when it

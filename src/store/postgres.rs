@@ -425,7 +425,11 @@ impl PgStore {
     }
 
     fn take_lock(&self, shared: bool) -> Result<()> {
-        let config = self.inner.pool.config.clone();
+        // The lock's session names this replica: while it is open, the
+        // others leave this one's claims alone (`live_replicas`).
+        let mut session = self.inner.pool.config.clone();
+        session.application_name(format!("{}{}", claims::SESSION_PREFIX, self.inner.owner));
+        let config = session.clone();
         let client = self
             .run(move |_conn| async move { schema::take_daemon_lock(&config, shared).await })?
             .map_err(StoreError::Postgres)?;
@@ -437,8 +441,7 @@ impl PgStore {
         lock.shared
             .store(shared, std::sync::atomic::Ordering::SeqCst);
         lock.wanted.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.handle()
-            .spawn(lock.clone().keep(self.inner.pool.config.clone()));
+        self.handle().spawn(lock.clone().keep(session));
         Ok(())
     }
 
@@ -492,6 +495,9 @@ impl super::Storage for PgStore {
     }
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         PgStore::next_due_case(self)
+    }
+    fn watch(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        PgStore::watch(self, wake);
     }
     fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         PgStore::claim_due_case(self, now)

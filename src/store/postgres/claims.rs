@@ -1,7 +1,8 @@
 //! What replicas sharing one database claim: due cases (for the
 //! scheduler) and due outbox entries (for the dispatcher), each leased to
 //! one replica for a while, the entries under a fencing number that the
-//! commits settling them are checked against (`commit.rs`).
+//! commits settling them are checked against (`commit.rs`); and how a
+//! replica hears of work another one committed (`LISTEN`/`NOTIFY`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -15,7 +16,57 @@ use super::{PgStore, Result, from_ms, ms, pg};
 /// and the key its case's row joined.
 type Claimed = (Uuid, i64, Vec<u8>, i64, Option<Vec<u8>>);
 
+/// The session name of a replica's lock session, before its owner name:
+/// the `live_replicas` view (migration 0004) lists the replicas whose
+/// session is open. A claim held by a replica whose session is gone (it
+/// was killed) is taken over at once, without waiting for its lease.
+pub(super) const SESSION_PREFIX: &str = "tidings replica ";
+
+/// The channel a commit that schedules or queues something notifies.
+pub(super) const WORK_CHANNEL: &str = "tidings_work";
+
+/// How long the listener waits before connecting again.
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl PgStore {
+    /// Calls `wake` on every notification of new work (and once each time
+    /// the listening session starts, for what it may have missed). The
+    /// workers also look on their own every second, so a lost session only
+    /// slows a replica's wake-ups, never stops them.
+    pub fn watch(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        let config = self.inner.pool.config.clone();
+        self.handle().spawn(async move {
+            loop {
+                if let Ok((client, mut connection)) = config.connect(tokio_postgres::NoTls).await {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    let driver = tokio::spawn(async move {
+                        while let Some(Ok(message)) =
+                            std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                        {
+                            if let tokio_postgres::AsyncMessage::Notification(_) = message
+                                && tx.send(()).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    if client
+                        .batch_execute(&format!("LISTEN {WORK_CHANNEL}"))
+                        .await
+                        .is_ok()
+                    {
+                        wake();
+                        while rx.recv().await.is_some() {
+                            wake();
+                        }
+                    }
+                    driver.abort();
+                }
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        });
+    }
+
     /// The earliest scheduled case no other replica holds; when it is due,
     /// leased to this one (`lease` from now), so the others pass it by
     /// until its record is written again or the lease runs out.
@@ -29,7 +80,8 @@ impl PgStore {
                     .query_opt(
                         "SELECT s.due_ms, s.case_key FROM schedule s
                          WHERE NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_key = s.case_key
-                               AND c.lease_owner <> $1 AND c.lease_until > $2)
+                               AND c.lease_owner <> $1 AND c.lease_until > $2
+                               AND c.lease_owner IN (SELECT owner FROM live_replicas))
                          ORDER BY s.due_ms, s.case_key LIMIT 1",
                         &[&owner, &now],
                     )
@@ -56,7 +108,8 @@ impl PgStore {
                         "UPDATE cases SET lease_owner = $2, lease_until = $3,
                                 fencing = nextval('fencing_numbers')
                          WHERE case_key = $1
-                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4)",
+                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4
+                                OR lease_owner NOT IN (SELECT owner FROM live_replicas))",
                         &[&key, &owner, &now.saturating_add(lease), &now],
                     )
                     .await
@@ -102,7 +155,8 @@ impl PgStore {
                     "WITH picked AS (
                          SELECT id FROM outbox
                          WHERE next_attempt_ms <= $1 AND NOT (id = ANY($2))
-                           AND (lease_owner IS NULL OR lease_owner = $3 OR lease_until <= $1)
+                           AND (lease_owner IS NULL OR lease_owner = $3 OR lease_until <= $1
+                                OR lease_owner NOT IN (SELECT owner FROM live_replicas))
                          ORDER BY next_attempt_ms, id LIMIT $4
                          FOR UPDATE SKIP LOCKED)
                      UPDATE outbox o SET lease_owner = $3, lease_until = $5,

@@ -106,6 +106,15 @@ impl PgStore {
             for p in &prepared {
                 apply(&tx, p).await?;
             }
+            // Other replicas hear of new work when this commits.
+            if prepared
+                .iter()
+                .any(|p| p.new_due.is_some() || !p.outbox_put.is_empty())
+            {
+                tx.batch_execute(&format!("NOTIFY {}", super::claims::WORK_CHANNEL))
+                    .await
+                    .map_err(pg)?;
+            }
             tx.commit().await.map_err(pg)
         })?;
         // Settled entries are no longer this replica's to fence.

@@ -11,6 +11,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "inbound", include_str!("migrations/0002_inbound.sql")),
     (3, "replicas", include_str!("migrations/0003_replicas.sql")),
+    (
+        4,
+        "live_replicas",
+        include_str!("migrations/0004_live_replicas.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take (one migrator at a time).
