@@ -18,7 +18,8 @@
 //!   each kill a burst of new cases; each case with an acknowledgement and
 //!   one progress update 10 s later) while one replica after another is
 //!   killed with `kill -9`, at a random instant at which it holds claimed
-//!   messages (read from the database), and restarted. The last one killed
+//!   messages (read from the database just before the kill and right
+//!   after it), and restarted. The last one killed
 //!   stays down: the two others must settle what it held, and send what
 //!   was due at that kill, within the lease (3 s) + 5 s. Nothing is lost;
 //!   duplicates (a kill between the sink's acceptance and the delivered
@@ -489,6 +490,24 @@ struct Held {
     cases: Vec<String>,
 }
 
+impl Held {
+    /// Both readings, each id once.
+    fn and(mut self, other: Self) -> Self {
+        for (mine, theirs) in [
+            (&mut self.messages, other.messages),
+            (&mut self.marked, other.marked),
+            (&mut self.cases, other.cases),
+        ] {
+            for id in theirs {
+                if !mine.contains(&id) {
+                    mine.push(id);
+                }
+            }
+        }
+        self
+    }
+}
+
 fn held(cluster: &PgCluster, db: &str, pid: u32, at: SystemTime) -> Held {
     let ms = at
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -594,22 +613,22 @@ async fn kill_one_replica_mid_burst() {
             .map(|i| format!("P{}-{i}", k + 1))
             .collect();
         bursts.push(tokio::spawn(put_cases(urls.clone(), ids, 6)));
+        // What it holds is read just before the kill and right after it
+        // (the others may take it over as soon as its session is gone).
         let deadline = Instant::now() + Duration::from_secs(20);
-        while when_holding && held_now(cluster, &db.name, pid).await.messages.is_empty() {
+        let mut before = held_now(cluster, &db.name, pid).await;
+        while when_holding && before.messages.is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "replica {victim} (pid {pid}) held no claimed message for 20 s"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
+            before = held_now(cluster, &db.name, pid).await;
         }
         kill_at.push(SystemTime::now());
         replicas[victim].kill();
-        held_at_kill.push(held(
-            cluster,
-            &db.name,
-            pid,
-            *kill_at.last().expect("a kill"),
-        ));
+        let after = held(cluster, &db.name, pid, *kill_at.last().expect("a kill"));
+        held_at_kill.push(before.and(after));
         if k + 1 < kills {
             let t = Instant::now();
             replicas[victim].spawn().await;
