@@ -103,9 +103,24 @@ impl PgStore {
             .collect();
         self.run(|mut conn| async move {
             let tx = conn.client().transaction().await.map_err(pg)?;
+            // Each case's changes in order; different cases side by side,
+            // their statements pipelined on the one connection (one round
+            // trip per step rather than per statement of every case).
+            let mut cases: Vec<Vec<&Prepared>> = Vec::new();
             for p in &prepared {
-                apply(&tx, p).await?;
+                match cases.iter_mut().find(|c| c[0].case_key == p.case_key) {
+                    Some(c) => c.push(p),
+                    None => cases.push(vec![p]),
+                }
             }
+            let shared = &tx;
+            futures_util::future::try_join_all(cases.into_iter().map(|changes| async move {
+                for p in changes {
+                    apply(shared, p).await?;
+                }
+                Ok::<(), StoreError>(())
+            }))
+            .await?;
             // Other replicas hear of new work when this commits.
             if prepared
                 .iter()
