@@ -428,18 +428,22 @@ async fn load(urls: Vec<String>, stop: Arc<AtomicBool>) -> Vec<(String, Answer)>
     while !stop.load(Ordering::SeqCst) {
         n += 1;
         let id = format!("K-{n}");
-        let answer = http
-            .put(format!("{}/v1/cases/{id}", urls[n % urls.len()]))
-            .bearer_auth(TOKEN)
-            .json(&case_for(&id))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string());
+        let answer = put(&http, &urls[n % urls.len()], &id).await;
         answers.push((id, answer));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     answers
+}
+
+/// PUTs the new case `id` to the replica at `url`.
+async fn put(http: &reqwest::Client, url: &str, id: &str) -> Answer {
+    http.put(format!("{url}/v1/cases/{id}"))
+        .bearer_auth(TOKEN)
+        .json(&case_for(id))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
 }
 
 /// PUTs the new cases `ids`, `width` at a time, each to the next replica
@@ -456,14 +460,7 @@ async fn put_cases(urls: Vec<String>, ids: Vec<String>, width: usize) -> Vec<(St
             tokio::spawn(async move {
                 let mut answers = Vec::new();
                 for (i, id) in mine.into_iter().enumerate() {
-                    let answer = http
-                        .put(format!("{}/v1/cases/{id}", urls[(w + i) % urls.len()]))
-                        .bearer_auth(TOKEN)
-                        .json(&case_for(&id))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .map_err(|e| e.to_string());
+                    let answer = put(&http, &urls[(w + i) % urls.len()], &id).await;
                     answers.push((id, answer));
                 }
                 answers
