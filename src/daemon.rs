@@ -51,7 +51,7 @@ pub async fn run_with_clock(
             config.data_dir.display()
         )
     })?;
-    let (storage, pg) = open_store(&config)?;
+    let (storage, pg, sweep) = open_store(&config)?;
     with_store_keys(&mut engine, &*storage);
     let texter = Texter::new(
         &config.sms.transport,
@@ -72,7 +72,7 @@ pub async fn run_with_clock(
         mailer = mailer.with_bounces(bounces, &engine.consent.unsubscribe_key);
     }
     crate::metrics::install();
-    crate::metrics::count_cases(storage.scan_case_statuses())?;
+    let counted = count_cases(storage.clone(), sweep);
     let mut svc = Service::new(
         storage.clone(),
         Arc::new(engine),
@@ -147,6 +147,9 @@ pub async fn run_with_clock(
         failed.clone(),
         config.shutdown_grace,
     ));
+    // A small store is counted before ready, so the gauge is there from
+    // the first scrape; a large one (seconds at a million cases) after.
+    let _ = tokio::time::timeout(COUNT_BEFORE_READY, counted).await;
     tracing::info!(
         listen = %listener.local_addr()?,
         outbox = storage.outbox_len(),
@@ -202,11 +205,41 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// How long a start waits for the count of cases before it is ready.
+const COUNT_BEFORE_READY: Duration = Duration::from_millis(250);
+
+/// Counts the cases by status for `tidings_cases_open`, on a blocking
+/// thread once the sweep of keys (if any) is done: one walk of every case,
+/// which must not hold up the start. The gauge shows once both are done.
+fn count_cases(storage: Arc<dyn Storage>, sweep: Option<JoinHandle<()>>) -> JoinHandle<()> {
+    crate::metrics::counting_cases();
+    let count = move || {
+        let started = std::time::Instant::now();
+        match crate::metrics::count_cases(storage.scan_case_statuses()) {
+            Ok(cases) => tracing::info!(cases, ms = started.elapsed().as_millis(), "cases counted"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "counting the cases failed; tidings_cases_open is not shown until a restart"
+            ),
+        }
+    };
+    tokio::spawn(async move {
+        if let Some(sweep) = sweep {
+            let _ = sweep.await;
+        }
+        let _ = tokio::task::spawn_blocking(count).await;
+    })
+}
+
+/// The store, the PostgreSQL store again to watch its lock, the sweep.
+type Opened = (Arc<dyn Storage>, Option<PgStore>, Option<JoinHandle<()>>);
+
 /// Opens the backend `store:` chose. sled: the database in `data_dir/db`,
 /// with the sweep of keys a crash left behind started in the background.
 /// PostgreSQL: migrations applied, and the database's daemon lock taken
 /// (one daemon per database until replicas share work).
-fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Storage>, Option<PgStore>)> {
+/// Also returns the sweep, to be awaited before other walks of the store.
+fn open_store(config: &Config) -> anyhow::Result<Opened> {
     match &config.store {
         StoreChoice::Sled => {
             let db = config.data_dir.join("db");
@@ -214,7 +247,7 @@ fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Storage>, Option<PgSto
                 .map_err(|e| anyhow::anyhow!("the store in {}: {e}", db.display()))?;
             store.set_reserve(config.storage_reserve);
             let sweeper = store.clone();
-            tokio::task::spawn_blocking(move || match sweeper.sweep_keys() {
+            let sweep = tokio::task::spawn_blocking(move || match sweeper.sweep_keys() {
                 Ok(0) => {}
                 Ok(orphans) => {
                     tracing::info!(orphans, "keyring: destroyed keys no stored value names");
@@ -223,7 +256,7 @@ fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Storage>, Option<PgSto
                     tracing::warn!(error = %e, "keyring: looking for keys left by a crash failed");
                 }
             });
-            Ok((Arc::new(store), None))
+            Ok((Arc::new(store), None, Some(sweep)))
         }
         StoreChoice::Postgres {
             url,
@@ -245,7 +278,7 @@ fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Storage>, Option<PgSto
                 lease_s = lease.as_secs_f64(),
                 "store: PostgreSQL, shared by replicas"
             );
-            Ok((Arc::new(store.clone()), Some(store)))
+            Ok((Arc::new(store.clone()), Some(store), None))
         }
     }
 }

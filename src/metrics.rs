@@ -37,6 +37,7 @@ pub const RENDER_FAILURES: &str = "tidings_render_failures_total";
 pub const INBOUND_UNMAPPED: &str = "tidings_inbound_unmapped_total";
 pub const PROMISES: &str = "tidings_promises_total";
 pub const PROMISE_LATENESS: &str = "tidings_promise_lateness_seconds";
+pub const SCHEDULE_HEAD: &str = "tidings_schedule_head_seconds";
 
 /// What an inbound webhook may carry that tidings has no mapping for.
 const INBOUND_WHATS: [&str; 5] = ["status", "priority", "time_zone", "locale", "phone"];
@@ -44,6 +45,11 @@ const INBOUND_WHATS: [&str; 5] = ["status", "priority", "time_zone", "locale", "
 /// Lateness buckets: a scheduler in good health is within a second.
 const LATENESS_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0,
+];
+
+/// Lookup buckets: the head of an ordered index, microseconds when healthy.
+const LOOKUP_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.01, 0.1, 1.0,
 ];
 
 const STATUSES: [Status; 5] = [
@@ -65,6 +71,9 @@ pub fn install() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(DUE_LATENESS.into()), LATENESS_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(PROMISE_LATENESS.into()), LATENESS_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(SCHEDULE_HEAD.into()), LOOKUP_BUCKETS)
             })
             .unwrap_or_else(|_| unreachable!("the bucket list is not empty"));
         let recorder = builder.build_recorder();
@@ -92,6 +101,11 @@ fn describe() {
         DUE_LATENESS,
         metrics::Unit::Seconds,
         "How late the scheduler planned a due case"
+    );
+    metrics::describe_histogram!(
+        SCHEDULE_HEAD,
+        metrics::Unit::Seconds,
+        "How long the scheduler took to find the next due case (the head of the schedule index)"
     );
     metrics::describe_counter!(RELOADS, "Configuration reloads by result");
     metrics::describe_counter!(
@@ -187,26 +201,64 @@ fn seconds_since(at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
         .map_or(0.0, |d: Duration| d.as_secs_f64())
 }
 
-/// Sets `tidings_cases_open` from one walk of the cases; after this,
-/// `case_status` keeps it current on every write.
-pub fn count_cases<E>(statuses: impl Iterator<Item = Result<Status, E>>) -> Result<(), E> {
-    let mut counts = [0u64; STATUSES.len()];
+/// Status changes made while the first count of cases runs, by status:
+/// `Some` from `counting_cases` until `count_cases` has set the gauge.
+static PENDING: std::sync::Mutex<Option<[i64; STATUSES.len()]>> = std::sync::Mutex::new(None);
+
+fn pending() -> std::sync::MutexGuard<'static, Option<[i64; STATUSES.len()]>> {
+    PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The first count of cases starts: until `count_cases` ends it,
+/// `tidings_cases_open` is not shown (rather than a partial number), and
+/// status changes are held to be added to the count.
+pub fn counting_cases() {
+    *pending() = Some([0; STATUSES.len()]);
+}
+
+/// Sets `tidings_cases_open` from one walk of the cases, plus the changes
+/// held since `counting_cases`; after this, `case_status` keeps it current
+/// on every write. Returns how many cases were walked.
+///
+/// A case written while the walk runs is counted by its change; should the
+/// walk also meet it (it is not a snapshot), it is counted twice until the
+/// next start. The walk runs in the first seconds after a start, when
+/// little is written.
+pub fn count_cases<E>(statuses: impl Iterator<Item = Result<Status, E>>) -> Result<u64, E> {
+    let mut counts = [0i64; STATUSES.len()];
+    let mut walked = 0;
     for status in statuses {
         let status = status?;
+        walked += 1;
         if let Some(i) = STATUSES.iter().position(|s| *s == status) {
             counts[i] += 1;
         }
     }
-    for (status, n) in STATUSES.iter().zip(counts) {
-        gauge!(CASES_OPEN, "status" => status.as_str()).set(n as f64);
+    let mut pending = pending();
+    let held = pending.take().unwrap_or_default();
+    for ((status, n), d) in STATUSES.iter().zip(counts).zip(held) {
+        gauge!(CASES_OPEN, "status" => status.as_str()).set((n + d).max(0) as f64);
     }
-    Ok(())
+    Ok(walked)
 }
 
 /// A case changed status, appeared (`before` is `None`) or was erased
 /// (`after` is `None`).
 pub fn case_status(before: Option<Status>, after: Option<Status>) {
     if before == after {
+        return;
+    }
+    let mut pending = pending();
+    if let Some(held) = pending.as_mut() {
+        let at = |s: Status| STATUSES.iter().position(|x| *x == s);
+        if let Some(i) = before.and_then(at) {
+            held[i] -= 1;
+        }
+        if let Some(i) = after.and_then(at) {
+            held[i] += 1;
+        }
         return;
     }
     if let Some(s) = before {
@@ -251,6 +303,11 @@ pub fn store_conflict() {
 /// Another replica took over a message this one had claimed.
 pub fn lease_lost() {
     counter!(LEASES_LOST).increment(1);
+}
+
+/// The scheduler looked up the next due case in `took`.
+pub fn schedule_head(took: Duration) {
+    histogram!(SCHEDULE_HEAD).record(took.as_secs_f64());
 }
 
 /// A reload finished.

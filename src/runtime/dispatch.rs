@@ -250,17 +250,6 @@ impl Dispatcher {
                 // The instant the provider answered: the message's `sent_at`
                 // and the recipient's last send, however late it is filed.
                 let accepted = self.svc.now();
-                // The next send to this recipient waits `min_gap` from
-                // here, at once: filing this one may take a group commit.
-                if matches!(outcome, Outcome::Sent { .. })
-                    && !entry.internal
-                    && let Err(e) = self
-                        .svc
-                        .store
-                        .set_last_sent(self.svc.store.contact(entry.channel, &entry.to), accepted)
-                {
-                    tracing::warn!(error = %e, msg_id = %entry.id, "noting the last send failed");
-                }
                 slot.sent(&self.svc.wake_dispatcher).await;
                 match &outcome {
                     Outcome::Sent { provider_id } => {
@@ -335,8 +324,13 @@ impl Dispatcher {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mark = crate::domain::DeliveredMark { at, provider_id };
+        // The next send to this recipient waits `min_gap` from `at`, noted
+        // with the mark (one write: the sooner it is durable, the smaller
+        // the window in which a crash sends the message again).
         let commit = Commit {
             delivered: Some((entry.id, mark)),
+            last_sent: (!entry.internal)
+                .then(|| (self.svc.store.contact(entry.channel, &entry.to), at)),
             settles: Some(entry.id),
             ..Commit::default()
         };

@@ -50,8 +50,11 @@ pub async fn run(svc: Service, cancel: CancellationToken, heartbeat: Heartbeat) 
 async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError> {
     svc.store.room(crate::store::Writer::Internal)?;
     let now = svc.now();
+    let looked = std::time::Instant::now();
     // With replicas sharing the store, a due case is leased to this one.
-    let Some((at, key)) = svc.store.claim_due_case(now)? else {
+    let next = svc.store.claim_due_case(now)?;
+    crate::metrics::schedule_head(looked.elapsed());
+    let Some((at, key)) = next else {
         return Ok(Some(std::time::Duration::from_secs(3600)));
     };
     if at > now {
