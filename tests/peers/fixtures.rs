@@ -93,6 +93,8 @@ pub struct Setup {
     data_dir: Option<PathBuf>,
     extra: String,
     store: TestStore,
+    /// `store.postgres.lease`, when a test sets it (`Setup::lease`).
+    lease: Option<String>,
     /// Environment for the daemon process.
     pub env: Vec<(String, String)>,
 }
@@ -173,6 +175,7 @@ impl Setup {
             data_dir: None,
             extra: String::new(),
             store: TestStore::Sled,
+            lease: None,
             env: Vec::new(),
         }
         .store(store)
@@ -260,6 +263,13 @@ impl Setup {
         self
     }
 
+    /// How long a claimed outbox entry or due case stays the replica's
+    /// that took it (`store.postgres.lease`, a duration); PostgreSQL only.
+    pub fn lease(mut self, lease: &str) -> Self {
+        self.lease = Some(lease.to_owned());
+        self
+    }
+
     /// An environment variable for the daemon process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -307,6 +317,9 @@ api:
         );
         if let TestStore::Postgres { url_env, .. } = &self.store {
             yaml += &format!("store:\n  postgres:\n    url_env: {url_env}\n    pool_size: 4\n");
+            if let Some(lease) = &self.lease {
+                yaml += &format!("    lease: {lease}\n");
+            }
         }
         yaml += &self.extra;
         let path = dir.join("tidings.yaml");
