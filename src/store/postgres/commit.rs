@@ -211,26 +211,36 @@ async fn check(tx: &Transaction<'_>, p: &Prepared) -> Result<Vec<Uuid>> {
 
 async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
     let k = &p.case_key;
-    let gone = check(tx, p).await?;
-    if let Some((id, mark)) = &p.delivered {
-        tx.execute(
-            "INSERT INTO delivered (id, value) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value",
-            &[id, mark],
-        )
-        .await
-        .map_err(pg)?;
-    }
-    if let Some((contact, at)) = &p.last_sent {
-        tx.execute(
-            "INSERT INTO contacts (contact, last_ms) VALUES ($1, $2)
-             ON CONFLICT (contact) DO UPDATE
-             SET last_ms = GREATEST(contacts.last_ms, EXCLUDED.last_ms)",
-            &[contact, at],
-        )
-        .await
-        .map_err(pg)?;
-    }
+    // The checks and the small writes that do not depend on them go out
+    // together (pipelined): a refusal rolls the whole transaction back.
+    // A provider's acceptance is durable a few round trips sooner.
+    let delivered = async {
+        if let Some((id, mark)) = &p.delivered {
+            tx.execute(
+                "INSERT INTO delivered (id, value) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value",
+                &[id, mark],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        Ok(())
+    };
+    let last_sent = async {
+        if let Some((contact, at)) = &p.last_sent {
+            tx.execute(
+                "INSERT INTO contacts (contact, last_ms) VALUES ($1, $2)
+                 ON CONFLICT (contact) DO UPDATE
+                 SET last_ms = GREATEST(contacts.last_ms, EXCLUDED.last_ms)",
+                &[contact, at],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        Ok(())
+    };
+    let (gone, (), ()) =
+        futures_util::future::try_join3(check(tx, p), delivered, last_sent).await?;
     let exec = |sql: &'static str| async move { tx.execute(sql, &[k]).await.map_err(pg) };
     if p.erase {
         // Everything of the case goes, and its key with it: what the
