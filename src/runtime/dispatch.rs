@@ -250,11 +250,30 @@ impl Dispatcher {
                 // The instant the provider answered: the message's `sent_at`
                 // and the recipient's last send, however late it is filed.
                 let accepted = self.svc.now();
-                slot.sent(&self.svc.wake_dispatcher).await;
-                match &outcome {
-                    Outcome::Sent { provider_id } => {
-                        self.file_sent(&entry, provider_id.clone(), outcome.clone(), accepted)
-                            .await
+                // The delivered mark at once, while this send waits for a
+                // place among the outcomes being filed: until it is on
+                // disk, a crash sends the message again.
+                let mark = async {
+                    match &outcome {
+                        Outcome::Sent { provider_id } => Some(
+                            self.mark_delivered(&entry, provider_id.clone(), accepted)
+                                .await,
+                        ),
+                        _ => None,
+                    }
+                };
+                let (marked, ()) = tokio::join!(mark, slot.sent(&self.svc.wake_dispatcher));
+                match (marked, &outcome) {
+                    (Some(Err(e @ StoreError::Fenced)), _) => Err(e.into()),
+                    (Some(first), Outcome::Sent { provider_id }) => {
+                        self.file_sent(
+                            &entry,
+                            provider_id.clone(),
+                            outcome.clone(),
+                            accepted,
+                            first.is_ok(),
+                        )
+                        .await
                     }
                     _ => self.record(&entry, Report::Attempt(outcome)).await,
                 }
@@ -276,20 +295,20 @@ impl Dispatcher {
     }
 
     /// Files a message the provider accepted: the delivered mark on disk
-    /// first (one small write, in the next group commit), then the
-    /// histories. While the store cannot write (a database outage), both
-    /// are tried again with backoff, for up to `FILING_PATIENCE`, the entry
-    /// held meanwhile: letting it go back to the outbox would send it again.
+    /// first (unless `marked` already), then the histories. While the
+    /// store cannot write (a database outage), both are tried again with
+    /// backoff, for up to `FILING_PATIENCE`, the entry held meanwhile:
+    /// letting it go back to the outbox would send it again.
     async fn file_sent(
         &self,
         entry: &OutboxEntry,
         provider_id: Option<String>,
         outcome: Outcome,
         accepted: DateTime<Utc>,
+        mut marked: bool,
     ) -> Result<(), ServiceError> {
         let give_up = tokio::time::Instant::now() + FILING_PATIENCE;
         let mut wait = Duration::from_millis(250);
-        let mut marked = false;
         loop {
             let result = if marked {
                 self.record_at(entry, Report::Attempt(outcome.clone()), Some(accepted))
