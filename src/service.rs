@@ -285,23 +285,15 @@ impl Service {
     /// are durable when they return, in a transaction of its own rather
     /// than behind the group's current batch.
     pub async fn commit_urgent(&self, changes: Vec<(CaseKey, Commit)>) -> Result<(), StoreError> {
-        if !self.store.durable_at_commit() {
-            return self.group.commit(changes).await;
-        }
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        {
             let refs: Vec<(&CaseKey, &Commit)> = changes.iter().map(|(k, c)| (k, c)).collect();
-            store.commit_many(&refs)
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Postgres(
-                "a commit stopped before answering".into(),
-            ))
-        })
+            if let Some(now) = self.store.commit_now(&refs) {
+                return now.await;
+            }
+        }
+        self.group.commit(changes).await
     }
 
-    /// Waits until every change so far is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.store.flush().await
     }

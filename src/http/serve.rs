@@ -32,6 +32,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
+    // Connections that have not sent their first byte are not waited for.
+    let closing = tokio_util::sync::CancellationToken::new();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -56,19 +58,25 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let closing = closing.clone();
         tokio::spawn(async move {
             // hyper's header timer starts with the first byte; a connection
-            // that never sends one is closed here.
+            // that never sends one is closed here, and at once when the
+            // server shuts down (its watcher would hold the drain up).
             let mut probe = [0u8; 1];
-            match tokio::time::timeout(FIRST_BYTE, stream.peek(&mut probe)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            tokio::select! {
+                first = tokio::time::timeout(FIRST_BYTE, stream.peek(&mut probe)) => match first {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                },
+                () = closing.cancelled() => return,
             }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);
+    closing.cancel();
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()

@@ -185,10 +185,16 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     }
     /// Waits until everything committed so far is durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
-    /// Whether a commit is durable when it returns (no flush to share, so
-    /// an urgent change need not wait for a group commit).
-    fn durable_at_commit(&self) -> bool {
-        false
+    /// Applies a small change at once, durably, in a transaction of its
+    /// own, awaited rather than on a blocking thread: for a store whose
+    /// commits are durable when they return. `None`: the store shares its
+    /// flushes, and the caller goes through the group commit.
+    fn commit_now<'a>(
+        &'a self,
+        changes: &'a [(&'a CaseKey, &'a Commit)],
+    ) -> Option<BoxFuture<'a, Result<()>>> {
+        let _ = changes;
+        None
     }
     /// Refuses a write when the disk is nearly full (`StoreError::Full`).
     fn room(&self, writer: Writer) -> Result<()>;

@@ -473,8 +473,11 @@ impl super::Storage for PgStore {
         // Every commit is durable when it returns (synchronous_commit).
         Box::pin(async { Ok(()) })
     }
-    fn durable_at_commit(&self) -> bool {
-        true
+    fn commit_now<'a>(
+        &'a self,
+        changes: &'a [(&'a CaseKey, &'a Commit)],
+    ) -> Option<super::BoxFuture<'a, Result<()>>> {
+        Some(Box::pin(PgStore::commit_now(self, changes)))
     }
     fn room(&self, _writer: Writer) -> Result<()> {
         // PostgreSQL survives a full disk (it refuses the write); its

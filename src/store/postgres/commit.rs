@@ -43,6 +43,37 @@ impl Prepared {
 impl PgStore {
     /// Applies changes to one or several cases in one transaction.
     pub fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
+        let (prepared, settled) = self.prepare(changes);
+        self.run(move |conn| transact(conn, prepared))?;
+        self.release(settled);
+        Ok(())
+    }
+
+    /// As `commit_many`, awaited on the store's runtime rather than
+    /// blocking a thread (a change that must not wait for a group, nor
+    /// hold up a shutdown).
+    pub async fn commit_now(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
+        let (prepared, settled) = self.prepare(changes);
+        self.run_async(move |conn| transact(conn, prepared)).await?;
+        self.release(settled);
+        Ok(())
+    }
+
+    /// Settled entries are no longer this replica's to fence.
+    fn release(&self, settled: Vec<Uuid>) {
+        let mut claims = self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in settled {
+            claims.remove(&id);
+        }
+    }
+
+    /// The changes encoded, with the fencing numbers of the claims they
+    /// settle; and the outbox entries they remove.
+    fn prepare(&self, changes: &[(&CaseKey, &Commit)]) -> (Vec<Prepared>, Vec<Uuid>) {
         let salt = self.inner.salt;
         let claims = self
             .inner
@@ -101,48 +132,41 @@ impl PgStore {
             .iter()
             .flat_map(|(_, c)| c.outbox_remove.iter().map(|(id, _)| *id))
             .collect();
-        self.run(|mut conn| async move {
-            let tx = conn.client().transaction().await.map_err(pg)?;
-            // Each case's changes in order; different cases side by side,
-            // their statements pipelined on the one connection (one round
-            // trip per step rather than per statement of every case).
-            let mut cases: Vec<Vec<&Prepared>> = Vec::new();
-            for p in &prepared {
-                match cases.iter_mut().find(|c| c[0].case_key == p.case_key) {
-                    Some(c) => c.push(p),
-                    None => cases.push(vec![p]),
-                }
-            }
-            let shared = &tx;
-            futures_util::future::try_join_all(cases.into_iter().map(|changes| async move {
-                for p in changes {
-                    apply(shared, p).await?;
-                }
-                Ok::<(), StoreError>(())
-            }))
-            .await?;
-            // Other replicas hear of new work when this commits.
-            if prepared
-                .iter()
-                .any(|p| p.new_due.is_some() || !p.outbox_put.is_empty())
-            {
-                tx.batch_execute(&format!("NOTIFY {}", super::claims::WORK_CHANNEL))
-                    .await
-                    .map_err(pg)?;
-            }
-            tx.commit().await.map_err(pg)
-        })?;
-        // Settled entries are no longer this replica's to fence.
-        let mut claims = self
-            .inner
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for id in settled {
-            claims.remove(&id);
-        }
-        Ok(())
+        (prepared, settled)
     }
+}
+
+/// Applies prepared changes in one transaction on `conn`.
+async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> {
+    let tx = conn.client().transaction().await.map_err(pg)?;
+    // Each case's changes in order; different cases side by side,
+    // their statements pipelined on the one connection (one round
+    // trip per step rather than per statement of every case).
+    let mut cases: Vec<Vec<&Prepared>> = Vec::new();
+    for p in &prepared {
+        match cases.iter_mut().find(|c| c[0].case_key == p.case_key) {
+            Some(c) => c.push(p),
+            None => cases.push(vec![p]),
+        }
+    }
+    let shared = &tx;
+    futures_util::future::try_join_all(cases.into_iter().map(|changes| async move {
+        for p in changes {
+            apply(shared, p).await?;
+        }
+        Ok::<(), StoreError>(())
+    }))
+    .await?;
+    // Other replicas hear of new work when this commits.
+    if prepared
+        .iter()
+        .any(|p| p.new_due.is_some() || !p.outbox_put.is_empty())
+    {
+        tx.batch_execute(&format!("NOTIFY {}", super::claims::WORK_CHANNEL))
+            .await
+            .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)
 }
 
 /// The case's key, made (in this transaction) if it has none.
