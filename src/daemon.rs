@@ -237,7 +237,7 @@ type Opened = (Arc<dyn Storage>, Option<PgStore>, Option<JoinHandle<()>>);
 /// Opens the backend `store:` chose. sled: the database in `data_dir/db`,
 /// with the sweep of keys a crash left behind started in the background.
 /// PostgreSQL: migrations applied, and the database's daemon lock taken
-/// (one daemon per database until replicas share work).
+/// shared (replicas run side by side; `migrate-store` takes it alone).
 /// Also returns the sweep, to be awaited before other walks of the store.
 fn open_store(config: &Config) -> anyhow::Result<Opened> {
     match &config.store {

@@ -29,9 +29,9 @@ struct Prepared {
     last_sent: Option<(Vec<u8>, i64)>,
     /// The case's revision the change was decided on.
     expect: Option<i64>,
-    /// The outbox entries it settles that this replica claimed, with the
+    /// The outbox entry it settles, when this replica claimed it, with the
     /// fencing number of the claim.
-    fences: Vec<(Uuid, i64)>,
+    fence: Option<(Uuid, i64)>,
 }
 
 impl Prepared {
@@ -75,21 +75,23 @@ impl PgStore {
     /// settle; and the outbox entries they remove.
     fn prepare(&self, changes: &[(&CaseKey, &Commit)]) -> (Vec<Prepared>, Vec<Uuid>) {
         let salt = self.inner.salt;
-        let claims = self
-            .inner
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let fences = |c: &Commit| -> Vec<(Uuid, i64)> {
-            c.settles
-                .and_then(|id| claims.get(&id).map(|f| (id, *f)))
-                .into_iter()
+        // The claims' fencing numbers, read under the lock, not held while
+        // the changes are encoded.
+        let fences: Vec<Option<(Uuid, i64)>> = {
+            let claims = self
+                .inner
+                .claims
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            changes
+                .iter()
+                .map(|(_, c)| c.settles.and_then(|id| claims.get(&id).map(|f| (id, *f))))
                 .collect()
         };
         let prepared: Vec<Prepared> = changes
             .iter()
-            .map(|(key, c)| Prepared {
+            .zip(fences)
+            .map(|((key, c), fence)| Prepared {
                 case_key: key.bytes(),
                 record: c.record.as_ref().map(codec::encode),
                 erase: c.erase,
@@ -125,7 +127,7 @@ impl PgStore {
                     .last_sent
                     .map(|(contact, at)| (contact.0.to_vec(), ms(at))),
                 expect: c.expect.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
-                fences: fences(c),
+                fence,
             })
             .collect();
         let settled: Vec<Uuid> = changes
@@ -202,9 +204,9 @@ async fn case_secret(tx: &Transaction<'_>, case_key: &[u8]) -> Result<CaseSecret
 
 /// Refuses the change when the case moved on from the revision it was
 /// decided on (`Conflict`), or when another replica took over an outbox
-/// entry it settles (`Fenced`); returns the claimed entries that are gone
+/// entry it settles (`Fenced`); returns the claimed entry if it is gone
 /// (settled or cancelled by another writer meanwhile: not put back).
-async fn check(tx: &Transaction<'_>, p: &Prepared) -> Result<Vec<Uuid>> {
+async fn check(tx: &Transaction<'_>, p: &Prepared) -> Result<Option<Uuid>> {
     if let Some(expect) = p.expect {
         let rev = tx
             .query_opt(
@@ -218,19 +220,21 @@ async fn check(tx: &Transaction<'_>, p: &Prepared) -> Result<Vec<Uuid>> {
             return Err(StoreError::Conflict);
         }
     }
-    let mut gone = Vec::new();
-    for (id, fence) in &p.fences {
-        let row = tx
-            .query_opt("SELECT fencing FROM outbox WHERE id = $1 FOR UPDATE", &[id])
-            .await
-            .map_err(pg)?;
-        match row.map(|r| r.get::<_, i64>(0)) {
-            Some(f) if f != *fence => return Err(StoreError::Fenced),
-            Some(_) => {}
-            None => gone.push(*id),
-        }
+    let Some((id, fence)) = p.fence else {
+        return Ok(None);
+    };
+    let row = tx
+        .query_opt(
+            "SELECT fencing FROM outbox WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(pg)?;
+    match row.map(|r| r.get::<_, i64>(0)) {
+        Some(f) if f != fence => Err(StoreError::Fenced),
+        Some(_) => Ok(None),
+        None => Ok(Some(id)),
     }
-    Ok(gone)
 }
 
 async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
@@ -331,7 +335,7 @@ async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
         .map_err(pg)?;
     }
     for (id, value, due) in &p.outbox_put {
-        if gone.contains(id) {
+        if gone == Some(*id) {
             continue;
         }
         tx.execute(
