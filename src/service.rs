@@ -207,7 +207,10 @@ impl Service {
         let mut records = Vec::with_capacity(scope.keys.len());
         let mut revisions = Vec::with_capacity(scope.keys.len());
         for key in scope.keys {
-            let (record, revision) = self.store.get_versioned(key)?;
+            let (record, revision) = match self.store.get_versioned_async(key) {
+                Some(read) => read.await?,
+                None => self.store.get_versioned(key)?,
+            };
             records.push(record);
             revisions.push(revision);
         }

@@ -47,6 +47,7 @@ macro_rules! conformance {
                 remove_schedule_entry_drops_only_that_entry,
                 commit_many_applies_every_change,
                 next_due_case_is_the_earliest,
+                due_cases_are_claimed_earliest_first,
                 due_outbox_takes_what_is_due_earliest_first,
                 an_outbox_entry_is_rescheduled_in_one_commit,
                 erasure_removes_the_case_and_what_holds_its_data,
@@ -224,6 +225,46 @@ mod suite {
             .expect("a case is due");
         assert_eq!(when, at(20));
         assert_eq!(sorted(vec![first, second]), vec![key("C-4"), key("C-5")]);
+    }
+
+    pub async fn due_cases_are_claimed_earliest_first(store: &dyn Storage) {
+        let none = std::collections::HashSet::new();
+        assert_eq!(
+            store.claim_due_cases(at(0), 10, &none).expect("due"),
+            (vec![], None)
+        );
+        for (id, due) in [("C-1", 10), ("C-2", -5), ("C-3", 0), ("C-4", 60)] {
+            commit_record(store, &maria(id, Some(at(due))));
+        }
+        assert_eq!(
+            store.claim_due_cases(at(0), 10, &none).expect("due"),
+            (
+                vec![(at(-5), key("C-2")), (at(0), key("C-3"))],
+                Some(at(10))
+            )
+        );
+        // More due than asked for: look again at once.
+        assert_eq!(
+            store.claim_due_cases(at(0), 1, &none).expect("due"),
+            (vec![(at(-5), key("C-2"))], Some(at(0)))
+        );
+        // What the daemon is planning already is passed by.
+        let busy = std::collections::HashSet::from([key("C-2")]);
+        assert_eq!(
+            store.claim_due_cases(at(0), 10, &busy).expect("due"),
+            (vec![(at(0), key("C-3"))], Some(at(10)))
+        );
+        let (all, next) = store.claim_due_cases(at(100), 10, &none).expect("due");
+        assert_eq!(
+            all,
+            vec![
+                (at(-5), key("C-2")),
+                (at(0), key("C-3")),
+                (at(10), key("C-1")),
+                (at(60), key("C-4"))
+            ]
+        );
+        assert_eq!(next, None);
     }
 
     pub async fn due_outbox_takes_what_is_due_earliest_first(store: &dyn Storage) {

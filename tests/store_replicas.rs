@@ -220,25 +220,27 @@ fn a_due_case_one_replica_claimed_is_passed_by_the_other() {
         a.commit(&r.key(), &Commit::record(r.clone()))
             .expect("stored");
     }
+    let none = HashSet::new();
+    let claim = |s: &PgStore, now, limit| s.claim_due_cases(now, limit, &none).expect("claims");
     assert_eq!(
-        a.claim_due_case(at(5)).expect("a claims"),
-        Some((at(1), first.key()))
+        claim(&a, at(5), 1),
+        (vec![(at(1), first.key())], Some(at(5)))
     );
     assert_eq!(
-        b.claim_due_case(at(5)).expect("b claims"),
-        Some((at(2), second.key())),
+        claim(&b, at(5), 10),
+        (vec![(at(2), second.key())], Some(at(90))),
         "b passes by the case a holds"
     );
-    // a asks again (its lease is its own): the same case.
+    // a asks again (its lease is its own): the same case, unless busy.
+    assert_eq!(claim(&a, at(5), 1).0, vec![(at(1), first.key())]);
+    let planning = HashSet::from([first.key()]);
     assert_eq!(
-        a.claim_due_case(at(5)).expect("a again"),
-        Some((at(1), first.key()))
+        a.claim_due_cases(at(5), 1, &planning).expect("a"),
+        (vec![], Some(at(90))),
+        "what a plans already and what b holds are not offered"
     );
     // b asks again: the one it holds.
-    assert_eq!(
-        b.claim_due_case(at(5)).expect("b again"),
-        Some((at(2), second.key()))
-    );
+    assert_eq!(claim(&b, at(5), 10).0, vec![(at(2), second.key())]);
     // a writes its case (the update planned, due later): the lease ends.
     let mut moved = first.clone();
     moved.schedule.due_at = Some(at(60));
@@ -249,24 +251,21 @@ fn a_due_case_one_replica_claimed_is_passed_by_the_other() {
     b.commit(&done.key(), &Commit::record(done))
         .expect("b plans it");
     assert_eq!(
-        b.claim_due_case(at(5)).expect("b once more"),
-        Some((at(60), moved.key())),
+        claim(&b, at(5), 10),
+        (vec![], Some(at(60))),
         "nothing due: the head, free to anyone when it falls due"
     );
     // A lapsed lease is taken over.
+    assert_eq!(claim(&a, at(61), 10).0, vec![(at(60), moved.key())]);
     assert_eq!(
-        a.claim_due_case(at(61)).expect("a"),
-        Some((at(60), moved.key()))
-    );
-    assert_eq!(
-        b.claim_due_case(at(61)).expect("b"),
-        Some((at(70), second.key())),
+        claim(&b, at(61), 10),
+        (vec![], Some(at(70))),
         "b passes by a's claim while it lasts"
     );
     let lapsed = at(61) + chrono::Duration::seconds(61);
     assert_eq!(
-        b.claim_due_case(lapsed).expect("b after the lease"),
-        Some((at(60), moved.key()))
+        claim(&b, lapsed, 10),
+        (vec![(at(60), moved.key())], Some(at(70)))
     );
 }
 
@@ -332,13 +331,19 @@ fn the_claims_of_a_replica_that_is_gone_are_taken_over_at_once() {
     let none = HashSet::new();
     let (took, _) = a.due_outbox(at(5), 10, &none).expect("a claims");
     assert_eq!(took.len(), 2);
+    let no_case = HashSet::new();
     assert_eq!(
-        a.claim_due_case(at(5)).expect("a claims the case"),
-        Some((at(1), k.clone()))
+        a.claim_due_cases(at(5), 10, &no_case)
+            .expect("a claims the case")
+            .0,
+        vec![(at(1), k.clone())]
     );
     // While a lives, b leaves them alone.
     assert!(b.due_outbox(at(5), 10, &none).expect("b").0.is_empty());
-    assert_eq!(b.claim_due_case(at(5)).expect("b"), None);
+    assert_eq!(
+        b.claim_due_cases(at(5), 10, &no_case).expect("b"),
+        (vec![], None)
+    );
     // a is killed: its sessions close. Well within a's lease, b takes
     // everything over as soon as the database sees a's session gone.
     drop(a);
@@ -357,7 +362,9 @@ fn the_claims_of_a_replica_that_is_gone_are_taken_over_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(
-        b.claim_due_case(at(5)).expect("b takes the case"),
-        Some((at(1), k))
+        b.claim_due_cases(at(5), 10, &no_case)
+            .expect("b takes the case")
+            .0,
+        vec![(at(1), k)]
     );
 }

@@ -1,7 +1,10 @@
 //! The scheduler: sleeps until the earliest due case (or until intake wakes
 //! it), plans what is due, and commits messages to the outbox.
 //!
-//! It reads only the head of the schedule index, never all cases. A case
+//! It reads only the head of the schedule index, never all cases. The cases
+//! due are claimed a batch at a time and planned side by side, each in a
+//! task of its own, so that their commits share the group commit's
+//! transactions and flushes. A case
 //! whose update fell due while the daemon was down is planned once, with
 //! the clock starting again from that message.
 
@@ -45,21 +48,51 @@ pub async fn run(svc: Service, cancel: CancellationToken, heartbeat: Heartbeat) 
     }
 }
 
-/// Handles the earliest due case, if it is due. Returns how long to sleep,
-/// or `None` to look again at once.
+/// At most this many due cases are planned at once (their commits share
+/// the group commit's transactions and flushes).
+const BATCH: usize = 64;
+
+/// Plans the cases due now, several at once. Returns how long to sleep, or
+/// `None` to look again at once.
 async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError> {
     svc.store.room(crate::store::Writer::Internal)?;
     let now = svc.now();
     let looked = std::time::Instant::now();
-    // With replicas sharing the store, a due case is leased to this one.
-    let next = svc.store.claim_due_case(now)?;
+    // With replicas sharing the store, each due case is leased to this one.
+    let (due, next) = svc
+        .store
+        .claim_due_cases(now, BATCH, &std::collections::HashSet::new())?;
     crate::metrics::schedule_head(looked.elapsed());
-    let Some((at, key)) = next else {
-        return Ok(Some(std::time::Duration::from_secs(3600)));
-    };
-    if at > now {
-        return Ok(Some((at - now).to_std().unwrap_or_default()));
+    if due.is_empty() {
+        return Ok(Some(
+            next.map_or(std::time::Duration::from_secs(3600), |at| {
+                (at - now).to_std().unwrap_or_default()
+            }),
+        ));
     }
+    let mut planning = tokio::task::JoinSet::new();
+    for (at, key) in due {
+        let svc = svc.clone();
+        planning.spawn(async move { plan(&svc, at, key).await });
+    }
+    let mut failed = None;
+    while let Some(done) = planning.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            // A panic is the scheduler's (its supervisor sees it).
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {}
+        }
+    }
+    failed.map_or(Ok(None), Err)
+}
+
+/// Plans one due case (`key`, due at `at` by its index entry).
+async fn plan(svc: &Service, at: DateTime<Utc>, key: CaseKey) -> Result<(), ServiceError> {
+    let now = svc.now();
     // The customer's other cases whose updates fall due soon go out with
     // this one, as a digest.
     let window = chrono::Duration::from_std(svc.digest_window).unwrap_or_default();
@@ -153,7 +186,7 @@ async fn step(svc: &Service) -> Result<Option<std::time::Duration>, ServiceError
         let late_ms = (now - at).num_milliseconds();
         tracing::info!(case = %key, messages, cases, superseded, late_ms, "due messages queued");
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Whether a case has a progress update due by `horizon`.

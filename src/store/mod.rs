@@ -165,6 +165,13 @@ pub fn warn_full(err: &StoreError) {
     }
 }
 
+/// A case as stored (if it is) and its revision.
+pub type Versioned = (Option<CaseRecord>, u64);
+
+/// Due cases claimed (each with the instant its index entry holds) and
+/// when to look again.
+pub type DueCases = (Vec<(DateTime<Utc>, CaseKey)>, Option<DateTime<Utc>>);
+
 /// Everything the daemon keeps durably.
 pub trait Storage: std::fmt::Debug + Send + Sync {
     // Cases.
@@ -176,6 +183,16 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     /// A store only one daemon writes (sled) has no revisions and says 0.
     fn get_versioned(&self, key: &CaseKey) -> Result<(Option<CaseRecord>, u64)> {
         Ok((self.get(key)?, 0))
+    }
+    /// As `get_versioned`, awaited rather than blocking a thread: for a
+    /// store whose reads wait on the network. `None`: the store reads at
+    /// once (sled), and the caller calls `get_versioned`.
+    fn get_versioned_async<'a>(
+        &'a self,
+        key: &'a CaseKey,
+    ) -> Option<BoxFuture<'a, Result<Versioned>>> {
+        let _ = key;
+        None
     }
     /// Applies changes to several cases in one transaction.
     fn commit_many(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()>;
@@ -213,13 +230,18 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     }
     /// The earliest scheduled case, if any.
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>>;
-    /// The earliest scheduled case this daemon may take at `now`; when it
-    /// is due, a store shared by replicas leases it to this one for a
-    /// while, so that the others pass it by. Alone on its store, the head.
-    fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
-        let _ = now;
-        self.next_due_case()
-    }
+    /// The cases due at `now` this daemon may take (at most `limit`, none
+    /// of `busy`, the ones it is planning already), earliest first; a store
+    /// shared by replicas leases each to this one for a while, so that the
+    /// others pass them by until its record is written again. Also when to
+    /// look next: `now` when more are due than were taken, else the
+    /// instant of the next entry, if any.
+    fn claim_due_cases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<CaseKey>,
+    ) -> Result<DueCases>;
     /// Drops one schedule index entry (one that outlived its case).
     fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()>;
 

@@ -5,7 +5,10 @@
 //! sled), so the store owns a small runtime of its own holding the
 //! connections; each call sends its job there and waits for the answer.
 //! That works from any thread, inside a runtime or not (a `block_on` in a
-//! runtime's thread would panic). `synchronous_commit` is PostgreSQL's
+//! runtime's thread would panic); a caller on a worker of the daemon's
+//! runtime hands its other tasks over while it waits. The reads and
+//! commits of the write path are also offered awaited
+//! (`get_versioned_async`, `commit_now`). `synchronous_commit` is PostgreSQL's
 //! default (`on`): a commit that returns is durable, so `flush` has
 //! nothing left to wait for.
 //!
@@ -19,6 +22,8 @@
 //!
 //! - `postgres/schema.rs`: migrations, the shared settings, the daemon's
 //!   advisory lock.
+//! - `postgres/pool.rs`: the store's runtime, its connections, `run_on`.
+//! - `postgres/prepared.rs`: each connection's statements, prepared once.
 //! - `postgres/commit.rs`: `commit_many`, one transaction.
 //! - `postgres/claims.rs`: what a replica claims, due cases and due
 //!   outbox entries, each under a lease.
@@ -33,7 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -41,12 +46,15 @@ use crate::domain::{
     OptOutVia, OutboxEntry, Status, contact_of,
 };
 
-use super::{BackupError, BackupSummary, Commit, Result, StoreError, Writer, codec};
+use self::pool::{Conn, Pool, Rt, run_on, runtime};
+use super::{BackupError, BackupSummary, Commit, DueCases, Result, StoreError, Writer, codec};
 
 mod backup;
 mod claims;
 mod commit;
 mod load;
+mod pool;
+mod prepared;
 mod reads;
 mod schema;
 
@@ -96,91 +104,6 @@ fn ms(t: DateTime<Utc>) -> i64 {
 
 fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
-}
-
-/// The store's own runtime; shut down without waiting when the store goes
-/// (dropping a runtime inside another one's thread would panic).
-struct Rt(Option<tokio::runtime::Runtime>);
-
-impl Drop for Rt {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// The connections: at most `size` in use; an idle one is reused unless
-/// it closed.
-struct Pool {
-    config: tokio_postgres::Config,
-    idle: std::sync::Mutex<Vec<Client>>,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-/// A connection taken from the pool, given back when dropped.
-pub(crate) struct Conn {
-    client: Option<Client>,
-    pool: Arc<Pool>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Conn {
-    fn client(&mut self) -> &mut Client {
-        self.client
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("a connection holds its client until dropped"))
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take()
-            && !c.is_closed()
-        {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(c);
-        }
-    }
-}
-
-/// Opens a connection and runs it on the current runtime.
-async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %pg(e), "store: a PostgreSQL connection failed");
-        }
-    });
-    Ok(client)
-}
-
-impl Pool {
-    async fn get(self: &Arc<Self>) -> Result<Conn> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Postgres("the connection pool is closed".into()))?;
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let client = match idle {
-            Some(c) if !c.is_closed() => c,
-            _ => connect(&self.config).await?,
-        };
-        Ok(Conn {
-            client: Some(client),
-            pool: self.clone(),
-            _permit: permit,
-        })
-    }
 }
 
 /// How often the daemon lock's keeper looks at its session.
@@ -305,35 +228,6 @@ fn parse_config(url: &str) -> Result<tokio_postgres::Config> {
     Ok(config)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tidings-pg")
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Postgres(format!("cannot start the store's runtime: {e}")))
-}
-
-/// Runs `job` on `rt` with a connection of `pool`; blocks until it ends.
-fn run_on<T, F, Fut>(rt: &tokio::runtime::Handle, pool: &Arc<Pool>, job: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(Conn) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T>> + Send,
-{
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let pool = pool.clone();
-    rt.spawn(async move {
-        let r = match pool.get().await {
-            Ok(conn) => job(conn).await,
-            Err(e) => Err(e),
-        };
-        let _ = tx.send(r);
-    });
-    rx.recv()
-        .unwrap_or_else(|_| Err(StoreError::Postgres("the store's runtime stopped".into())))
-}
-
 impl PgStore {
     /// Connects, applies the migrations this binary has and the database
     /// lacks, and reads (or makes) the shared settings.
@@ -346,9 +240,9 @@ impl PgStore {
             permits: Arc::new(tokio::sync::Semaphore::new(config.pool_size.max(1))),
         });
         let (salt, unsubscribe_key) = run_on(rt.handle(), &pool, |mut conn| async move {
-            schema::apply(conn.client()).await?;
-            let salt = schema::generated_key(conn.client(), "contact_salt").await?;
-            let unsubscribe = schema::generated_key(conn.client(), "unsubscribe_key").await?;
+            schema::apply(conn.raw()).await?;
+            let salt = schema::generated_key(conn.raw(), "contact_salt").await?;
+            let unsubscribe = schema::generated_key(conn.raw(), "unsubscribe_key").await?;
             Ok((salt, unsubscribe))
         })?;
         Ok(Self {
@@ -499,14 +393,25 @@ impl super::Storage for PgStore {
     fn get_versioned(&self, key: &CaseKey) -> Result<(Option<CaseRecord>, u64)> {
         PgStore::get_versioned(self, key)
     }
+    fn get_versioned_async<'a>(
+        &'a self,
+        key: &'a CaseKey,
+    ) -> Option<super::BoxFuture<'a, Result<super::Versioned>>> {
+        Some(Box::pin(PgStore::get_versioned_async(self, key)))
+    }
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         PgStore::next_due_case(self)
     }
     fn watch(&self, wake: Arc<dyn Fn() + Send + Sync>) {
         PgStore::watch(self, wake);
     }
-    fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
-        PgStore::claim_due_case(self, now)
+    fn claim_due_cases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<CaseKey>,
+    ) -> Result<DueCases> {
+        PgStore::claim_due_cases(self, now, limit, busy)
     }
     fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()> {
         PgStore::remove_schedule_entry(self, at, key)

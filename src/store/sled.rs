@@ -721,6 +721,35 @@ impl SledStore {
         Ok(None)
     }
 
+    /// The cases due at `now` (at most `limit`, none of `busy`), earliest
+    /// first, and when to look next (see `Storage::claim_due_cases`).
+    pub fn due_cases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<CaseKey>,
+    ) -> Result<super::DueCases> {
+        let mut out: Vec<(DateTime<Utc>, CaseKey)> = Vec::new();
+        for item in self.schedule.iter() {
+            let (k, _) = item?;
+            let (Some(at), Some(key)) = (ms_of(&k), CaseKey::from_bytes(&k[8..])) else {
+                self.schedule.remove(&k)?;
+                continue;
+            };
+            if at > now {
+                return Ok((out, Some(at)));
+            }
+            if busy.contains(&key) || out.iter().any(|(_, k)| *k == key) {
+                continue;
+            }
+            if out.len() >= limit {
+                return Ok((out, Some(now)));
+            }
+            out.push((at, key));
+        }
+        Ok((out, None))
+    }
+
     /// Drops one schedule index entry (one that outlived its case).
     pub fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()> {
         self.schedule.remove(ms_key(at, &key.bytes()))?;
@@ -830,6 +859,14 @@ impl super::Storage for SledStore {
     }
     fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         SledStore::next_due_case(self)
+    }
+    fn claim_due_cases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<CaseKey>,
+    ) -> Result<super::DueCases> {
+        self.due_cases(now, limit, busy)
     }
     fn remove_schedule_entry(&self, at: DateTime<Utc>, key: &CaseKey) -> Result<()> {
         SledStore::remove_schedule_entry(self, at, key)

@@ -129,7 +129,7 @@ impl PgStore {
         let (trees, shredded) = self
             .run_async(|mut conn| async move {
                 let tx = conn
-                    .client()
+                    .raw()
                     .build_transaction()
                     .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
                     .read_only(true)

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::domain::{CaseKey, OutboxEntry};
 
 use super::reads::read_if_live;
-use super::{PgStore, Result, from_ms, ms, pg};
+use super::{DueCases, PgStore, Result, StoreError, from_ms, ms, pg};
 
 /// A claimed outbox row: id, due instant, sealed value, fencing number,
 /// and the key its case's row joined.
@@ -67,65 +67,103 @@ impl PgStore {
         });
     }
 
-    /// The earliest scheduled case no other replica holds; when it is due,
-    /// leased to this one (`lease` from now), so the others pass it by
-    /// until its record is written again or the lease runs out.
-    pub fn claim_due_case(&self, now: DateTime<Utc>) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
+    /// The cases due at `now` that no other replica holds (at most
+    /// `limit`, none of `busy`), earliest first, each leased to this
+    /// replica (`lease` from now) so the others pass it by until its record
+    /// is written again or the lease runs out; and when to look next.
+    /// Index entries that outlived their case are dropped on the way.
+    pub fn claim_due_cases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: &std::collections::HashSet<CaseKey>,
+    ) -> Result<DueCases> {
         let (owner, lease) = (self.inner.owner.clone(), self.inner.lease_ms);
         let now = ms(now);
-        self.run(move |mut conn| async move {
+        let want = i64::try_from(limit).unwrap_or(i64::MAX);
+        let busy: Vec<Vec<u8>> = busy.iter().map(CaseKey::bytes).collect();
+        let (rows, next) = self.run(move |mut conn| async move {
             let c = conn.client();
-            loop {
-                let Some(row) = c
-                    .query_opt(
-                        "SELECT s.due_ms, s.case_key FROM schedule s
-                         WHERE NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_key = s.case_key
-                               AND c.lease_owner <> $1 AND c.lease_until > $2
-                               AND c.lease_owner IN (SELECT owner FROM live_replicas))
-                         ORDER BY s.due_ms, s.case_key LIMIT 1",
-                        &[&owner, &now],
-                    )
-                    .await
-                    .map_err(pg)?
-                else {
-                    return Ok(None);
-                };
-                let (due, key): (i64, Vec<u8>) = (row.get(0), row.get(1));
-                let (Some(at), Some(case)) = (from_ms(due), CaseKey::from_bytes(&key)) else {
-                    c.execute(
-                        "DELETE FROM schedule WHERE due_ms = $1 AND case_key = $2",
-                        &[&due, &key],
-                    )
-                    .await
-                    .map_err(pg)?;
-                    continue;
-                };
-                if due > now {
-                    return Ok(Some((at, case)));
-                }
-                let took = c
-                    .execute(
-                        "UPDATE cases SET lease_owner = $2, lease_until = $3,
-                                fencing = nextval('fencing_numbers')
-                         WHERE case_key = $1
-                           AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= $4
-                                OR lease_owner NOT IN (SELECT owner FROM live_replicas))",
-                        &[&key, &owner, &now.saturating_add(lease), &now],
-                    )
-                    .await
-                    .map_err(pg)?;
-                let gone = took == 0
-                    && c.query_opt("SELECT 1 FROM cases WHERE case_key = $1", &[&key])
+            // The statements are prepared once and their plans kept: each
+            // reaches rows through an index whatever `now` is (`= ANY` of
+            // an array, not a join the planner could make a scan of).
+            let rows = c
+                .query(
+                    "WITH picked AS (
+                         SELECT s.due_ms, c.case_key FROM schedule s
+                         JOIN cases c ON c.case_key = s.case_key
+                         WHERE s.due_ms <= $1 AND NOT (s.case_key = ANY($2))
+                           AND (c.lease_owner IS NULL OR c.lease_owner = $3 OR c.lease_until <= $1
+                                OR c.lease_owner NOT IN (SELECT owner FROM live_replicas))
+                         ORDER BY s.due_ms, s.case_key LIMIT $4
+                         FOR UPDATE OF c SKIP LOCKED)
+                     UPDATE cases c SET lease_owner = $3, lease_until = $5,
+                            fencing = nextval('fencing_numbers')
+                     WHERE c.case_key = ANY(ARRAY(SELECT case_key FROM picked))
+                     RETURNING (SELECT min(p.due_ms) FROM picked p WHERE p.case_key = c.case_key),
+                               c.case_key",
+                    &[&now, &busy, &owner, &want, &now.saturating_add(lease)],
+                )
+                .await
+                .map_err(pg)?;
+            let mut rows: Vec<(i64, Vec<u8>)> =
+                rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+            rows.sort();
+            // More may be due than were taken: look again at once.
+            if rows.len() >= limit {
+                return Ok((rows, Some(now)));
+            }
+            let head = |sql: &'static str| async move {
+                Ok::<_, StoreError>(
+                    c.query_opt(sql, &[&now])
                         .await
                         .map_err(pg)?
-                        .is_none();
-                // Taken, or an entry that outlived its case (the scheduler
-                // drops it); otherwise another replica took it meanwhile.
-                if took == 1 || gone {
-                    return Ok(Some((at, case)));
-                }
+                        .map(|r| r.get::<_, i64>(0)),
+                )
+            };
+            if rows.is_empty()
+                && head("SELECT due_ms FROM schedule WHERE due_ms <= $1 ORDER BY due_ms LIMIT 1")
+                    .await?
+                    .is_some()
+            {
+                // Due, yet none taken: held by other replicas, or index
+                // entries that outlived their case (dropped here).
+                c.execute(
+                    "DELETE FROM schedule WHERE ctid = ANY(ARRAY(
+                         SELECT s.ctid FROM schedule s WHERE s.due_ms <= $1
+                           AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_key = s.case_key)
+                         ORDER BY s.due_ms LIMIT 64))",
+                    &[&now],
+                )
+                .await
+                .map_err(pg)?;
             }
-        })
+            let next =
+                head("SELECT due_ms FROM schedule WHERE due_ms > $1 ORDER BY due_ms LIMIT 1")
+                    .await?;
+            Ok((rows, next))
+        })?;
+        let mut due = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for (at, key) in rows {
+            match (from_ms(at), CaseKey::from_bytes(&key)) {
+                (Some(at), Some(case)) => due.push((at, case)),
+                // A key we cannot read is dropped rather than blocking the queue.
+                _ => unreadable.push((at, key)),
+            }
+        }
+        for (at, key) in unreadable {
+            self.run(move |mut conn| async move {
+                conn.client()
+                    .execute(
+                        "DELETE FROM schedule WHERE due_ms = $1 AND case_key = $2",
+                        &[&at, &key],
+                    )
+                    .await
+                    .map_err(pg)
+            })?;
+        }
+        Ok((due, next.and_then(from_ms)))
     }
 
     /// Claims the entries due at `now` (at most `limit`, not `busy`, not
@@ -161,7 +199,7 @@ impl PgStore {
                          FOR UPDATE SKIP LOCKED)
                      UPDATE outbox o SET lease_owner = $3, lease_until = $5,
                             fencing = nextval('fencing_numbers')
-                     FROM picked WHERE o.id = picked.id
+                     WHERE o.id = ANY(ARRAY(SELECT id FROM picked))
                      RETURNING o.id, o.next_attempt_ms, o.value, o.fencing,
                                (SELECT k.key FROM case_keys k WHERE k.id = o.key_id)",
                     &[&now, &busy, &owner, &want, &now.saturating_add(lease)],

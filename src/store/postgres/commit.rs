@@ -3,6 +3,20 @@
 //! outbox, delivered marks, idempotency records, erasure with its key).
 
 use tokio_postgres::Transaction;
+
+use super::prepared::Db;
+
+/// One statement of a commit, under way.
+type Write<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// The transaction of a commit, with its connection's prepared statements.
+type Tx<'a> = Db<'a, Transaction<'a>>;
 use uuid::Uuid;
 
 use crate::domain::CaseKey;
@@ -140,7 +154,9 @@ impl PgStore {
 
 /// Applies prepared changes in one transaction on `conn`.
 async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> {
-    let tx = conn.client().transaction().await.map_err(pg)?;
+    let (client, statements) = conn.parts();
+    let tx = client.transaction().await.map_err(pg)?;
+    let db = Db::new(&tx, statements);
     // Each case's changes in order; different cases side by side,
     // their statements pipelined on the one connection (one round
     // trip per step rather than per statement of every case).
@@ -151,10 +167,9 @@ async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> 
             None => cases.push(vec![p]),
         }
     }
-    let shared = &tx;
     futures_util::future::try_join_all(cases.into_iter().map(|changes| async move {
         for p in changes {
-            apply(shared, p).await?;
+            apply(db, p).await?;
         }
         Ok::<(), StoreError>(())
     }))
@@ -164,7 +179,7 @@ async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> 
         .iter()
         .any(|p| p.new_due.is_some() || !p.outbox_put.is_empty())
     {
-        tx.batch_execute(&format!("NOTIFY {}", super::claims::WORK_CHANNEL))
+        db.batch_execute(&format!("NOTIFY {}", super::claims::WORK_CHANNEL))
             .await
             .map_err(pg)?;
     }
@@ -172,7 +187,7 @@ async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> 
 }
 
 /// The case's key, made (in this transaction) if it has none.
-async fn case_secret(tx: &Transaction<'_>, case_key: &[u8]) -> Result<CaseSecret> {
+async fn case_secret(tx: Tx<'_>, case_key: &[u8]) -> Result<CaseSecret> {
     let row = tx
         .query_opt(
             "SELECT id, key FROM case_keys WHERE case_key = $1",
@@ -206,7 +221,7 @@ async fn case_secret(tx: &Transaction<'_>, case_key: &[u8]) -> Result<CaseSecret
 /// decided on (`Conflict`), or when another replica took over an outbox
 /// entry it settles (`Fenced`); returns the claimed entry if it is gone
 /// (settled or cancelled by another writer meanwhile: not put back).
-async fn check(tx: &Transaction<'_>, p: &Prepared) -> Result<Option<Uuid>> {
+async fn check(tx: Tx<'_>, p: &Prepared) -> Result<Option<Uuid>> {
     if let Some(expect) = p.expect {
         let rev = tx
             .query_opt(
@@ -237,7 +252,7 @@ async fn check(tx: &Transaction<'_>, p: &Prepared) -> Result<Option<Uuid>> {
     }
 }
 
-async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
+async fn apply(tx: Tx<'_>, p: &Prepared) -> Result<()> {
     let k = &p.case_key;
     // The checks and the small writes that do not depend on them go out
     // together (pipelined): a refusal rolls the whole transaction back.
@@ -292,78 +307,103 @@ async fn apply(tx: &Transaction<'_>, p: &Prepared) -> Result<()> {
         Some(s) => sealing::seal(s, plain),
         None => plain.to_vec(),
     };
-    if let Some(record) = &p.record {
-        // The indexes follow the record: its old entries go first.
-        exec("DELETE FROM schedule WHERE case_key = $1").await?;
-        exec("DELETE FROM recipients WHERE case_key = $1").await?;
+    let record = p.record.as_ref().map(|r| seal(r));
+    let outbox: Vec<(&Uuid, Vec<u8>, &i64)> = (p.outbox_put.iter())
+        .filter(|(id, _, _)| gone != Some(*id))
+        .map(|(id, value, due)| (id, seal(value), due))
+        .collect();
+    let idem = p
+        .idem
+        .as_ref()
+        .map(|(hash, value, at)| (hash, seal(value), at));
+    // The writes go out in phases, each phase's at once (pipelined on the
+    // connection): the record, its indexes and what it removes; then what
+    // it puts (an entry removed and put again is put after its removal);
+    // then the idempotency records it drops.
+    let mut writes: Vec<Write<'_>> = Vec::new();
+    if let Some(record) = &record {
         // A new revision; a lease on the case ends with the write.
-        tx.execute(
-            "INSERT INTO cases (case_key, key_id, value, rev) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (case_key) DO UPDATE SET key_id = EXCLUDED.key_id, value = EXCLUDED.value,
-                 rev = cases.rev + 1, lease_owner = NULL, lease_until = NULL",
-            // Stored again after an erasure: its revisions go on rising.
-            &[k, &key_id, &seal(record), &(p.expect.unwrap_or(0) + 1)],
-        )
-        .await
-        .map_err(pg)?;
-        if let Some(due) = p.new_due {
+        writes.push(Box::pin(async move {
             tx.execute(
-                "INSERT INTO schedule (due_ms, case_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&due, k],
+                "INSERT INTO cases (case_key, key_id, value, rev) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (case_key) DO UPDATE SET key_id = EXCLUDED.key_id, value = EXCLUDED.value,
+                     rev = cases.rev + 1, lease_owner = NULL, lease_until = NULL",
+                // Stored again after an erasure: its revisions go on rising.
+                &[k, &key_id, record, &(p.expect.unwrap_or(0) + 1)],
             )
             .await
-            .map_err(pg)?;
-        }
-        for c in &p.contacts {
+        }));
+        // The indexes follow the record: its entries that no longer hold
+        // go, the new ones come (what holds already is left alone).
+        writes.push(Box::pin(async move {
             tx.execute(
-                "INSERT INTO recipients (contact, case_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[c, k],
+                "WITH gone AS (DELETE FROM schedule WHERE case_key = $1
+                           AND due_ms IS DISTINCT FROM $2::bigint)
+             INSERT INTO schedule (due_ms, case_key) SELECT $2::bigint, $1
+             WHERE $2::bigint IS NOT NULL ON CONFLICT DO NOTHING",
+                &[k, &p.new_due],
             )
             .await
-            .map_err(pg)?;
-        }
+        }));
+        writes.push(Box::pin(async move {
+            tx.execute(
+                "WITH gone AS (DELETE FROM recipients WHERE case_key = $1
+                           AND NOT (contact = ANY($2::bytea[])))
+             INSERT INTO recipients (contact, case_key) SELECT c, $1 FROM unnest($2::bytea[]) c
+             ON CONFLICT DO NOTHING",
+                &[k, &p.contacts],
+            )
+            .await
+        }));
     }
     if !p.outbox_remove.is_empty() {
-        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&p.outbox_remove])
+        let removed = &p.outbox_remove;
+        writes.push(Box::pin(async move {
+            tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[removed])
+                .await
+        }));
+        writes.push(Box::pin(async move {
+            tx.execute("DELETE FROM delivered WHERE id = ANY($1)", &[removed])
+                .await
+        }));
+    }
+    let mut puts: Vec<Write<'_>> = Vec::new();
+    for (id, value, due) in &outbox {
+        puts.push(Box::pin(async move {
+            tx.execute(
+                "INSERT INTO outbox (id, case_key, key_id, value, next_attempt_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+                     value = EXCLUDED.value, next_attempt_ms = EXCLUDED.next_attempt_ms",
+                &[*id, k, &key_id, value, *due],
+            )
             .await
-            .map_err(pg)?;
-        tx.execute(
-            "DELETE FROM delivered WHERE id = ANY($1)",
-            &[&p.outbox_remove],
-        )
-        .await
-        .map_err(pg)?;
+        }));
     }
-    for (id, value, due) in &p.outbox_put {
-        if gone == Some(*id) {
-            continue;
-        }
-        tx.execute(
-            "INSERT INTO outbox (id, case_key, key_id, value, next_attempt_ms) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
-                 value = EXCLUDED.value, next_attempt_ms = EXCLUDED.next_attempt_ms",
-            &[id, k, &key_id, &seal(value), due],
-        )
-        .await
-        .map_err(pg)?;
+    if let Some((hash, value, at)) = &idem {
+        puts.push(Box::pin(async move {
+            tx.execute(
+                "INSERT INTO idempotency (key, case_key, key_id, value, at_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (key) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+                     value = EXCLUDED.value, at_ms = EXCLUDED.at_ms",
+                &[*hash, k, &key_id, value, *at],
+            )
+            .await
+        }));
     }
-    if let Some((hash, value, at)) = &p.idem {
-        tx.execute(
-            "INSERT INTO idempotency (key, case_key, key_id, value, at_ms) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (key) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
-                 value = EXCLUDED.value, at_ms = EXCLUDED.at_ms",
-            &[hash, k, &key_id, &seal(value), at],
-        )
-        .await
-        .map_err(pg)?;
-    }
+    let mut drops: Vec<Write<'_>> = Vec::new();
     if !p.idem_remove.is_empty() {
-        tx.execute(
-            "DELETE FROM idempotency WHERE key = ANY($1)",
-            &[&p.idem_remove],
-        )
-        .await
-        .map_err(pg)?;
+        drops.push(Box::pin(async move {
+            tx.execute(
+                "DELETE FROM idempotency WHERE key = ANY($1)",
+                &[&p.idem_remove],
+            )
+            .await
+        }));
+    }
+    for phase in [writes, puts, drops] {
+        for written in futures_util::future::join_all(phase).await {
+            written.map_err(pg)?;
+        }
     }
     Ok(())
 }

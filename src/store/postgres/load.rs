@@ -144,7 +144,7 @@ impl PgStore {
     ) -> std::result::Result<BackupSummary, LoadError> {
         let (rows, summary) = rows(bytes)?;
         let loaded = self.run(move |mut conn| async move {
-            let tx = conn.client().transaction().await.map_err(pg)?;
+            let tx = conn.raw().transaction().await.map_err(pg)?;
             if replace {
                 tx.batch_execute(&format!("TRUNCATE {TABLES}"))
                     .await

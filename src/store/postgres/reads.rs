@@ -40,6 +40,43 @@ pub(super) fn read_if_live<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// A case's sealed record, the key its row joined, and its revision.
+type VersionedRow = (Vec<u8>, Option<Vec<u8>>, i64);
+
+/// The job that reads case `k`'s row.
+fn versioned_row(
+    k: Vec<u8>,
+) -> impl FnOnce(super::Conn) -> BoxedJob<Option<VersionedRow>> + Send + 'static {
+    move |mut conn| {
+        Box::pin(async move {
+            let row = conn
+                .client()
+                .query_opt(
+                    "SELECT c.value, k.key, c.rev FROM cases c
+                     LEFT JOIN case_keys k ON k.id = c.key_id WHERE c.case_key = $1",
+                    &[&k],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+        })
+    }
+}
+
+/// A job's future, boxed (it borrows the connection it owns).
+type BoxedJob<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
+
+fn decode_versioned(k: &[u8], row: Option<VersionedRow>) -> Result<(Option<CaseRecord>, u64)> {
+    match row {
+        None => Ok((None, 0)),
+        Some((value, key, rev)) => {
+            let plain = unseal(&value, key)?;
+            let record = codec::decode(k, &plain)?;
+            Ok((Some(record), u64::try_from(rev).unwrap_or(0)))
+        }
+    }
+}
+
 /// A sealed value and the key its row joined.
 type SealedRow = (Vec<u8>, Option<Vec<u8>>);
 
@@ -131,34 +168,17 @@ impl PgStore {
     /// One case as stored, with its revision (0: none stored).
     pub fn get_versioned(&self, key: &CaseKey) -> Result<(Option<CaseRecord>, u64)> {
         let k = key.bytes();
-        let param = k.clone();
-        let row = self.run(move |mut conn| async move {
-            let row = conn
-                .client()
-                .query_opt(
-                    "SELECT c.value, k.key, c.rev FROM cases c
-                     LEFT JOIN case_keys k ON k.id = c.key_id WHERE c.case_key = $1",
-                    &[&param],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(row.map(|r| {
-                (
-                    r.get::<_, Vec<u8>>(0),
-                    r.get::<_, Option<Vec<u8>>>(1),
-                    r.get::<_, i64>(2),
-                )
-            }))
-        })?;
-        match row {
-            None => Ok((None, 0)),
-            Some((value, key, rev)) => {
-                let plain = unseal(&value, key)?;
-                let record = codec::decode(&k, &plain)?;
-                Ok((Some(record), u64::try_from(rev).unwrap_or(0)))
-            }
-        }
+        let row = self.run(versioned_row(k.clone()))?;
+        decode_versioned(&k, row)
     }
+
+    /// As `get_versioned`, awaited rather than blocking a thread.
+    pub async fn get_versioned_async(&self, key: &CaseKey) -> Result<(Option<CaseRecord>, u64)> {
+        let k = key.bytes();
+        let row = self.run_async(versioned_row(k.clone())).await?;
+        decode_versioned(&k, row)
+    }
+
     pub fn next_due_case(&self) -> Result<Option<(DateTime<Utc>, CaseKey)>> {
         self.run(|mut conn| async move {
             let c = conn.client();

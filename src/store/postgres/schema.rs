@@ -4,7 +4,8 @@
 
 use tokio_postgres::Client;
 
-use super::{PgStoreConfig, Result, StoreError, connect, parse_config, pg, run_on, runtime};
+use super::pool::{connect, run_on, runtime};
+use super::{PgStoreConfig, Result, StoreError, parse_config, pg};
 
 /// Every migration, in order: its version, its name, its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -84,7 +85,7 @@ pub fn migrate(config: &PgStoreConfig) -> Result<Vec<String>> {
         permits: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let applied = run_on(rt.handle(), &pool, |mut conn| async move {
-        apply(conn.client()).await
+        apply(conn.raw()).await
     });
     drop(pool);
     rt.shutdown_background();
