@@ -189,6 +189,8 @@ impl DaemonLock {
 
 struct Inner {
     pool: Arc<Pool>,
+    /// Connections kept for the commits that must not wait (`commit_now`).
+    urgent: Arc<Pool>,
     /// This replica's name in the leases it takes.
     owner: String,
     /// How long a claim lasts, in milliseconds.
@@ -201,6 +203,9 @@ struct Inner {
     // Last: the runtime stops after the connections are dropped.
     rt: Rt,
 }
+
+/// Connections kept for `commit_now`, beside the pool's.
+const URGENT_CONNECTIONS: usize = 2;
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
@@ -234,11 +239,11 @@ impl PgStore {
     pub fn open(config: &PgStoreConfig) -> Result<Self> {
         let pg_config = parse_config(&config.url)?;
         let rt = runtime()?;
-        let pool = Arc::new(Pool {
-            config: pg_config,
-            idle: std::sync::Mutex::default(),
-            permits: Arc::new(tokio::sync::Semaphore::new(config.pool_size.max(1))),
-        });
+        let pool = Arc::new(Pool::new(pg_config.clone(), config.pool_size));
+        // A provider's acceptance is filed on connections of its own: the
+        // sooner it is durable, the smaller the window in which a crash
+        // sends the message twice, so it never waits behind planning.
+        let urgent = Arc::new(Pool::new(pg_config, URGENT_CONNECTIONS));
         let (salt, unsubscribe_key) = run_on(rt.handle(), &pool, |mut conn| async move {
             schema::apply(conn.raw()).await?;
             let salt = schema::generated_key(conn.raw(), "contact_salt").await?;
@@ -248,6 +253,7 @@ impl PgStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                urgent,
                 owner: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
                 lease_ms: i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX / 4),
                 claims: std::sync::Mutex::default(),
@@ -287,9 +293,28 @@ impl PgStore {
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send,
     {
+        self.run_async_on(&self.inner.pool, job).await
+    }
+
+    /// As `run_async`, on the connections kept for what must not wait.
+    pub(crate) async fn run_urgent<T, F, Fut>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        self.run_async_on(&self.inner.urgent, job).await
+    }
+
+    async fn run_async_on<T, F, Fut>(&self, pool: &Arc<Pool>, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
         self.inner.lock.check()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let pool = self.inner.pool.clone();
+        let pool = pool.clone();
         self.handle().spawn(async move {
             let r = match pool.get().await {
                 Ok(conn) => job(conn).await,

@@ -52,6 +52,63 @@ impl Prepared {
     fn writes(&self) -> bool {
         self.record.is_some() || !self.outbox_put.is_empty() || self.idem.is_some()
     }
+
+    /// A provider's acceptance and nothing else: its delivered mark.
+    fn mark_only(&self) -> Option<&(Uuid, Vec<u8>)> {
+        let nothing_else = self.record.is_none()
+            && !self.erase
+            && self.contacts.is_empty()
+            && self.outbox_put.is_empty()
+            && self.outbox_remove.is_empty()
+            && self.idem.is_none()
+            && self.idem_remove.is_empty()
+            && self.expect.is_none();
+        self.delivered.as_ref().filter(|_| nothing_else)
+    }
+}
+
+/// A delivered mark (with the recipient's last send) as one statement,
+/// committed on its own: one round trip to durable rather than a
+/// transaction's three, the window in which a crash sends a message twice
+/// as short as it can be. Refused (`Fenced`, nothing written) when another
+/// replica took the entry over.
+async fn mark_in_one_statement(
+    mut conn: super::Conn,
+    p: &Prepared,
+    (id, mark): &(Uuid, Vec<u8>),
+) -> Result<()> {
+    let fence = p.fence.map(|(_, f)| f);
+    let (contact, last_ms) = match &p.last_sent {
+        Some((c, at)) => (Some(c), Some(*at)),
+        None => (None, None),
+    };
+    let row = conn
+        .client()
+        .query_one(
+            // The entry's row stays locked until the commit: a replica
+            // taking it over waits, then finds the mark and sends nothing.
+            "WITH locked AS (SELECT fencing FROM outbox WHERE id = $1 AND $3::bigint IS NOT NULL
+                             FOR UPDATE),
+             held AS (
+                 SELECT NOT EXISTS (SELECT 1 FROM locked WHERE fencing <> $3::bigint) AS ours),
+             mark AS (
+                 INSERT INTO delivered (id, value) SELECT $1, $2 FROM held WHERE ours
+                 ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value),
+             last AS (
+                 INSERT INTO contacts (contact, last_ms) SELECT $4::bytea, $5::bigint FROM held
+                 WHERE ours AND $4::bytea IS NOT NULL
+                 ON CONFLICT (contact) DO UPDATE
+                 SET last_ms = GREATEST(contacts.last_ms, EXCLUDED.last_ms))
+             SELECT ours FROM held",
+            &[id, mark, &fence, &contact, &last_ms],
+        )
+        .await
+        .map_err(pg)?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced)
+    }
 }
 
 impl PgStore {
@@ -68,7 +125,8 @@ impl PgStore {
     /// hold up a shutdown).
     pub async fn commit_now(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
         let (prepared, settled) = self.prepare(changes);
-        self.run_async(move |conn| transact(conn, prepared)).await?;
+        self.run_urgent(move |conn| transact(conn, prepared))
+            .await?;
         self.release(settled);
         Ok(())
     }
@@ -154,6 +212,11 @@ impl PgStore {
 
 /// Applies prepared changes in one transaction on `conn`.
 async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> {
+    if let [p] = prepared.as_slice()
+        && let Some(mark) = p.mark_only()
+    {
+        return mark_in_one_statement(conn, p, mark).await;
+    }
     let (client, statements) = conn.parts();
     let tx = client.transaction().await.map_err(pg)?;
     let db = Db::new(&tx, statements);

@@ -94,6 +94,14 @@ pub(super) async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
 }
 
 impl Pool {
+    pub(super) fn new(config: tokio_postgres::Config, size: usize) -> Self {
+        Self {
+            config,
+            idle: std::sync::Mutex::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(size.max(1))),
+        }
+    }
+
     pub(super) async fn get(self: &Arc<Self>) -> Result<Conn> {
         let permit = self
             .permits
