@@ -2,11 +2,15 @@
 # BIN, TOKEN, SENDERS, CONNECTIONS, DURATION, OUT, PIDS).
 # shellcheck shell=bash
 
-# A loopback port nothing listens on.
+# A loopback port nothing listens on, below the kernel's ephemeral range
+# (a port there may be the local end of an outgoing connection, which a
+# probe does not see and a later bind fails on).
 free_port() {
-  local p
+  local p low
+  low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 11000 ] || low=32768
   while :; do
-    p=$(( 20000 + RANDOM % 30000 ))
+    p=$(( 10000 + RANDOM % (low - 10000) ))
     (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
