@@ -50,9 +50,8 @@ pub async fn run(svc: Service, cancel: CancellationToken, heartbeat: Heartbeat) 
 
 /// At most this many due cases are planned at once (their commits share
 /// the group commit's transactions and flushes). As many as the sends in
-/// flight: more starved the dispatcher, and the delivered marks it files,
-/// of CPU (in the replica kill test at 64, 7 to 10 messages of 2,350 were
-/// sent twice against 0 at 8).
+/// flight: more keep both cores busy while the dispatcher files the
+/// delivered marks of accepted messages (RELIABILITY.md, "Duplicates").
 const BATCH: usize = 8;
 
 /// Plans the cases due now, several at once. Returns how long to sleep, or

@@ -71,7 +71,8 @@ impl PgStore {
     /// `limit`, none of `busy`), earliest first, each leased to this
     /// replica (`lease` from now) so the others pass it by until its record
     /// is written again or the lease runs out; and when to look next.
-    /// Index entries that outlived their case are dropped on the way.
+    /// When something is due and none could be taken, index entries that
+    /// outlived their case are dropped.
     pub fn claim_due_cases(
         &self,
         now: DateTime<Utc>,

@@ -3,8 +3,14 @@
 //! outbox, delivered marks, idempotency records, erasure with its key).
 
 use tokio_postgres::Transaction;
+use uuid::Uuid;
 
+use crate::domain::CaseKey;
+
+use super::super::sealing::{self, CaseSecret, KEY_LEN, KeyId};
 use super::prepared::Db;
+use super::{PgStore, Result, StoreError, codec, ms, pg};
+use crate::store::Commit;
 
 /// One statement of a commit, under way.
 type Write<'a> = std::pin::Pin<
@@ -17,13 +23,6 @@ type Write<'a> = std::pin::Pin<
 
 /// The transaction of a commit, with its connection's prepared statements.
 type Tx<'a> = Db<'a, Transaction<'a>>;
-use uuid::Uuid;
-
-use crate::domain::CaseKey;
-
-use super::super::sealing::{self, CaseSecret, KEY_LEN, KeyId};
-use super::{PgStore, Result, StoreError, codec, ms, pg};
-use crate::store::Commit;
 
 /// One change, encoded (in clear) before it is sent to the store's
 /// runtime; sealed there, under the key the transaction finds or makes.

@@ -26,12 +26,12 @@ impl Drop for Rt {
 /// it closed.
 pub(super) struct Pool {
     pub(super) config: tokio_postgres::Config,
-    pub(super) idle: std::sync::Mutex<Vec<Pooled>>,
-    pub(super) permits: Arc<tokio::sync::Semaphore>,
+    idle: std::sync::Mutex<Vec<Pooled>>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection's client and the statements it has prepared.
-pub(super) struct Pooled {
+struct Pooled {
     client: Client,
     statements: prepared::Statements,
 }

@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use super::pool::{connect, run_on, runtime};
+use super::pool::{Pool, connect, run_on, runtime};
 use super::{PgStoreConfig, Result, StoreError, parse_config, pg};
 
 /// Every migration, in order: its version, its name, its SQL.
@@ -79,11 +79,7 @@ pub(super) async fn apply(client: &mut Client) -> Result<Vec<String>> {
 pub fn migrate(config: &PgStoreConfig) -> Result<Vec<String>> {
     let pg_config = parse_config(&config.url)?;
     let rt = runtime()?;
-    let pool = std::sync::Arc::new(super::Pool {
-        config: pg_config,
-        idle: std::sync::Mutex::default(),
-        permits: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
-    });
+    let pool = std::sync::Arc::new(Pool::new(pg_config, 1));
     let applied = run_on(rt.handle(), &pool, |mut conn| async move {
         apply(conn.raw()).await
     });
