@@ -38,6 +38,9 @@ pub const INBOUND_UNMAPPED: &str = "tidings_inbound_unmapped_total";
 pub const PROMISES: &str = "tidings_promises_total";
 pub const PROMISE_LATENESS: &str = "tidings_promise_lateness_seconds";
 pub const SCHEDULE_HEAD: &str = "tidings_schedule_head_seconds";
+/// From a provider's acceptance to its delivered mark on file: the window
+/// in which a crash sends the message again.
+pub const MARK_WINDOW: &str = "tidings_delivered_mark_seconds";
 
 /// What an inbound webhook may carry that tidings has no mapping for.
 const INBOUND_WHATS: [&str; 5] = ["status", "priority", "time_zone", "locale", "phone"];
@@ -50,6 +53,11 @@ const LATENESS_BUCKETS: &[f64] = &[
 /// Lookup buckets: the head of an ordered index, microseconds when healthy.
 const LOOKUP_BUCKETS: &[f64] = &[
     0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.01, 0.1, 1.0,
+];
+
+/// Mark buckets: a round trip to the store, milliseconds when healthy.
+const MARK_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
 const STATUSES: [Status; 5] = [
@@ -75,6 +83,7 @@ pub fn install() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(SCHEDULE_HEAD.into()), LOOKUP_BUCKETS)
             })
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MARK_WINDOW.into()), MARK_BUCKETS))
             .unwrap_or_else(|_| unreachable!("the bucket list is not empty"));
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -106,6 +115,11 @@ fn describe() {
         SCHEDULE_HEAD,
         metrics::Unit::Seconds,
         "How long the scheduler took to find the next due case (the head of the schedule index)"
+    );
+    metrics::describe_histogram!(
+        MARK_WINDOW,
+        metrics::Unit::Seconds,
+        "From a provider's acceptance to its delivered mark on file: the window in which a crash sends the message again"
     );
     metrics::describe_counter!(RELOADS, "Configuration reloads by result");
     metrics::describe_counter!(
@@ -308,6 +322,11 @@ pub fn lease_lost() {
 /// The scheduler looked up the next due case in `took`.
 pub fn schedule_head(took: Duration) {
     histogram!(SCHEDULE_HEAD).record(took.as_secs_f64());
+}
+
+/// A provider's acceptance was marked delivered `took` after its answer.
+pub fn delivered_mark(took: Duration) {
+    histogram!(MARK_WINDOW).record(took.as_secs_f64());
 }
 
 /// A reload finished.

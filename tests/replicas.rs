@@ -122,10 +122,28 @@ fn sent_metric(scrape: &str) -> f64 {
 
 /// A replica's sent count, or 0 when it does not answer.
 async fn scrape_sent(d: &Daemon) -> f64 {
-    match d.http.get(d.url("/metrics")).send().await {
-        Ok(r) => sent_metric(&r.text().await.unwrap_or_default()),
-        Err(_) => 0.0,
-    }
+    scrape(d).await.0
+}
+
+/// A replica's sent count and its delivered-mark window histogram
+/// (`tidings_delivered_mark_seconds`: sum, count, count within 10 ms).
+async fn scrape(d: &Daemon) -> (f64, [f64; 3]) {
+    let Ok(r) = d.http.get(d.url("/metrics")).send().await else {
+        return (0.0, [0.0; 3]);
+    };
+    let text = r.text().await.unwrap_or_default();
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let marks = [
+        value("tidings_delivered_mark_seconds_sum "),
+        value("tidings_delivered_mark_seconds_count "),
+        value("tidings_delivered_mark_seconds_bucket{le=\"0.01\"}"),
+    ];
+    (sent_metric(&text), marks)
 }
 
 /// Every case in `ids` as GET shows it (`None`: 404), asked of the
@@ -766,9 +784,12 @@ async fn kill_one_replica_mid_burst() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let all_done = last_kill.elapsed();
+    let mut marks = [0.0; 3];
     for (i, d) in replicas.iter_mut().enumerate() {
         if i != victim {
-            per_replica[i] += scrape_sent(d).await;
+            let (sent, m) = scrape(d).await;
+            per_replica[i] += sent;
+            marks = [marks[0] + m[0], marks[1] + m[1], marks[2] + m[2]];
             d.stop();
         }
     }
@@ -938,6 +959,12 @@ async fn kill_one_replica_mid_burst() {
             .map(|f| format!("{f:.1}"))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    println!(
+        "replicas: delivered marks on file {:.1} ms after the sink's acceptance on average, {:.0} of {:.0} within 10 ms (the survivors' last lives, tidings_delivered_mark_seconds)",
+        1000.0 * marks[0] / marks[1].max(1.0),
+        marks[2],
+        marks[1]
     );
     println!(
         "replicas: sent per replica (tidings_messages_total, each life scraped before its kill): {}",

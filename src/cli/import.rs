@@ -227,6 +227,17 @@ pub async fn import(
     // Each put waited for its own flush; this one covers nothing new, and
     // makes the end of the import plainly durable.
     svc.flush().await.context("the final flush")?;
+    drop(svc);
+    if matches!(config.store, StoreChoice::Sled) {
+        // sled writes its snapshot only when it opens a store, reading all
+        // the log written since the last one: an open now, while the
+        // import is still running, spares the daemon's next start that
+        // replay of every imported case.
+        let db = config.data_dir.join("db");
+        SledStore::open(&db)
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("reopening the store in {}: {e}", db.display()))?;
+    }
     summary.rejected.sort_by_key(|r| r.line);
     progress.report(&summary, started.elapsed(), true);
     Ok(summary)

@@ -250,15 +250,21 @@ impl Dispatcher {
                 // The instant the provider answered: the message's `sent_at`
                 // and the recipient's last send, however late it is filed.
                 let accepted = self.svc.now();
+                let answered = std::time::Instant::now();
                 // The delivered mark at once, while this send waits for a
                 // place among the outcomes being filed: until it is on
                 // disk, a crash sends the message again.
                 let mark = async {
                     match &outcome {
-                        Outcome::Sent { provider_id } => Some(
-                            self.mark_delivered(&entry, provider_id.clone(), accepted)
-                                .await,
-                        ),
+                        Outcome::Sent { provider_id } => {
+                            let marked = self
+                                .mark_delivered(&entry, provider_id.clone(), accepted)
+                                .await;
+                            if marked.is_ok() {
+                                crate::metrics::delivered_mark(answered.elapsed());
+                            }
+                            Some(marked)
+                        }
                         _ => None,
                     }
                 };

@@ -10,7 +10,9 @@
 //! commits of the write path are also offered awaited
 //! (`get_versioned_async`, `commit_now`). `synchronous_commit` is PostgreSQL's
 //! default (`on`): a commit that returns is durable, so `flush` has
-//! nothing left to wait for.
+//! nothing left to wait for. The one exception is the delivered mark
+//! (`commit_now`), committed on connections of its own with
+//! `synchronous_commit = off` (`marks_config`).
 //!
 //! Tables (`postgres/migrations/`): `cases`, `schedule`, `outbox`,
 //! `delivered`, `idempotency`, `recipients`, `optouts`, `contacts`,
@@ -204,7 +206,7 @@ struct Inner {
     rt: Rt,
 }
 
-/// Connections kept for `commit_now`, beside the pool's.
+/// Connections kept for `commit_now` (delivered marks), beside the pool's.
 const URGENT_CONNECTIONS: usize = 2;
 
 /// The PostgreSQL store. Cheap to clone.
@@ -233,6 +235,23 @@ fn parse_config(url: &str) -> Result<tokio_postgres::Config> {
     Ok(config)
 }
 
+/// The connections that file a provider's acceptance commit without
+/// waiting for PostgreSQL's WAL flush (`synchronous_commit = off`): the
+/// mark is safe from this replica's crash as soon as the database has it,
+/// which is the window a crash sends a message twice in, and it reaches
+/// disk within PostgreSQL's `wal_writer_delay` (or with the next ordinary
+/// commit, the history's). If the database itself crashes first, the mark
+/// is lost and the message is sent again with its `Message-ID`: a
+/// duplicate, never a loss.
+fn marks_config(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} -c synchronous_commit=off"),
+        _ => "-c synchronous_commit=off".to_owned(),
+    };
+    config.options(options);
+    config
+}
+
 impl PgStore {
     /// Connects, applies the migrations this binary has and the database
     /// lacks, and reads (or makes) the shared settings.
@@ -243,7 +262,7 @@ impl PgStore {
         // A provider's acceptance is filed on connections of its own: the
         // sooner it is durable, the smaller the window in which a crash
         // sends the message twice, so it never waits behind planning.
-        let urgent = Arc::new(Pool::new(pg_config, URGENT_CONNECTIONS));
+        let urgent = Arc::new(Pool::new(marks_config(pg_config), URGENT_CONNECTIONS));
         let (salt, unsubscribe_key) = run_on(rt.handle(), &pool, |mut conn| async move {
             schema::apply(conn.raw()).await?;
             let salt = schema::generated_key(conn.raw(), "contact_salt").await?;

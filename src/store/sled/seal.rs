@@ -41,7 +41,9 @@ const SLOT: usize = 64;
 
 struct Slots {
     file: File,
-    keys: HashMap<KeyId, (u64, [u8; KEY_LEN])>,
+    /// Every key by its id. The ids are random (made here), so a fast
+    /// hash serves; at a million cases the map's fill is most of a start.
+    keys: HashMap<KeyId, (u64, [u8; KEY_LEN]), foldhash::fast::RandomState>,
     free: Vec<u64>,
     next: u64,
     /// Keys whose values are gone from sled's view; zeroed after the next
@@ -85,7 +87,7 @@ impl Keyring {
         let len = file.metadata()?.len();
         let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
         file.read_exact_at(&mut bytes, 0)?;
-        let mut keys = HashMap::new();
+        let mut keys = HashMap::with_capacity_and_hasher(bytes.len() / SLOT, Default::default());
         let mut free = Vec::new();
         let mut next = 0;
         for (i, slot) in bytes.chunks_exact(SLOT).enumerate() {
