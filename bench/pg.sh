@@ -127,7 +127,7 @@ on:
     sink=$(free_port)
     start_sink "$dir/sink" "$sink"
     cases "$REPLICA_BURST" "b$n-" email >"$dir/cases.jsonl"
-    lead=$(( SMOKE == 1 ? 8 : 10 + REPLICA_BURST / 500 ))
+    lead=$(( SMOKE == 1 ? 8 : 6 + REPLICA_BURST / 500 ))
     due=$(( $(date +%s) + lead ))
     IMPORT_FILE=$dir/cases.jsonl replicas_up "$n" "burst_$n" "$sink" "rules:
   - name: burst
