@@ -283,10 +283,10 @@ impl Service {
         self.group.commit(changes).await
     }
 
-    /// As `commit_durable`, for a small change that must be durable as
-    /// soon as it can (a provider's acceptance): on a store whose commits
-    /// are durable when they return, in a transaction of its own rather
-    /// than behind the group's current batch.
+    /// As `commit_durable`, for a small change that must be on file as
+    /// soon as it can (a provider's acceptance): on a store that offers
+    /// `Storage::commit_now`, in a transaction of its own rather than
+    /// behind the group's current batch.
     pub async fn commit_urgent(&self, changes: Vec<(CaseKey, Commit)>) -> Result<(), StoreError> {
         {
             let refs: Vec<(&CaseKey, &Commit)> = changes.iter().map(|(k, c)| (k, c)).collect();

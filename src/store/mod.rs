@@ -202,10 +202,14 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     }
     /// Waits until everything committed so far is durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
-    /// Applies a small change at once, durably, in a transaction of its
-    /// own, awaited rather than on a blocking thread: for a store whose
-    /// commits are durable when they return. `None`: the store shares its
-    /// flushes, and the caller goes through the group commit.
+    /// Applies a small change at once, in a transaction of its own,
+    /// awaited rather than on a blocking thread: for a store that keeps
+    /// the change safe from this process's crash when it returns (a
+    /// database server; on PostgreSQL it reaches disk shortly after, so
+    /// only a change whose loss in the server's own crash is harmless
+    /// belongs here: a delivered mark, whose loss means a resend). `None`:
+    /// the store shares its flushes, and the caller goes through the group
+    /// commit.
     fn commit_now<'a>(
         &'a self,
         changes: &'a [(&'a CaseKey, &'a Commit)],

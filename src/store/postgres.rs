@@ -244,11 +244,8 @@ fn parse_config(url: &str) -> Result<tokio_postgres::Config> {
 /// is lost and the message is sent again with its `Message-ID`: a
 /// duplicate, never a loss.
 fn marks_config(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
-    let options = match config.get_options() {
-        Some(given) if !given.trim().is_empty() => format!("{given} -c synchronous_commit=off"),
-        _ => "-c synchronous_commit=off".to_owned(),
-    };
-    config.options(options);
+    let given = config.get_options().unwrap_or_default();
+    config.options(format!("{given} -c synchronous_commit=off").trim_start());
     config
 }
 
