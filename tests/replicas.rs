@@ -17,8 +17,9 @@
 //!   before the start; new ones PUT across the replicas meanwhile; before
 //!   each kill a burst of new cases; each case with an acknowledgement and
 //!   one progress update 10 s later) while one replica after another is
-//!   killed with `kill -9`, at a random instant at which it holds claimed
-//!   messages (read from the database just before the kill and right
+//!   killed with `kill -9`, at a random instant in the burst (0–100 ms
+//!   after it starts, then the first moment the replica holds claimed
+//!   messages, read from the database just before the kill and right
 //!   after it), and restarted. The last one killed
 //!   stays down: the two others must settle what it held, and send what
 //!   was due at that kill, within the lease (3 s) + 5 s. Nothing is lost;
@@ -28,7 +29,10 @@
 //!   full run is 20), `TIDINGS_REPLICA_SEED` (default 1),
 //!   `TIDINGS_REPLICA_BURST` (cases imported before the start, default
 //!   150), `TIDINGS_REPLICA_BURST_PUTS` (cases PUT in the burst before each
-//!   kill, default 30), `TIDINGS_REPLICA_KILL_WHEN_HOLDING=0` (kill at
+//!   kill, default 30), `TIDINGS_REPLICA_INTO_BURST_MS` (the most the
+//!   kill waits into the burst, default 100; 0 kills the moment the
+//!   replica is first seen holding claims, nearly always as its first
+//!   sends are accepted), `TIDINGS_REPLICA_KILL_WHEN_HOLDING=0` (kill at
 //!   the random instant itself, whether the replica holds claims or not),
 //!   `TIDINGS_REPLICA_GAP_MIN_MS`/`_MAX_MS` (time between a restart and
 //!   the next burst, default 1000–4000) and
@@ -523,48 +527,44 @@ impl Held {
     }
 }
 
-fn held(cluster: &PgCluster, db: &str, pid: u32, at: SystemTime) -> Held {
-    let ms = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis();
-    let mine = format!("lease_owner LIKE '{pid}-%' AND lease_until > {ms}");
-    let out = cluster.psql(
-        db,
-        &format!(
-            "SELECT 'm ' || id::text || CASE WHEN EXISTS \
-                 (SELECT 1 FROM delivered d WHERE d.id = outbox.id) THEN ' marked' ELSE '' END \
-             FROM outbox WHERE {mine} \
-             UNION ALL SELECT 'c ' || encode(case_key, 'escape') FROM cases WHERE {mine}"
-        ),
-    );
+/// What replica `pid` holds claimed at `at`, read on one connection kept
+/// open for the run (a `psql` started every few milliseconds would load
+/// the cores the replicas run on).
+async fn held(db: &tokio_postgres::Client, pid: u32, at: SystemTime) -> Held {
+    let ms = i64::try_from(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("milliseconds fit");
+    let owner = format!("{pid}-%");
+    let rows = db
+        .query(
+            "SELECT 'm', id::text, EXISTS (SELECT 1 FROM delivered d WHERE d.id = outbox.id)
+               FROM outbox WHERE lease_owner LIKE $1 AND lease_until > $2
+             UNION ALL SELECT 'c', encode(case_key, 'escape'), false
+               FROM cases WHERE lease_owner LIKE $1 AND lease_until > $2",
+            &[&owner, &ms],
+        )
+        .await
+        .expect("read what the replica holds");
     let mut h = Held::default();
-    for line in out.lines() {
-        match line.split_once(' ') {
-            Some(("m", id)) => {
-                let (id, marked) = id
-                    .strip_suffix(" marked")
-                    .map_or((id, false), |id| (id, true));
-                if marked {
-                    h.marked.push(id.to_owned());
-                }
-                h.messages.push(id.to_owned());
+    for row in rows {
+        let (kind, id, marked): (&str, String, bool) = (row.get(0), row.get(1), row.get(2));
+        if kind == "m" {
+            if marked {
+                h.marked.push(id.clone());
             }
-            Some(("c", key)) => h
-                .cases
-                .push(key.split_once("\\000").map_or(key, |(_, id)| id).to_owned()),
-            _ => {}
+            h.messages.push(id);
+        } else {
+            h.cases.push(
+                id.split_once("\\000")
+                    .map_or(id.as_str(), |(_, id)| id)
+                    .to_owned(),
+            );
         }
     }
     h
-}
-
-/// `held`, off the runtime's thread (psql blocks).
-async fn held_now(cluster: &'static PgCluster, db: &str, pid: u32) -> Held {
-    let db = db.to_owned();
-    tokio::task::spawn_blocking(move || held(cluster, &db, pid, SystemTime::now()))
-        .await
-        .expect("psql")
 }
 
 #[tokio::test]
@@ -578,6 +578,7 @@ async fn kill_one_replica_mid_burst() {
     let burst: usize = env_or("TIDINGS_REPLICA_BURST", 150);
     let burst_puts: usize = env_or("TIDINGS_REPLICA_BURST_PUTS", 30);
     let when_holding = env_or("TIDINGS_REPLICA_KILL_WHEN_HOLDING", 1) == 1;
+    let into_burst_ms: u64 = env_or("TIDINGS_REPLICA_INTO_BURST_MS", 100);
     let gap: (u64, u64) = (
         env_or("TIDINGS_REPLICA_GAP_MIN_MS", 1000),
         env_or("TIDINGS_REPLICA_GAP_MAX_MS", 4000),
@@ -587,6 +588,10 @@ async fn kill_one_replica_mid_burst() {
         if kills >= 20 { 0.1 } else { 100.0 },
     );
     let db = cluster.database();
+    let (watch, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
     let sink = Sink::start(&bin).await;
     // Per case an acknowledgement, and one progress update 10 s after it:
     // one and no more, so none is superseded by a newer one or goes stale
@@ -628,21 +633,25 @@ async fn kill_one_replica_mid_burst() {
             .map(|i| format!("P{}-{i}", k + 1))
             .collect();
         bursts.push(tokio::spawn(put_cases(urls.clone(), ids, 6)));
+        // Into the burst by a random time (the replica first seen holding
+        // claims is nearly always just starting its first sends: killed
+        // then, it would die at one phase of a send, not at any).
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=into_burst_ms))).await;
         // What it holds is read just before the kill and right after it
         // (the others may take it over as soon as its session is gone).
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut before = held_now(cluster, &db.name, pid).await;
+        let mut before = held(&watch, pid, SystemTime::now()).await;
         while when_holding && before.messages.is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "replica {victim} (pid {pid}) held no claimed message for 20 s"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
-            before = held_now(cluster, &db.name, pid).await;
+            before = held(&watch, pid, SystemTime::now()).await;
         }
         kill_at.push(SystemTime::now());
         replicas[victim].kill();
-        let after = held(cluster, &db.name, pid, *kill_at.last().expect("a kill"));
+        let after = held(&watch, pid, *kill_at.last().expect("a kill")).await;
         held_at_kill.push(before.and(after));
         if k + 1 < kills {
             let t = Instant::now();

@@ -46,6 +46,7 @@ macro_rules! conformance {
                 commit_moves_the_schedule_index,
                 remove_schedule_entry_drops_only_that_entry,
                 commit_many_applies_every_change,
+                a_batch_moves_every_case_it_names,
                 next_due_case_is_the_earliest,
                 due_cases_are_claimed_earliest_first,
                 due_outbox_takes_what_is_due_earliest_first,
@@ -55,6 +56,7 @@ macro_rules! conformance {
                 a_case_twice_in_one_batch_is_shredded_whole,
                 a_delivered_mark_lasts_as_long_as_its_outbox_entry,
                 a_commit_files_a_delivered_mark_and_the_last_send,
+                marks_in_one_batch_keep_the_latest_send,
                 contacts_are_keyed_by_channel_and_normalised_address,
                 cases_of_follows_the_customer_address,
                 a_case_is_found_by_its_short_link_until_erased,
@@ -191,6 +193,70 @@ mod suite {
         assert_eq!(
             store.next_due_case().expect("next due"),
             Some((at(30), two.key()))
+        );
+    }
+
+    pub async fn a_batch_moves_every_case_it_names(store: &dyn Storage) {
+        let maria_email = store.contact(Channel::Email, MARIA_EMAIL);
+        let jan_email = store.contact(Channel::Email, JAN_EMAIL);
+        let (mut one, mut two) = (maria("C-1", Some(at(60))), jan("C-2", Some(at(30))));
+        let (e1, e2) = (entry(&one.key(), 1, at(0)), entry(&two.key(), 2, at(5)));
+        let first = [
+            Commit {
+                outbox_put: vec![e1.clone()],
+                idempotency: Some(("req-1".into(), answer(at(0), "C-1"))),
+                ..Commit::record(one.clone())
+            },
+            Commit {
+                outbox_put: vec![e2.clone()],
+                ..Commit::record(two.clone())
+            },
+        ];
+        store
+            .commit_many(&[(&one.key(), &first[0]), (&two.key(), &first[1])])
+            .expect("the first batch");
+        // Both move in one batch: C-1 to Jan's address and a later
+        // instant, its entry replaced and its answer dropped; C-2 out of
+        // the schedule, its entry moved (removed and put again).
+        one.case = case("C-1", Some(JAN_EMAIL), None);
+        one.schedule.due_at = Some(at(90));
+        two.schedule.due_at = None;
+        let e3 = entry(&one.key(), 3, at(7));
+        let e2_later = OutboxEntry {
+            next_attempt_at: at(50),
+            ..e2.clone()
+        };
+        let second = [
+            Commit {
+                outbox_remove: vec![(e1.id, e1.next_attempt_at)],
+                outbox_put: vec![e3.clone()],
+                idempotency_remove: vec!["req-1".into()],
+                ..Commit::record(one.clone())
+            },
+            Commit {
+                outbox_remove: vec![(e2.id, e2.next_attempt_at)],
+                outbox_put: vec![e2_later.clone()],
+                ..Commit::record(two.clone())
+            },
+        ];
+        store
+            .commit_many(&[(&one.key(), &second[0]), (&two.key(), &second[1])])
+            .expect("the second batch");
+        assert_eq!(store.get(&one.key()).expect("get"), Some(one.clone()));
+        assert_eq!(store.get(&two.key()).expect("get"), Some(two.clone()));
+        assert_eq!(store.outbox_entry(e1.id).expect("entry"), None);
+        assert_eq!(store.outbox_entry(e3.id).expect("entry"), Some(e3));
+        assert_eq!(store.outbox_entry(e2.id).expect("entry"), Some(e2_later));
+        assert_eq!(store.outbox_len(), 2);
+        assert_eq!(store.idempotent_response("req-1").expect("answer"), None);
+        assert_eq!(
+            store.next_due_case().expect("next due"),
+            Some((at(90), one.key()))
+        );
+        assert_eq!(store.cases_of(maria_email).expect("cases of"), vec![]);
+        assert_eq!(
+            sorted(store.cases_of(jan_email).expect("cases of")),
+            vec![key("C-1"), key("C-2")]
         );
     }
 
@@ -546,6 +612,42 @@ mod suite {
         for e in [&first, &second] {
             assert_eq!(store.outbox_entry(e.id).expect("read"), None, "{}", e.id);
         }
+    }
+
+    pub async fn marks_in_one_batch_keep_the_latest_send(store: &dyn Storage) {
+        // Maria's two cases, a message of each sent; both filed in one batch.
+        let (one, two) = (maria("C-1", Some(at(60))), maria("C-2", Some(at(60))));
+        let (e1, e2) = (entry(&one.key(), 1, at(0)), entry(&two.key(), 2, at(0)));
+        for (r, e) in [(&one, &e1), (&two, &e2)] {
+            let put = Commit {
+                outbox_put: vec![e.clone()],
+                ..Commit::record(r.clone())
+            };
+            store.commit(&r.key(), &put).expect("put");
+        }
+        let contact = store.contact(Channel::Email, MARIA_EMAIL);
+        let mark = |minute| DeliveredMark {
+            at: at(minute),
+            provider_id: Some(format!("p-{minute}")),
+        };
+        let filed = |e: &OutboxEntry, minute| Commit {
+            delivered: Some((e.id, mark(minute))),
+            last_sent: Some((contact, at(minute))),
+            ..Commit::default()
+        };
+        let (f1, f2) = (filed(&e1, 20), filed(&e2, 10));
+        store
+            .commit_many(&[(&one.key(), &f1), (&two.key(), &f2)])
+            .expect("one batch");
+        assert_eq!(store.delivered_mark(e1.id).expect("mark"), Some(mark(20)));
+        assert_eq!(store.delivered_mark(e2.id).expect("mark"), Some(mark(10)));
+        // The later of the two sends paces the next one.
+        assert_eq!(
+            store
+                .claim_send(contact, Duration::hours(1), at(30))
+                .expect("claim"),
+            Err(at(80))
+        );
     }
 
     pub async fn a_commit_files_a_delivered_mark_and_the_last_send(store: &dyn Storage) {

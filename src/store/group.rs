@@ -6,7 +6,10 @@
 //! changes arrive and none is running, ended when none are left) takes
 //! every change waiting at that moment, applies them with one
 //! `commit_many` on a blocking thread, flushes once, and answers each
-//! writer: durable, or the error of its own changes. When the batch's
+//! writer: durable, or the error of its own changes. A store whose
+//! transactions run side by side (`Storage::parallel_commits`) gets up to
+//! that many such tasks, a new one started when changes arrive while the
+//! others are applying theirs. When the batch's
 //! transaction fails, each writer's changes are applied again on their
 //! own, so one bad change fails only its writer.
 //!
@@ -44,14 +47,18 @@ struct Pending {
 #[derive(Default)]
 struct Queue {
     pending: Vec<Pending>,
-    /// A task is taking batches.
-    running: bool,
+    /// The tasks taking batches.
+    running: usize,
+    /// The tasks among them that are waiting for their batch to land.
+    applying: usize,
 }
 
 /// The group commit of one store (see the module's documentation).
 pub struct GroupCommit {
     store: Arc<dyn Storage>,
     queue: Mutex<Queue>,
+    /// At most this many tasks.
+    tasks: usize,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -60,15 +67,27 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
-/// Ends the task's turn: whatever is still queued when it stops (it
-/// panicked) is answered with an error by dropping it.
-struct Stopped<'a>(&'a Mutex<Queue>);
+/// A task's turn. Ended early (the task panicked), it answers whatever
+/// is still queued with an error by dropping it, when no other task is
+/// left to take it.
+struct Turn<'a> {
+    queue: &'a Mutex<Queue>,
+    ended: bool,
+    /// Counted among the tasks applying a batch.
+    applying: bool,
+}
 
-impl Drop for Stopped<'_> {
+impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.running {
-            q.running = false;
+        if self.ended {
+            return;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.running -= 1;
+        if self.applying {
+            q.applying -= 1;
+        }
+        if q.running == 0 {
             q.pending.clear();
         }
     }
@@ -77,6 +96,7 @@ impl Drop for Stopped<'_> {
 impl GroupCommit {
     pub fn new(store: Arc<dyn Storage>) -> Self {
         Self {
+            tasks: store.parallel_commits().max(1),
             store,
             queue: Mutex::default(),
         }
@@ -89,7 +109,13 @@ impl GroupCommit {
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             q.pending.push(Pending { changes, answer });
-            !std::mem::replace(&mut q.running, true)
+            // A task that is free takes these; otherwise another starts,
+            // while there is room for one.
+            let start = q.running == q.applying && q.running < self.tasks;
+            if start {
+                q.running += 1;
+            }
+            start
         };
         if start {
             tokio::spawn(Arc::clone(self).run());
@@ -108,14 +134,25 @@ impl GroupCommit {
 
     /// Takes batches until none are waiting.
     async fn run(self: Arc<Self>) {
-        let _stopped = Stopped(&self.queue);
+        let mut turn = Turn {
+            queue: &self.queue,
+            ended: false,
+            applying: false,
+        };
         loop {
             let batch: Vec<Pending> = {
                 let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if turn.applying {
+                    q.applying -= 1;
+                }
                 if q.pending.is_empty() {
-                    q.running = false;
+                    q.running -= 1;
+                    turn.ended = true;
+                    turn.applying = false;
                     return;
                 }
+                q.applying += 1;
+                turn.applying = true;
                 let n = q.pending.len().min(MAX_BATCH);
                 q.pending.drain(..n).collect()
             };

@@ -202,6 +202,13 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     }
     /// Waits until everything committed so far is durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
+    /// How many `commit_many` calls the group commit may have under way
+    /// at once: 1 for a store whose commits run one at a time whatever
+    /// the callers (sled's transactions share one lock), more for a
+    /// database server, whose transactions run side by side.
+    fn parallel_commits(&self) -> usize {
+        1
+    }
     /// Applies a small change at once, in a transaction of its own,
     /// awaited rather than on a blocking thread: for a store that keeps
     /// the change safe from this process's crash when it returns (a

@@ -26,7 +26,10 @@
 //!   advisory lock.
 //! - `postgres/pool.rs`: the store's runtime, its connections, `run_on`.
 //! - `postgres/prepared.rs`: each connection's statements, prepared once.
-//! - `postgres/commit.rs`: `commit_many`, one transaction.
+//! - `postgres/commit.rs`: `commit_many`, one transaction; a batch of
+//!   plain writes to distinct cases as one statement per table
+//!   (`commit/batch.rs`), anything else case by case. Up to
+//!   `PARALLEL_COMMITS` of the group commit's batches run side by side.
 //! - `postgres/claims.rs`: what a replica claims, due cases and due
 //!   outbox entries, each under a lease.
 //! - `postgres/reads.rs`: everything else (reads, the outbox walk,
@@ -208,6 +211,9 @@ struct Inner {
 
 /// Connections kept for `commit_now` (delivered marks), beside the pool's.
 const URGENT_CONNECTIONS: usize = 2;
+
+/// At most this many group-commit batches under way at once.
+const PARALLEL_COMMITS: usize = 4;
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
@@ -413,6 +419,11 @@ impl super::Storage for PgStore {
         changes: &'a [(&'a CaseKey, &'a Commit)],
     ) -> Option<super::BoxFuture<'a, Result<()>>> {
         Some(Box::pin(PgStore::commit_now(self, changes)))
+    }
+    fn parallel_commits(&self) -> usize {
+        // Batches side by side on as many backends (and cores), leaving
+        // most of the pool to reads.
+        (self.inner.pool.size() / 2).clamp(1, PARALLEL_COMMITS)
     }
     fn room(&self, _writer: Writer) -> Result<()> {
         // PostgreSQL survives a full disk (it refuses the write); its

@@ -191,6 +191,44 @@ async fn concurrent_writers_are_each_answered_once_durable() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tasks_answer_every_writer_and_stop_when_done() {
+    let (_tmp, store) = open();
+    let group = Arc::new(GroupCommit {
+        tasks: 3,
+        ..GroupCommit::new(store.clone())
+    });
+    for round in 0..3 {
+        let mut writers = tokio::task::JoinSet::new();
+        for n in 0..60 {
+            let group = group.clone();
+            writers.spawn(async move {
+                let id = format!("C-{round}-{n}");
+                group
+                    .commit(vec![(key(&id), Commit::record(record(&id, at(n))))])
+                    .await
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.expect("the writer ran").expect("committed");
+        }
+        for n in 0..60 {
+            let stored = store.get(&key(&format!("C-{round}-{n}"))).expect("get");
+            assert_eq!(stored.map(|r| r.schedule.due_at), Some(Some(at(n))));
+        }
+        // Every task ends once nothing waits (polled: the last one may
+        // still be between its answers and its end).
+        for _ in 0..500 {
+            if group.queue.lock().expect("the queue").running == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let q = group.queue.lock().expect("the queue");
+        assert_eq!((q.running, q.applying, q.pending.len()), (0, 0, 0));
+    }
+}
+
 #[tokio::test]
 async fn a_writer_that_leaves_does_not_take_the_batch_with_it() {
     let (_tmp, store) = open();

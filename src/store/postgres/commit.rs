@@ -12,6 +12,8 @@ use super::prepared::Db;
 use super::{PgStore, Result, StoreError, codec, ms, pg};
 use crate::store::Commit;
 
+mod batch;
+
 /// One statement of a commit, under way.
 type Write<'a> = std::pin::Pin<
     Box<
@@ -220,11 +222,30 @@ async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> 
     let (client, statements) = conn.parts();
     let tx = client.transaction().await.map_err(pg)?;
     let db = Db::new(&tx, statements);
+    if batch::eligible(&prepared) {
+        batch::apply(db, &prepared).await?;
+    } else {
+        per_case(db, &prepared).await?;
+    }
+    // Other replicas hear of new work when this commits.
+    if prepared
+        .iter()
+        .any(|p| p.new_due.is_some() || !p.outbox_put.is_empty())
+    {
+        db.batch_execute(&format!("NOTIFY {}", super::claims::WORK_CHANNEL))
+            .await
+            .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)
+}
+
+/// Applies each case's changes in order, statement by statement.
+async fn per_case(db: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
     // Each case's changes in order; different cases side by side,
     // their statements pipelined on the one connection (one round
     // trip per step rather than per statement of every case).
     let mut cases: Vec<Vec<&Prepared>> = Vec::new();
-    for p in &prepared {
+    for p in prepared {
         match cases.iter_mut().find(|c| c[0].case_key == p.case_key) {
             Some(c) => c.push(p),
             None => cases.push(vec![p]),
@@ -237,16 +258,7 @@ async fn transact(mut conn: super::Conn, prepared: Vec<Prepared>) -> Result<()> 
         Ok::<(), StoreError>(())
     }))
     .await?;
-    // Other replicas hear of new work when this commits.
-    if prepared
-        .iter()
-        .any(|p| p.new_due.is_some() || !p.outbox_put.is_empty())
-    {
-        db.batch_execute(&format!("NOTIFY {}", super::claims::WORK_CHANNEL))
-            .await
-            .map_err(pg)?;
-    }
-    tx.commit().await.map_err(pg)
+    Ok(())
 }
 
 /// The case's key, made (in this transaction) if it has none.

@@ -28,6 +28,7 @@ pub(super) struct Pool {
     pub(super) config: tokio_postgres::Config,
     idle: std::sync::Mutex<Vec<Pooled>>,
     permits: Arc<tokio::sync::Semaphore>,
+    size: usize,
 }
 
 /// A connection's client and the statements it has prepared.
@@ -99,7 +100,13 @@ impl Pool {
             config,
             idle: std::sync::Mutex::default(),
             permits: Arc::new(tokio::sync::Semaphore::new(size.max(1))),
+            size: size.max(1),
         }
+    }
+
+    /// At most this many connections in use.
+    pub(super) fn size(&self) -> usize {
+        self.size
     }
 
     pub(super) async fn get(self: &Arc<Self>) -> Result<Conn> {
