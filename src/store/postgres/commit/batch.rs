@@ -151,31 +151,38 @@ async fn marks(
     let mut last: Vec<(&[u8], i64)> = last.into_iter().collect();
     last.sort_unstable();
     let (contacts, sent): (Vec<&[u8]>, Vec<i64>) = last.into_iter().unzip();
-    let delivered = async {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
+    futures_util::future::try_join(
+        rows(
+            tx,
+            ids.is_empty(),
             "INSERT INTO delivered (id, value) SELECT * FROM unnest($1::uuid[], $2::bytea[])
              ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value",
             &[&ids, &values],
-        )
-        .await
-    };
-    let last_sent = async {
-        if contacts.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
+        ),
+        rows(
+            tx,
+            contacts.is_empty(),
             "INSERT INTO contacts (contact, last_ms) SELECT * FROM unnest($1::bytea[], $2::bigint[])
-             ON CONFLICT (contact) DO UPDATE SET last_ms = GREATEST(contacts.last_ms, EXCLUDED.last_ms)",
+             ON CONFLICT (contact) DO UPDATE
+             SET last_ms = GREATEST(contacts.last_ms, EXCLUDED.last_ms)",
             &[&contacts, &sent],
-        )
-        .await
-    };
-    futures_util::future::try_join(delivered, last_sent)
-        .await
-        .map(|_| ())
+        ),
+    )
+    .await
+    .map(|((), ())| ())
+}
+
+/// Runs `sql` over the batch's rows for it, unless there are none.
+async fn rows(
+    tx: Tx<'_>,
+    none: bool,
+    sql: &'static str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if none {
+        return Ok(());
+    }
+    tx.execute(sql, params).await.map(|_| ())
 }
 
 /// The batch's rows, sealed, one array per column.
@@ -328,15 +335,14 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
     futures_util::future::try_join(records, removals)
         .await
         .map_err(pg)?;
-    let entries = async {
-        if c.entry.is_empty() {
-            return Ok(());
-        }
-        tx.execute(
+    futures_util::future::try_join(
+        rows(
+            tx,
+            c.entry.is_empty(),
             "INSERT INTO outbox (id, case_key, key_id, value, next_attempt_ms)
-             SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
-             ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
-                 value = EXCLUDED.value, next_attempt_ms = EXCLUDED.next_attempt_ms",
+         SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
+         ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+             value = EXCLUDED.value, next_attempt_ms = EXCLUDED.next_attempt_ms",
             &[
                 &c.entry,
                 &c.entry_case,
@@ -344,19 +350,14 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
                 &c.entry_value,
                 &c.entry_due,
             ],
-        )
-        .await
-        .map(|_| ())
-    };
-    let answers = async {
-        if c.idem.is_empty() {
-            return Ok(());
-        }
-        tx.execute(
+        ),
+        rows(
+            tx,
+            c.idem.is_empty(),
             "INSERT INTO idempotency (key, case_key, key_id, value, at_ms)
-             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
-             ON CONFLICT (key) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
-                 value = EXCLUDED.value, at_ms = EXCLUDED.at_ms",
+         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
+         ON CONFLICT (key) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+             value = EXCLUDED.value, at_ms = EXCLUDED.at_ms",
             &[
                 &c.idem,
                 &c.idem_case,
@@ -364,20 +365,17 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
                 &c.idem_value,
                 &c.idem_at,
             ],
-        )
-        .await
-        .map(|_| ())
-    };
-    futures_util::future::try_join(entries, answers)
-        .await
-        .map_err(pg)?;
-    if !c.idem_removed.is_empty() {
-        tx.execute(
-            "DELETE FROM idempotency WHERE key = ANY($1)",
-            &[&c.idem_removed],
-        )
-        .await
-        .map_err(pg)?;
-    }
+        ),
+    )
+    .await
+    .map_err(pg)?;
+    rows(
+        tx,
+        c.idem_removed.is_empty(),
+        "DELETE FROM idempotency WHERE key = ANY($1)",
+        &[&c.idem_removed],
+    )
+    .await
+    .map_err(pg)?;
     Ok(())
 }
