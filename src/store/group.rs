@@ -148,7 +148,6 @@ impl GroupCommit {
                 if q.pending.is_empty() {
                     q.running -= 1;
                     turn.ended = true;
-                    turn.applying = false;
                     return;
                 }
                 q.applying += 1;

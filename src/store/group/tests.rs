@@ -168,27 +168,32 @@ fn idempotency_records_in_one_batch_are_each_kept() {
     assert_eq!(status("k-3"), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_are_each_answered_once_durable() {
-    let (_tmp, store) = open();
-    let group = Arc::new(GroupCommit::new(store.clone()));
+/// `n` writers at once, each committing case `{prefix}-{i}` due at
+/// `at(i)`: each is answered durable, and each case is stored.
+async fn writers(group: &Arc<GroupCommit>, store: &SledStore, prefix: &str, n: i64) {
     let mut writers = tokio::task::JoinSet::new();
-    for n in 0..40 {
-        let group = group.clone();
+    for i in 0..n {
+        let (group, id) = (group.clone(), format!("{prefix}-{i}"));
         writers.spawn(async move {
-            let id = format!("C-{n}");
             group
-                .commit(vec![(key(&id), Commit::record(record(&id, at(n))))])
+                .commit(vec![(key(&id), Commit::record(record(&id, at(i))))])
                 .await
         });
     }
     while let Some(done) = writers.join_next().await {
         done.expect("the writer ran").expect("committed");
     }
-    for n in 0..40 {
-        let stored = store.get(&key(&format!("C-{n}"))).expect("get");
-        assert_eq!(stored.map(|r| r.schedule.due_at), Some(Some(at(n))));
+    for i in 0..n {
+        let stored = store.get(&key(&format!("{prefix}-{i}"))).expect("get");
+        assert_eq!(stored.map(|r| r.schedule.due_at), Some(Some(at(i))));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_are_each_answered_once_durable() {
+    let (_tmp, store) = open();
+    let group = Arc::new(GroupCommit::new(store.clone()));
+    writers(&group, &store, "C", 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,23 +204,7 @@ async fn several_tasks_answer_every_writer_and_stop_when_done() {
         ..GroupCommit::new(store.clone())
     });
     for round in 0..3 {
-        let mut writers = tokio::task::JoinSet::new();
-        for n in 0..60 {
-            let group = group.clone();
-            writers.spawn(async move {
-                let id = format!("C-{round}-{n}");
-                group
-                    .commit(vec![(key(&id), Commit::record(record(&id, at(n))))])
-                    .await
-            });
-        }
-        while let Some(done) = writers.join_next().await {
-            done.expect("the writer ran").expect("committed");
-        }
-        for n in 0..60 {
-            let stored = store.get(&key(&format!("C-{round}-{n}"))).expect("get");
-            assert_eq!(stored.map(|r| r.schedule.due_at), Some(Some(at(n))));
-        }
+        writers(&group, &store, &format!("C-{round}"), 60).await;
         // Every task ends once nothing waits (polled: the last one may
         // still be between its answers and its end).
         for _ in 0..500 {

@@ -261,6 +261,16 @@ async fn per_case(db: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
     Ok(())
 }
 
+/// A case's key as `case_keys` holds it (its id and the key).
+fn stored_secret(id: &[u8], key: &[u8]) -> Result<CaseSecret> {
+    match (KeyId::try_from(id), <[u8; KEY_LEN]>::try_from(key)) {
+        (Ok(id), Ok(key)) => Ok((id, key)),
+        _ => Err(StoreError::Postgres(
+            "case_keys: a key of the wrong size".into(),
+        )),
+    }
+}
+
 /// The case's key, made (in this transaction) if it has none.
 async fn case_secret(tx: Tx<'_>, case_key: &[u8]) -> Result<CaseSecret> {
     let row = tx
@@ -271,16 +281,7 @@ async fn case_secret(tx: Tx<'_>, case_key: &[u8]) -> Result<CaseSecret> {
         .await
         .map_err(pg)?;
     if let Some(row) = row {
-        let (id, key): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
-        if let (Ok(id), Ok(key)) = (
-            KeyId::try_from(id.as_slice()),
-            <[u8; KEY_LEN]>::try_from(key.as_slice()),
-        ) {
-            return Ok((id, key));
-        }
-        return Err(StoreError::Postgres(
-            "case_keys: a key of the wrong size".into(),
-        ));
+        return stored_secret(&row.get::<_, Vec<u8>>(0), &row.get::<_, Vec<u8>>(1));
     }
     let fresh = sealing::fresh_key();
     tx.execute(

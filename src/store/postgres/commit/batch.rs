@@ -12,10 +12,10 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::{Prepared, Tx};
+use super::{Prepared, Tx, stored_secret};
 use crate::store::StoreError;
 use crate::store::postgres::{Result, pg};
-use crate::store::sealing::{self, CaseSecret, KEY_LEN, KeyId};
+use crate::store::sealing::{self, CaseSecret};
 
 /// The keys of the batch's cases that write, by case; those made now; and
 /// the claimed outbox entries that are gone.
@@ -108,16 +108,8 @@ async fn read(tx: Tx<'_>, prepared: &[Prepared]) -> Result<Keys> {
     }
     let mut secrets = HashMap::with_capacity(writing.len());
     for row in &keys {
-        let (case_key, id, key): (Vec<u8>, Vec<u8>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
-        let (Ok(id), Ok(key)) = (
-            KeyId::try_from(id.as_slice()),
-            <[u8; KEY_LEN]>::try_from(key.as_slice()),
-        ) else {
-            return Err(StoreError::Postgres(
-                "case_keys: a key of the wrong size".into(),
-            ));
-        };
-        secrets.insert(case_key, (id, key));
+        let secret = stored_secret(&row.get::<_, Vec<u8>>(1), &row.get::<_, Vec<u8>>(2))?;
+        secrets.insert(row.get(0), secret);
     }
     let mut fresh = Vec::new();
     for case_key in writing {
@@ -275,32 +267,34 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
     let (secrets, fresh, gone) = read(tx, prepared).await?;
     let c = Columns::new(prepared, &secrets, fresh, &gone);
     // Each phase's statements go out together (pipelined on the
-    // connection); an entry removed and put again is put after its
-    // removal, an idempotency record dropped after any put.
-    let records = async {
-        if !c.fresh_case.is_empty() {
-            tx.execute(
-                "INSERT INTO case_keys (case_key, id, key)
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[])",
-                &[&c.fresh_case, &c.fresh_id, &c.fresh_key],
-            )
-            .await?;
-        }
-        if c.case.is_empty() {
-            return Ok(());
-        }
+    // connection, one round trip): first the keys, the records, their
+    // indexes and what is removed; then what is put (an entry removed and
+    // put again is put after its removal); then the idempotency records
+    // dropped.
+    let no_records = c.case.is_empty();
+    futures_util::future::try_join_all([
+        rows(
+            tx,
+            c.fresh_case.is_empty(),
+            "INSERT INTO case_keys (case_key, id, key)
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[])",
+            &[&c.fresh_case, &c.fresh_id, &c.fresh_key],
+        ),
         // A new revision; a lease on the case ends with the write.
-        tx.execute(
+        rows(
+            tx,
+            no_records,
             "INSERT INTO cases (case_key, key_id, value, rev)
              SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bigint[])
              ON CONFLICT (case_key) DO UPDATE SET key_id = EXCLUDED.key_id, value = EXCLUDED.value,
                  rev = cases.rev + 1, lease_owner = NULL, lease_until = NULL",
             &[&c.case, &c.case_key_id, &c.case_value, &c.case_rev],
-        )
-        .await?;
+        ),
         // The indexes follow the records: entries that no longer hold go,
         // the new ones come (what holds already is left alone).
-        tx.execute(
+        rows(
+            tx,
+            no_records,
             "WITH n AS (SELECT * FROM unnest($1::bytea[], $2::bigint[]) AS n (case_key, due_ms)),
              gone AS (DELETE FROM schedule s USING n
                       WHERE s.case_key = ANY($1) AND s.case_key = n.case_key
@@ -308,9 +302,10 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
              INSERT INTO schedule (due_ms, case_key)
              SELECT due_ms, case_key FROM n WHERE due_ms IS NOT NULL ON CONFLICT DO NOTHING",
             &[&c.case, &c.due],
-        )
-        .await?;
-        tx.execute(
+        ),
+        rows(
+            tx,
+            no_records,
             "WITH n AS (SELECT * FROM unnest($2::bytea[], $3::bytea[]) AS n (case_key, contact)),
              gone AS (DELETE FROM recipients r WHERE r.case_key = ANY($1)
                       AND NOT EXISTS (SELECT 1 FROM n
@@ -318,23 +313,22 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
              INSERT INTO recipients (contact, case_key)
              SELECT contact, case_key FROM n ON CONFLICT DO NOTHING",
             &[&c.case, &c.recipient_case, &c.recipient_contact],
-        )
-        .await
-        .map(|_| ())
-    };
-    let removals = async {
-        if c.removed.is_empty() {
-            return Ok(());
-        }
-        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&c.removed])
-            .await?;
-        tx.execute("DELETE FROM delivered WHERE id = ANY($1)", &[&c.removed])
-            .await
-            .map(|_| ())
-    };
-    futures_util::future::try_join(records, removals)
-        .await
-        .map_err(pg)?;
+        ),
+        rows(
+            tx,
+            c.removed.is_empty(),
+            "DELETE FROM outbox WHERE id = ANY($1)",
+            &[&c.removed],
+        ),
+        rows(
+            tx,
+            c.removed.is_empty(),
+            "DELETE FROM delivered WHERE id = ANY($1)",
+            &[&c.removed],
+        ),
+    ])
+    .await
+    .map_err(pg)?;
     futures_util::future::try_join(
         rows(
             tx,
