@@ -318,14 +318,19 @@ impl PgStore {
         self.run_async_on(&self.inner.pool, job).await
     }
 
-    /// As `run_async`, on the connections kept for what must not wait.
+    /// As `run_async`, on the connections kept for what must not wait, and
+    /// in the caller's own task: no hand-over to the store's runtime and
+    /// back, two thread wake-ups fewer between the provider's answer and
+    /// its mark. These connections are driven by the runtime that opened
+    /// them (the daemon's); one whose runtime stopped is found closed and
+    /// opened again.
     pub(crate) async fn run_urgent<T, F, Fut>(&self, job: F) -> Result<T>
     where
-        T: Send + 'static,
-        F: FnOnce(Conn) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T>> + Send,
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T>>,
     {
-        self.run_async_on(&self.inner.urgent, job).await
+        self.inner.lock.check()?;
+        job(self.inner.urgent.get().await?).await
     }
 
     async fn run_async_on<T, F, Fut>(&self, pool: &Arc<Pool>, job: F) -> Result<T>
