@@ -315,7 +315,18 @@ impl PgStore {
         F: FnOnce(Conn) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send,
     {
-        self.run_async_on(&self.inner.pool, job).await
+        self.inner.lock.check()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.inner.pool.clone();
+        self.handle().spawn(async move {
+            let r = match pool.get().await {
+                Ok(conn) => job(conn).await,
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(r);
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Postgres("the store's runtime stopped".into())))
     }
 
     /// As `run_async`, on the connections kept for what must not wait, and
@@ -331,26 +342,6 @@ impl PgStore {
     {
         self.inner.lock.check()?;
         job(self.inner.urgent.get().await?).await
-    }
-
-    async fn run_async_on<T, F, Fut>(&self, pool: &Arc<Pool>, job: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Conn) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T>> + Send,
-    {
-        self.inner.lock.check()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let pool = pool.clone();
-        self.handle().spawn(async move {
-            let r = match pool.get().await {
-                Ok(conn) => job(conn).await,
-                Err(e) => Err(e),
-            };
-            let _ = tx.send(r);
-        });
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Postgres("the store's runtime stopped".into())))
     }
 
     /// Takes the database's daemon lock as one replica among others (a

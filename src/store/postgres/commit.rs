@@ -121,10 +121,10 @@ impl PgStore {
         Ok(())
     }
 
-    /// As `commit_many`, awaited on the store's runtime rather than
-    /// blocking a thread (a change that must not wait for a group, nor
-    /// hold up a shutdown), on the connections kept for delivered marks,
-    /// whose commits do not wait for the WAL flush (see `marks_config`).
+    /// As `commit_many`, awaited in the caller's task rather than blocking
+    /// a thread (a change that must not wait for a group, nor hold up a
+    /// shutdown), on the connections kept for delivered marks, whose
+    /// commits do not wait for the WAL flush (see `marks_config`).
     pub async fn commit_now(&self, changes: &[(&CaseKey, &Commit)]) -> Result<()> {
         let (prepared, settled) = self.prepare(changes);
         self.run_urgent(move |conn| transact(conn, prepared))

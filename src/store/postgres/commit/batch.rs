@@ -334,9 +334,9 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
             tx,
             c.entry.is_empty(),
             "INSERT INTO outbox (id, case_key, key_id, value, next_attempt_ms)
-         SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
-         ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
-             value = EXCLUDED.value, next_attempt_ms = EXCLUDED.next_attempt_ms",
+             SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
+             ON CONFLICT (id) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+                 value = EXCLUDED.value, next_attempt_ms = EXCLUDED.next_attempt_ms",
             &[
                 &c.entry,
                 &c.entry_case,
@@ -349,9 +349,9 @@ pub(super) async fn apply(tx: Tx<'_>, prepared: &[Prepared]) -> Result<()> {
             tx,
             c.idem.is_empty(),
             "INSERT INTO idempotency (key, case_key, key_id, value, at_ms)
-         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
-         ON CONFLICT (key) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
-             value = EXCLUDED.value, at_ms = EXCLUDED.at_ms",
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
+             ON CONFLICT (key) DO UPDATE SET case_key = EXCLUDED.case_key, key_id = EXCLUDED.key_id,
+                 value = EXCLUDED.value, at_ms = EXCLUDED.at_ms",
             &[
                 &c.idem,
                 &c.idem_case,
