@@ -51,6 +51,7 @@ macro_rules! conformance {
                 due_cases_are_claimed_earliest_first,
                 due_outbox_takes_what_is_due_earliest_first,
                 an_outbox_entry_is_rescheduled_in_one_commit,
+                the_outbox_size_holds_while_entries_are_replaced,
                 erasure_removes_the_case_and_what_holds_its_data,
                 erasure_destroys_what_it_does_not_name,
                 a_case_twice_in_one_batch_is_shredded_whole,
@@ -423,6 +424,57 @@ mod suite {
             store.due_outbox(at(120), 10, &no_busy()).expect("due"),
             (vec![], None)
         );
+    }
+
+    pub async fn the_outbox_size_holds_while_entries_are_replaced(store: &dyn Storage) {
+        // A retry moved later and an update superseded by a newer one each
+        // replace an entry: the size a scrape reads meanwhile stays put.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let r = maria("C-1", Some(at(60)));
+        let mut live: Vec<OutboxEntry> = (1..=20).map(|n| entry(&r.key(), n, at(0))).collect();
+        let first = Commit {
+            outbox_put: live.clone(),
+            ..Commit::record(r.clone())
+        };
+        store.commit(&r.key(), &first).expect("commit");
+        let done = AtomicBool::new(false);
+        let mut seen = HashSet::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for round in 0..400u32 {
+                    let i = round as usize % live.len();
+                    let old = live[i].clone();
+                    let new = if round % 2 == 0 {
+                        OutboxEntry {
+                            next_attempt_at: old.next_attempt_at + Duration::seconds(1),
+                            ..old.clone()
+                        }
+                    } else {
+                        entry(&r.key(), 1_000 + u128::from(round), at(1))
+                    };
+                    let replace = Commit {
+                        outbox_remove: removing(&[&old]),
+                        outbox_put: vec![new.clone()],
+                        ..Commit::default()
+                    };
+                    store.commit(&r.key(), &replace).expect("replace");
+                    live[i] = new;
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            while !done.load(Ordering::SeqCst) {
+                seen.insert(store.outbox_len());
+            }
+        });
+        assert_eq!(seen, HashSet::from([20]), "sizes read while entries moved");
+        // Removing an entry already gone (2 was superseded) changes nothing.
+        let gone = entry(&r.key(), 2, at(0));
+        let again = Commit {
+            outbox_remove: removing(&[&gone]),
+            ..Commit::default()
+        };
+        store.commit(&r.key(), &again).expect("remove again");
+        assert_eq!(store.outbox_len(), 20);
     }
 
     pub async fn an_outbox_entry_is_rescheduled_in_one_commit(store: &dyn Storage) {

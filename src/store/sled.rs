@@ -105,6 +105,10 @@ pub struct SledStore {
     flushes: std::sync::Arc<Flushes>,
     /// When this handle was opened (a monotonic origin for `free_space`).
     opened: std::time::Instant,
+    /// Entries in the outbox, counted at open and moved by each commit
+    /// (a walk of the tree is not a snapshot: an entry replaced while it
+    /// runs can be counted twice).
+    outbox_count: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Group commit: one flush at a time (sled 0.34's `flush_async` can
@@ -191,7 +195,10 @@ impl SledStore {
         let salt = generated_key(&meta, "contact_salt")?;
         let unsubscribe_key = generated_key(&meta, "unsubscribe_key")?;
         let keyring = Keyring::open(dir)?;
+        let outbox = db.open_tree("outbox")?;
+        let outbox_count = i64::try_from(outbox.len()).unwrap_or(i64::MAX);
         Ok(Self {
+            outbox_count: std::sync::Arc::new(outbox_count.into()),
             keyring: std::sync::Arc::new(keyring),
             flushes: std::sync::Arc::default(),
             opened: std::time::Instant::now(),
@@ -204,7 +211,7 @@ impl SledStore {
             unsubscribe_key,
             cases: db.open_tree("cases")?,
             schedule: db.open_tree("schedule")?,
-            outbox: db.open_tree("outbox")?,
+            outbox,
             outbox_due: db.open_tree("outbox_due")?,
             idempotency: db.open_tree("idempotency")?,
             dir: dir.to_owned(),
@@ -559,6 +566,8 @@ impl SledStore {
             }
         }
         let own_keys: std::cell::RefCell<Vec<KeyId>> = std::cell::RefCell::default();
+        // How this transaction moves the outbox's size (set again on a retry).
+        let outbox_delta = std::cell::Cell::new(0i64);
         let result = (
             &self.cases,
             &self.schedule,
@@ -581,6 +590,7 @@ impl SledStore {
                     contacts,
                 )| {
                     own_keys.borrow_mut().clear();
+                    outbox_delta.set(0);
                     for ((p, (_, commit)), case_id) in prepared.iter().zip(changes).zip(&case_ids) {
                         let case_key = &p.case_key;
                         if let Some((id, mark)) = &commit.delivered {
@@ -625,12 +635,16 @@ impl SledStore {
                             }
                         }
                         for (id, at) in &commit.outbox_remove {
-                            outbox_t.remove(id.as_bytes().as_slice())?;
+                            if outbox_t.remove(id.as_bytes().as_slice())?.is_some() {
+                                outbox_delta.set(outbox_delta.get() - 1);
+                            }
                             outbox_due.remove(ms_key(*at, id.as_bytes()))?;
                             delivered.remove(id.as_bytes().as_slice())?;
                         }
                         for (id, bytes, due_key) in &p.outbox {
-                            outbox_t.insert(id.as_slice(), bytes.as_slice())?;
+                            if outbox_t.insert(id.as_slice(), bytes.as_slice())?.is_none() {
+                                outbox_delta.set(outbox_delta.get() + 1);
+                            }
                             outbox_due.insert(due_key.as_slice(), &[][..])?;
                         }
                         if let Some((k, v)) = &p.idem {
@@ -652,6 +666,7 @@ impl SledStore {
             );
         match result {
             Ok(()) => {
+                self.outbox_moved(outbox_delta.get());
                 self.keyring.retire(retire);
                 self.keyring.retire(own_keys.take());
                 Ok(())
@@ -781,7 +796,9 @@ impl SledStore {
                     Some(entry) => out.push(entry),
                     // Its case was erased: nothing is left to send.
                     None => {
-                        self.outbox.remove(id.as_bytes())?;
+                        if self.outbox.remove(id.as_bytes())?.is_some() {
+                            self.outbox_moved(-1);
+                        }
                         self.outbox_due.remove(&k)?;
                     }
                 },
@@ -802,10 +819,18 @@ impl SledStore {
         }
     }
 
-    /// Messages waiting in the outbox (a walk of the outbox tree, which
-    /// holds only unsent messages).
+    /// Messages waiting in the outbox (the outbox tree holds only unsent
+    /// messages).
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        let n = self.outbox_count.load(std::sync::atomic::Ordering::Relaxed);
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    fn outbox_moved(&self, by: i64) {
+        if by != 0 {
+            self.outbox_count
+                .fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
