@@ -271,7 +271,9 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
         busy: &std::collections::HashSet<Uuid>,
     ) -> Result<(Vec<OutboxEntry>, Option<DateTime<Utc>>)>;
     fn outbox_entry(&self, id: Uuid) -> Result<Option<OutboxEntry>>;
-    /// Messages waiting in the outbox.
+    /// Messages waiting in the outbox, as of one instant: an entry a commit
+    /// replaces (a retry moved later, an update superseded) is counted
+    /// once, whenever the count is read.
     fn outbox_len(&self) -> usize;
     /// When the earliest outbox entry is (or was) due.
     fn outbox_head(&self) -> Result<Option<DateTime<Utc>>>;
